@@ -1,0 +1,46 @@
+"""Build of the C extension fastckpt._criu (Cython over libcriu).
+
+Metadata lives in pyproject.toml; this file only declares the extension,
+located with pkg-config (criu.pc, as installed by scripts/provision.sh).
+"""
+import shlex
+import subprocess
+import sys
+
+from setuptools import Extension, setup
+
+
+def pkg_config(*args):
+    try:
+        out = subprocess.run(["pkg-config", *args], check=True, capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        sys.exit("fastckpt: pkg-config is not installed (run `make deps` or scripts/provision.sh)")
+    except subprocess.CalledProcessError as e:
+        sys.exit(
+            "fastckpt: libcriu (criu.pc, CRIU >= 4.1) was not found by pkg-config:\n  "
+            + e.stderr.strip()
+            + "\nRun `make deps` (scripts/provision.sh builds and installs CRIU), "
+            "or set PKG_CONFIG_PATH to the directory holding criu.pc."
+        )
+    return shlex.split(out)
+
+
+def criu_extension():
+    pkg_config("--atleast-version=4.1", "criu")
+    cflags = pkg_config("--cflags", "criu", "libprotobuf-c")
+    libs = pkg_config("--libs", "criu")
+    libdirs = [f[2:] for f in libs if f.startswith("-L")]
+    return Extension(
+        "fastckpt._criu",
+        sources=["ext/_criu.pyx"],
+        include_dirs=["ext"] + [f[2:] for f in cflags if f.startswith("-I")],
+        library_dirs=libdirs,
+        runtime_library_dirs=libdirs,
+        libraries=[f[2:] for f in libs if f.startswith("-l")],
+    )
+
+
+if __name__ == "__main__":
+    from Cython.Build import cythonize
+
+    setup(ext_modules=cythonize([criu_extension()], include_path=["ext"], language_level=3))

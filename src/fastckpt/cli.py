@@ -1,0 +1,126 @@
+"""The `fastckpt` command: runc's checkpoint flags over fastckpt's API.
+
+main(argv) -> exit code.  Every error is one line on stderr (CRIU's own
+error lines follow it when CRIU failed) and a non-zero exit, never a
+traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+from ._version import __version__
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other error
+        self.exit(EXIT_USAGE, f"fastckpt: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_checkpoint(sub) -> None:
+    p = sub.add_parser("checkpoint", help="checkpoint a running container (or a process tree with --pid)",
+                       description="Save the state of a running container, like `runc checkpoint`.")
+    p.add_argument("container_id", nargs="?", metavar="CONTAINER_ID")
+    p.add_argument("--pid", type=int, help="checkpoint the process tree rooted at PID instead of a container")
+    p.add_argument("--image-path", default="", help="path for saving criu image files (default ./checkpoint)")
+    p.add_argument("--work-path", default="", help="path for saving work files and logs (default: image path)")
+    p.add_argument("--leave-running", action="store_true", help="leave the process running after checkpointing")
+    p.add_argument("--tcp-established", action="store_true", help="allow open tcp connections")
+    p.add_argument("--ext-unix-sk", action="store_true", help="allow external unix sockets")
+    p.add_argument("--shell-job", action="store_true", help="allow shell jobs")
+    p.add_argument("--page-server", default="", metavar="ADDRESS:PORT", help="ADDRESS:PORT of the page server")
+    p.add_argument("--file-locks", action="store_true", help="handle file locks, for safety")
+    p.add_argument("--manage-cgroups-mode", default="", metavar="MODE",
+                   help="cgroups mode: 'soft' (default), 'full', 'strict' or 'ignore'")
+    p.add_argument("--empty-ns", action="append", default=[], metavar="NS",
+                   help="create a namespace, but don't restore its properties (network)")
+    p.add_argument("--network-lock", default="", metavar="METHOD",
+                   help="how CRIU locks the network: iptables (CRIU's default), nftables or skip")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_checkpoint)
+
+
+def _add_check(sub) -> None:
+    p = sub.add_parser("check", help="show CRIU's version and the kernel features it found")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_check)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fastckpt", description="Checkpoint/restore of runc containers and process trees.")
+    parser.add_argument("--version", action="version", version=f"fastckpt {__version__}")
+    parser.add_argument("--root", default=None, metavar="DIR",
+                        help="root directory of runc's container state (default /run/runc)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_checkpoint(sub)
+    _add_check(sub)
+    return parser
+
+
+def _cmd_checkpoint(args) -> int:
+    from . import engine, runc
+    from .options import CheckpointOptions
+    from .errors import UsageError
+
+    if args.container_id and args.pid is not None:
+        raise UsageError("give a container id or --pid, not both")
+    if not args.container_id and args.pid is None:
+        raise UsageError('"checkpoint" requires a container id (or --pid PID)')
+    options = CheckpointOptions(
+        image_path=args.image_path, work_path=args.work_path, leave_running=args.leave_running,
+        tcp_established=args.tcp_established, ext_unix_sk=args.ext_unix_sk, shell_job=args.shell_job,
+        page_server=args.page_server, file_locks=args.file_locks,
+        manage_cgroups_mode=args.manage_cgroups_mode, empty_ns=args.empty_ns, network_lock=args.network_lock,
+    )
+    res = engine.checkpoint(args.container_id, options, pid=args.pid, root=args.root or runc.DEFAULT_ROOT)
+    if args.json:
+        print(json.dumps(res.__dict__, indent=2))
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from . import engine
+
+    info = engine.check()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"criu: {info['criu']}")
+        print(f"version: {info['version']}" + ("" if info["version_ok"] else " (too old: need >= 4.1)"))
+        print(f"criu check: {'ok' if info['check_ok'] else 'FAILED (run `criu check` for details)'}")
+        print(f"libcriu (compiled against): {info['libcriu']}")
+        for name, present in info["features"].items():
+            print(f"feature {name}: {'yes' if present else 'no'}")
+    return 0 if info["version_ok"] and info["check_ok"] else EXIT_ERROR
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_usage(sys.stderr)
+        return EXIT_USAGE
+    from .errors import CriuError, Error, UsageError
+
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"fastckpt: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except CriuError as e:
+        print(f"fastckpt: {e.details}", file=sys.stderr)
+        return EXIT_ERROR
+    except Error as e:
+        print(f"fastckpt: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("fastckpt: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        print(f"fastckpt: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,329 @@
+"""Options -> libcriu -> CRIU: the checkpoint path.
+
+The one place that turns a :class:`CheckpointOptions` and a target (a runc
+container or a process tree) into a configured ``_criu.Opts``, runs CRIU and
+turns its failures into :class:`CriuError`.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from . import _criu, runc
+from .constants import MIN_CRIU_VERSION, Namespace
+from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, Error,
+                     ImageDirError, UsageError, log_errors)
+from .options import CheckpointOptions
+
+DUMP_LOG = "dump.log"
+CRIU_ENV = "FASTCKPT_CRIU"  # the criu binary to run, instead of `criu` from PATH
+
+# runc's keys for namespaces that a container joins by path (external to CRIU).
+_EXTERNAL_NS = {"NEWNET": ("net", "extRootNetNS"), "NEWPID": ("pid", "extRootPidNS")}
+
+
+@dataclass
+class CheckpointResult:
+    image_path: str
+    work_path: str
+    log_path: str
+    pid: int
+    container_id: Optional[str] = None
+    leave_running: bool = False
+    wall_time: float = 0.0  # seconds, from the call to its return
+    files: Dict[str, int] = field(default_factory=dict)  # image file -> size in bytes
+
+
+# --- CRIU itself -----------------------------------------------------------
+
+def criu_binary() -> str:
+    """The criu that libcriu will run: $FASTCKPT_CRIU, else `criu` from PATH."""
+    name = os.environ.get(CRIU_ENV) or "criu"
+    path = shutil.which(name)
+    if not path:
+        raise CriuNotFound(
+            f"criu was not found ({name!r} on PATH={os.environ.get('PATH', '')}); "
+            "install CRIU >= 4.1 (`make deps` does)"
+        )
+    return path
+
+
+def new_opts() -> "_criu.Opts":
+    opts = _criu.Opts()
+    opts.set_service_binary(criu_binary())
+    return opts
+
+
+_version_cache: Dict[str, Tuple[int, int, int]] = {}
+
+
+def criu_version() -> Tuple[int, int, int]:
+    """The version of the criu binary, asked once per process (and binary)."""
+    path = criu_binary()
+    if path not in _version_cache:
+        ret, err = new_opts().version()
+        if ret < 0:
+            raise CriuError("version", ret, err)
+        _version_cache[path] = (ret // 10000, ret // 100 % 100, ret % 100)
+    return _version_cache[path]
+
+
+def require_version() -> Tuple[int, int, int]:
+    v = criu_version()
+    if v < MIN_CRIU_VERSION:
+        raise CriuVersionError(
+            f"CRIU {'.'.join(map(str, v))} at {criu_binary()} is too old: fastckpt needs "
+            f"CRIU >= {'.'.join(map(str, MIN_CRIU_VERSION[:2]))} (older ones fail on kernels >= 6.13)"
+        )
+    return v
+
+
+def features() -> Dict[str, bool]:
+    r = new_opts().feature_check()
+    if isinstance(r, tuple):
+        raise CriuError("feature-check", *r)
+    return r
+
+
+def check() -> Dict[str, object]:
+    """What `fastckpt check` reports: CRIU's path, version, `criu check` and kernel features."""
+    path = criu_binary()
+    version = criu_version()
+    ret, err = new_opts().check()
+    return {
+        "criu": path,
+        "version": ".".join(map(str, version)),
+        "version_ok": version >= MIN_CRIU_VERSION,
+        "check_ok": ret == 0,
+        "libcriu": ".".join(map(str, _criu.LIBCRIU_VERSION)),
+        "features": features(),
+    }
+
+
+def raise_criu_failure(op: str, ret: int, err: int, log_path: Optional[str]) -> None:
+    lines = log_errors(log_path)
+    detail = ""
+    if not lines:
+        try:
+            v = criu_version()
+            if v < MIN_CRIU_VERSION:
+                detail = f"CRIU {'.'.join(map(str, v))} is too old (need >= 4.1)"
+        except Error:
+            pass
+    raise CriuError(op, ret, err, log_path, lines, detail)
+
+
+# --- image and work directories ---------------------------------------------
+
+def make_private_dir(path: str, what: str) -> None:
+    """Create PATH (and parents) for process memory: the leaf is 0700."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise ImageDirError(f"cannot create {what} {path}: {e.strerror}", errno=e.errno) from None
+    if not os.path.isdir(path):
+        raise ImageDirError(f"{what} {path} is not a directory", errno=errno.ENOTDIR)
+    st = os.stat(path)
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def open_dir_fd(path: str, what: str) -> int:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise ImageDirError(f"cannot open {what} {path}: {e.strerror}", errno=e.errno) from None
+    os.set_inheritable(fd, True)  # criu swrk is exec'd and uses the fd number
+    return fd
+
+
+def _write_private(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def list_images(path: str) -> Dict[str, int]:
+    out = {}
+    with os.scandir(path) as it:
+        for e in it:
+            if e.is_file(follow_symlinks=False):
+                out[e.name] = e.stat(follow_symlinks=False).st_size
+    return dict(sorted(out.items()))
+
+
+# --- containers --------------------------------------------------------------
+
+def _cgroup_bind_mounts(pid: int, dest: str) -> List[str]:
+    """Mount points below DEST (the container's cgroup mount) seen in its mountinfo."""
+    prefix = dest.rstrip("/") + "/"
+    out = []
+    try:
+        with open(f"/proc/{pid}/mountinfo") as f:
+            for line in f:
+                parts = line.split()
+                sep = parts.index("-")
+                mnt, fstype = parts[4], parts[sep + 1]
+                if mnt.startswith(prefix) and fstype in ("cgroup", "cgroup2"):
+                    out.append(mnt)
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def container_external_mounts(ct: runc.Container) -> List[Tuple[str, str]]:
+    """(key, value) pairs of the container's external mounts, as runc gives them to CRIU."""
+    cfg = ct.config
+    pid = ct.init_pid
+    ext: Dict[str, str] = {}
+    cgroupns = ct.has_namespace("NEWCGROUP")
+    for m in cfg.get("mounts") or []:
+        dest = m["destination"]
+        if m.get("device") == "bind":
+            ext[dest] = dest
+        elif m.get("device") == "cgroup" and not cgroupns:
+            for mnt in _cgroup_bind_mounts(pid, dest):
+                ext[mnt] = mnt
+    for path in cfg.get("mask_paths") or []:
+        # masked files are /dev/null bind mounts; masked dirs are tmpfs (real mounts)
+        if not os.path.isdir(f"/proc/{pid}/root{path}"):
+            ext[path] = "/dev/null"
+    for dev in cfg.get("devices") or []:
+        if dev.get("path"):
+            ext.setdefault(dev["path"], dev["path"])
+    return list(ext.items())
+
+
+def container_externals(ct: runc.Container) -> List[str]:
+    out = []
+    for ns_type, (name, key) in _EXTERNAL_NS.items():
+        path = ct.namespace_path(ns_type)
+        if path:
+            try:
+                ino = os.stat(path).st_ino
+            except OSError as e:
+                raise Error(f"cannot stat namespace {path} of container {ct.id!r}: {e.strerror}") from e
+            out.append(f"{name}[{ino}]:{key}")
+    return out
+
+
+def load_checkpointable(container_id: str, root: str) -> Tuple[runc.Container, str]:
+    ct = runc.load(container_id, root)
+    status = ct.status()
+    if status == runc.CREATED:
+        raise ContainerStateError("Container cannot be checkpointed in created state")
+    if status == runc.STOPPED:
+        raise ContainerStateError(f"container {container_id!r} is stopped: there is nothing to checkpoint")
+    return ct, status
+
+
+# --- checkpoint ----------------------------------------------------------------
+
+def _check_pid(pid: int) -> None:
+    if pid <= 1:
+        raise UsageError(f"cannot checkpoint pid {pid}")
+    if pid == os.getpid():
+        raise UsageError("cannot checkpoint fastckpt's own process")
+    if runc.proc_start_time(pid) is None:
+        raise Error(f"no running process with pid {pid}", errno=errno.ESRCH)
+
+
+def apply_common(opts: "_criu.Opts", o: CheckpointOptions) -> None:
+    opts.set_log_level(o.log_level)
+    opts.set_tcp_established(o.tcp_established)
+    opts.set_ext_unix_sk(o.ext_unix_sk)
+    opts.set_shell_job(o.shell_job)
+    opts.set_file_locks(o.file_locks)
+    if o.manage_cgroups_mode is not None:
+        opts.set_manage_cgroups_mode(int(o.manage_cgroups_mode))
+    if o.empty_ns:
+        opts.set_empty_ns(int(o.empty_ns))
+    if o.network_lock is not None:
+        opts.set_network_lock(int(o.network_lock))
+    for key in o.extra_externals:
+        opts.add_external(key)
+
+
+def checkpoint(container_id: Optional[str] = None, options: Optional[CheckpointOptions] = None, *,
+               pid: Optional[int] = None, root: str = runc.DEFAULT_ROOT, **kwargs) -> CheckpointResult:
+    """Checkpoint a runc container (by id) or a process tree (by ``pid``).
+
+    ``options`` or keyword arguments (the fields of :class:`CheckpointOptions`)
+    say how; a container is left running only with ``leave_running``.
+    """
+    t0 = time.monotonic()
+    if options is None:
+        options = CheckpointOptions(**kwargs)
+    elif kwargs:
+        options = options.replace(**kwargs)
+    if (container_id is None) == (pid is None):
+        raise UsageError("give either a container id or a pid")
+
+    ct: Optional[runc.Container] = None
+    was_paused = False
+    if container_id is not None:
+        ct, status = load_checkpointable(container_id, root)
+        was_paused = status == runc.PAUSED
+        target_pid = ct.init_pid
+    else:
+        target_pid = int(pid)
+        _check_pid(target_pid)
+
+    criu_binary()
+    image_path = options.resolved_image_path()
+    work_path = options.resolved_work_path()
+    make_private_dir(image_path, "image directory")
+    if work_path != image_path:
+        make_private_dir(work_path, "work directory")
+    log_path = os.path.join(work_path, DUMP_LOG)
+
+    opts = new_opts()
+    fds = [open_dir_fd(image_path, "image directory")]
+    try:
+        opts.set_images_dir_fd(fds[0])
+        if work_path != image_path:
+            fds.append(open_dir_fd(work_path, "work directory"))
+        opts.set_work_dir_fd(fds[-1])
+        opts.set_log_file(DUMP_LOG)
+        opts.set_pid(target_pid)
+        opts.set_leave_running(options.leave_running)
+        if options.page_server is not None:
+            opts.set_page_server(options.page_server.address, options.page_server.port)
+        apply_common(opts, options)
+        if ct is not None:
+            opts.set_root(ct.rootfs)
+            opts.set_manage_cgroups(True)
+            opts.set_orphan_pts_master(True)
+            if ct.freeze_cgroup:
+                opts.set_freeze_cgroup(ct.freeze_cgroup)
+            for key, val in container_external_mounts(ct):
+                opts.add_ext_mount(key, val)
+            for key in container_externals(ct):
+                opts.add_external(key)
+            # runc restore reads how the container's stdio was connected from here
+            _write_private(os.path.join(image_path, runc.DESCRIPTORS_FILE),
+                           json.dumps(ct.external_descriptors).encode())
+        ret, err = opts.dump()
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+    if ret < 0:
+        if ct is not None and not was_paused and ct.is_frozen():
+            ct.thaw()  # never leave a container frozen behind a failure
+        raise_criu_failure("dump", ret, err, log_path)
+
+    if ct is not None and not options.leave_running:
+        ct.destroy()
+    return CheckpointResult(
+        image_path=image_path, work_path=work_path, log_path=log_path, pid=target_pid,
+        container_id=container_id, leave_running=options.leave_running,
+        wall_time=time.monotonic() - t0, files=list_images(image_path),
+    )

@@ -1,0 +1,144 @@
+"""The one exception hierarchy of fastckpt.
+
+Every error is an :class:`Error` (an :class:`OSError`), so ``except OSError``
+catches them all and ``e.errno`` is always meaningful.  CRIU failures keep the
+operation, the errno and the ``Error`` lines of CRIU's log with its path.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import os
+from typing import Optional, Sequence
+
+# CRIU prints this on every run in a VM without CAP_SYS_RESOURCE; it never
+# causes a failure, so it is never shown as one.
+_HARMLESS = ("Can't setup RLIMIT_NOFILE for self",)
+
+
+def _rebuild(cls, message, errno, attrs):
+    e = cls.__new__(cls)
+    Error.__init__(e, message, errno=errno)
+    e.__dict__.update(attrs)
+    return e
+
+
+class Error(OSError):
+    """Base class of fastckpt's errors."""
+
+    default_errno = _errno.EIO
+
+    def __init__(self, message: str, *, errno: Optional[int] = None):
+        super().__init__(errno if errno is not None else self.default_errno, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.message, self.errno, dict(self.__dict__)))
+
+
+class UsageError(Error, ValueError):
+    """An option or argument is invalid; nothing was touched."""
+
+    default_errno = _errno.EINVAL
+
+
+class ContainerNotFound(Error, LookupError):
+    default_errno = _errno.ENOENT
+
+
+class ContainerStateError(Error):
+    """The container is not in a state that allows the operation."""
+
+    default_errno = _errno.EBUSY
+
+
+class ImageDirError(Error):
+    """The image or work directory cannot be created or used."""
+
+
+class CriuNotFound(Error):
+    default_errno = _errno.ENOENT
+
+
+class CriuVersionError(Error):
+    default_errno = _errno.EPROTO
+
+
+class FeatureUnavailable(Error):
+    """The kernel (or CRIU) lacks a feature the request needs."""
+
+    default_errno = _errno.EOPNOTSUPP
+
+
+class CriuError(Error):
+    """CRIU ran and failed.
+
+    ``op`` is the operation (dump, restore, ...), ``ret`` libcriu's return
+    value, ``log_path`` CRIU's log and ``log_errors`` its error lines.
+    """
+
+    def __init__(self, op: str, ret: int, err: int, log_path: Optional[str] = None,
+                 log_errors: Sequence[str] = (), detail: str = ""):
+        self.op = op
+        self.ret = ret
+        self.log_path = log_path
+        self.log_errors = list(log_errors)
+        if detail:
+            why = detail
+        elif self.log_errors:
+            # CRIU logs the root cause first and its consequences after it.
+            why = self.log_errors[0]
+        elif ret == -_errno.ECONNREFUSED:
+            why = "could not start or connect to criu"
+        elif ret == -_errno.ECOMM:
+            why = "the connection to criu broke (did it crash?)"
+        elif ret in (-_errno.EINVAL, -_errno.EBADMSG):
+            why = "criu does not understand the request (too old a CRIU?)"
+        else:
+            why = os.strerror(err) if err else f"libcriu returned {ret}"
+        msg = f"criu {op} failed: {why}"
+        if log_path:
+            msg += f" (log: {log_path})"
+        Error.__init__(self, msg, errno=err or _errno.EIO)
+
+    @property
+    def details(self) -> str:
+        """The message followed by every error line of CRIU's log."""
+        lines = [self.message] + [f"  {l}" for l in self.log_errors]
+        return "\n".join(lines)
+
+
+def log_errors(path: Optional[str], limit: int = 20) -> list:
+    """The error lines of a CRIU log, without their prefixes, harmless ones left out.
+
+    CRIU reports some root causes (a refused connection, say) as plain lines
+    just before its first ``Error`` line: such "Can't ..." lines come first.
+    """
+    if not path:
+        return []
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - (1 << 20)))  # failures are at the end
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    out: list = []
+    recent: list = []  # plain lines seen since the last Error line
+    for line in data.splitlines():
+        text = line.split(") ", 1)[1] if line.startswith("(") and ") " in line else line
+        if not text.startswith("Error ("):
+            recent = (recent + [text.strip()])[-10:]
+            continue
+        j = text.find("): ")
+        msg = text[j + 3:].strip() if j >= 0 else text
+        if not msg or any(h in msg for h in _HARMLESS):
+            continue
+        if not out:
+            out.extend(r for r in recent if r.startswith(("Can't", "Unable", "Cannot")))
+        out.append(msg)
+        recent = []
+    return out[:limit]

@@ -1,0 +1,165 @@
+"""The options model shared by the API and the CLI.
+
+A CLI flag is parsed once into the same frozen dataclass that
+``fastckpt.checkpoint(...)`` takes; validation lives here and only here.
+Messages follow runc's for the same mistakes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Union
+
+from .constants import CgroupMode, Namespace, NetworkLock
+from .errors import UsageError
+
+# --manage-cgroups-mode values, as runc spells them (plus CRIU's "ignore").
+CGROUP_MODES = {
+    "soft": CgroupMode.SOFT,
+    "full": CgroupMode.FULL,
+    "strict": CgroupMode.STRICT,
+    "ignore": CgroupMode.IGNORE,
+}
+
+# --empty-ns values: OCI namespace type names.
+EMPTY_NS = {"network": Namespace.NEWNET}
+
+NETWORK_LOCKS = {
+    "iptables": NetworkLock.IPTABLES,
+    "nftables": NetworkLock.NFTABLES,
+    "skip": NetworkLock.SKIP,
+}
+
+
+@dataclass(frozen=True)
+class PageServer:
+    """Where memory pages go instead of the image directory."""
+
+    address: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> "PageServer":
+        parts = text.split(":")
+        if len(parts) != 2:
+            raise UsageError(f"Use --page-server ADDRESS:PORT to specify page server (got {text!r})")
+        address, port = parts
+        if not address:
+            raise UsageError(f"Use --page-server ADDRESS:PORT to specify page server (no address in {text!r})")
+        try:
+            number = int(port, 10)
+        except ValueError:
+            raise UsageError(f"Invalid port number {port!r} in --page-server {text!r}") from None
+        return cls(address, number)
+
+    def __post_init__(self):
+        if not 0 < self.port < 65536:
+            raise UsageError(f"Invalid port number {self.port} for the page server (1-65535)")
+
+    def __str__(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+def parse_cgroup_mode(value: Union[str, int, CgroupMode, None]) -> Optional[CgroupMode]:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            return CGROUP_MODES[value]
+        except KeyError:
+            raise UsageError(
+                f"Invalid manage cgroups mode {value!r}: use one of {', '.join(CGROUP_MODES)}"
+            ) from None
+    try:
+        return CgroupMode(value)
+    except ValueError:
+        raise UsageError(f"Invalid manage cgroups mode {value!r}") from None
+
+
+def parse_empty_ns(value: Union[Iterable[str], int, Namespace, None]) -> Namespace:
+    if value is None:
+        return Namespace(0)
+    if isinstance(value, int):
+        mask = Namespace(value)
+        unsupported = mask & ~Namespace.NEWNET
+        if unsupported:
+            raise UsageError(f"namespace {unsupported!r} is not supported by --empty-ns (only network)")
+        return mask
+    if isinstance(value, str):
+        value = [value]
+    mask = Namespace(0)
+    for name in value:
+        try:
+            mask |= EMPTY_NS[name]
+        except KeyError:
+            raise UsageError(f"namespace {name!r} is not supported by --empty-ns (supported: network)") from None
+    return mask
+
+
+def parse_network_lock(value: Union[str, int, NetworkLock, None]) -> Optional[NetworkLock]:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            return NETWORK_LOCKS[value]
+        except KeyError:
+            raise UsageError(f"Invalid network lock method {value!r}: use one of {', '.join(NETWORK_LOCKS)}") from None
+    return NetworkLock(value)
+
+
+@dataclass(frozen=True)
+class CheckpointOptions:
+    """What ``runc checkpoint``'s flags say, as one value.
+
+    Strings are accepted where the CLI has them (``page_server="host:port"``,
+    ``manage_cgroups_mode="full"``, ``empty_ns=["network"]``) and are
+    validated and converted on construction.
+    """
+
+    image_path: Optional[str] = None  # default: ./checkpoint
+    work_path: Optional[str] = None  # default: the image path
+    leave_running: bool = False
+    tcp_established: bool = False
+    ext_unix_sk: bool = False
+    shell_job: bool = False
+    file_locks: bool = False
+    page_server: Optional[PageServer] = None
+    manage_cgroups_mode: Optional[CgroupMode] = None
+    empty_ns: Namespace = Namespace(0)
+    network_lock: Optional[NetworkLock] = None  # default: CRIU's (iptables)
+    log_level: int = 4
+    extra_externals: tuple = field(default=())  # --external KEY strings handed to CRIU
+
+    def __post_init__(self):
+        ps = self.page_server
+        if isinstance(ps, str):
+            ps = PageServer.parse(ps) if ps else None
+        elif isinstance(ps, tuple):
+            ps = PageServer(*ps)
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        set_("page_server", ps)
+        set_("manage_cgroups_mode", parse_cgroup_mode(self.manage_cgroups_mode))
+        set_("empty_ns", parse_empty_ns(self.empty_ns))
+        set_("network_lock", parse_network_lock(self.network_lock))
+        set_("extra_externals", tuple(self.extra_externals))
+        for name in ("image_path", "work_path"):
+            v = getattr(self, name)
+            if v is not None:
+                v = os.fspath(v)
+                if v == "":
+                    v = None
+                elif "\0" in v:
+                    raise UsageError(f"--{name.replace('_', '-')} contains a NUL byte")
+                set_(name, v)
+        if not 0 <= self.log_level <= 4:
+            raise UsageError(f"Invalid log level {self.log_level} (0-4)")
+
+    def replace(self, **changes) -> "CheckpointOptions":
+        return dataclasses.replace(self, **changes)
+
+    def resolved_image_path(self) -> str:
+        return os.path.abspath(self.image_path or os.path.join(os.getcwd(), "checkpoint"))
+
+    def resolved_work_path(self) -> str:
+        return os.path.abspath(self.work_path) if self.work_path else self.resolved_image_path()

@@ -1,0 +1,200 @@
+"""runc's state root: loading a container, its status, and destroying it.
+
+Reads what runc 1.1 writes to ``<root>/<id>/state.json``; runc itself is not
+executed on these paths.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from .errors import ContainerNotFound, Error, UsageError
+
+DEFAULT_ROOT = "/run/runc"
+STATE_FILE = "state.json"
+EXEC_FIFO = "exec.fifo"
+DESCRIPTORS_FILE = "descriptors.json"
+
+# runc's rule for container ids.
+_ID_RE = re.compile(r"^[\w+\-.]+$")
+
+CREATED, RUNNING, PAUSED, STOPPED = "created", "running", "paused", "stopped"
+
+
+def validate_id(container_id: str) -> str:
+    if not container_id:
+        raise UsageError("container id cannot be empty")
+    if not _ID_RE.match(container_id) or container_id in (".", ".."):
+        raise UsageError(f"invalid container id {container_id!r}")
+    return container_id
+
+
+def proc_start_time(pid: int) -> Optional[int]:
+    """The start time (field 22 of /proc/PID/stat), or None if there is no such live process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X"):  # zombie or dead
+        return None
+    return int(fields[19])
+
+
+@dataclass
+class Container:
+    """A container as runc's state root describes it."""
+
+    id: str
+    root: str
+    state: dict
+
+    @property
+    def state_dir(self) -> str:
+        return os.path.join(self.root, self.id)
+
+    @property
+    def config(self) -> dict:
+        return self.state["config"]
+
+    @property
+    def init_pid(self) -> int:
+        return int(self.state["init_process_pid"])
+
+    @property
+    def rootfs(self) -> str:
+        return self.config["rootfs"]
+
+    @property
+    def cgroup_paths(self) -> Dict[str, str]:
+        return self.state.get("cgroup_paths") or {}
+
+    @property
+    def external_descriptors(self) -> List[str]:
+        return self.state.get("external_descriptors") or []
+
+    @property
+    def bundle(self) -> Optional[str]:
+        for label in self.config.get("labels") or []:
+            if label.startswith("bundle="):
+                return label[len("bundle="):]
+        return None
+
+    def namespace_path(self, ns_type: str) -> Optional[str]:
+        """The path given in the config for a namespace (external), or None."""
+        for ns in self.config.get("namespaces") or []:
+            if ns.get("type") == ns_type and ns.get("path"):
+                return ns["path"]
+        return None
+
+    def has_namespace(self, ns_type: str) -> bool:
+        return any(ns.get("type") == ns_type for ns in self.config.get("namespaces") or [])
+
+    @property
+    def freezer_state_file(self) -> Optional[str]:
+        """The file that freezes the container's cgroup (v1 freezer.state or v2 cgroup.freeze)."""
+        paths = self.cgroup_paths
+        if paths.get("freezer"):
+            return os.path.join(paths["freezer"], "freezer.state")
+        if paths.get(""):
+            f = os.path.join(paths[""], "cgroup.freeze")
+            if os.path.exists(f):
+                return f
+        return None
+
+    @property
+    def freeze_cgroup(self) -> Optional[str]:
+        """What CRIU's freeze_cgroup option wants: the v1 freezer dir or v2's cgroup.freeze."""
+        paths = self.cgroup_paths
+        if paths.get("freezer"):
+            return paths["freezer"]
+        f = self.freezer_state_file
+        return f
+
+    def is_frozen(self) -> bool:
+        f = self.freezer_state_file
+        if not f:
+            return False
+        try:
+            with open(f) as fh:
+                v = fh.read().strip()
+        except OSError:
+            return False
+        return v in ("FROZEN", "FREEZING", "1")
+
+    def thaw(self) -> None:
+        f = self.freezer_state_file
+        if f:
+            with open(f, "w") as fh:
+                fh.write("THAWED" if f.endswith("freezer.state") else "0")
+
+    def freeze(self) -> None:
+        f = self.freezer_state_file
+        if not f:
+            raise Error(f"container {self.id!r} has no freezer cgroup")
+        with open(f, "w") as fh:
+            fh.write("FROZEN" if f.endswith("freezer.state") else "1")
+
+    def status(self) -> str:
+        """runc's status: created, running, paused or stopped."""
+        start = proc_start_time(self.init_pid)
+        alive = start is not None and start == int(self.state.get("init_process_start") or 0)
+        if alive and self.is_frozen():
+            return PAUSED
+        if not alive:
+            return STOPPED
+        if os.path.exists(os.path.join(self.state_dir, EXEC_FIFO)):
+            return CREATED
+        return RUNNING
+
+    def destroy(self, timeout: float = 2.0) -> None:
+        """Remove a stopped container from runc's root, as `runc delete` does.
+
+        Its cgroups are removed (waiting briefly for exiting tasks) and then its
+        state directory.
+        """
+        deadline = time.monotonic() + timeout
+        for path in sorted(set(self.cgroup_paths.values()), key=len, reverse=True):
+            while True:
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as e:
+                    if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                        raise Error(f"cannot remove cgroup {path} of container {self.id!r}: {e.strerror}",
+                                    errno=e.errno) from e
+                    time.sleep(0.005)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def load(container_id: str, root: str = DEFAULT_ROOT) -> Container:
+    """Load a container from runc's state root; the error names the id."""
+    validate_id(container_id)
+    path = os.path.join(root, container_id, STATE_FILE)
+    try:
+        with open(path, "rb") as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        raise ContainerNotFound(f"container {container_id!r} does not exist (in runc root {root})") from None
+    except (OSError, ValueError) as e:
+        raise Error(f"cannot read the state of container {container_id!r} ({path}): {e}") from e
+    if not isinstance(state, dict) or "config" not in state or "init_process_pid" not in state:
+        raise Error(f"the state of container {container_id!r} ({path}) is not runc's state.json")
+    return Container(container_id, root, state)
+
+
+def list_ids(root: str = DEFAULT_ROOT) -> List[str]:
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if os.path.isfile(os.path.join(root, n, STATE_FILE)))
