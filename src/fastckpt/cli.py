@@ -45,6 +45,32 @@ def _add_checkpoint(sub) -> None:
     p.set_defaults(func=_cmd_checkpoint)
 
 
+def _add_restore(sub) -> None:
+    p = sub.add_parser("restore", help="restore a container (or a process tree) from a checkpoint",
+                       description="Restore a container from a checkpoint, like `runc restore`; "
+                                   "without CONTAINER_ID, restore a process tree checkpointed with --pid.")
+    p.add_argument("container_id", nargs="?", metavar="CONTAINER_ID")
+    p.add_argument("--image-path", default="", help="path to criu image files for restoring (default ./checkpoint)")
+    p.add_argument("--work-path", default="", help="path for saving work files and logs (default: image path)")
+    p.add_argument("-b", "--bundle", default="", help="path to the root of the bundle directory (default: current)")
+    p.add_argument("-d", "--detach", action="store_true", help="detach from the container's process")
+    p.add_argument("--pid-file", default="", help="file to write the process id to")
+    p.add_argument("--tcp-established", action="store_true", help="allow open tcp connections")
+    p.add_argument("--ext-unix-sk", action="store_true", help="allow external unix sockets")
+    p.add_argument("--shell-job", action="store_true", help="allow shell jobs")
+    p.add_argument("--file-locks", action="store_true", help="handle file locks, for safety")
+    p.add_argument("--manage-cgroups-mode", default="", metavar="MODE",
+                   help="cgroups mode: 'soft' (default), 'full', 'strict' or 'ignore'")
+    p.add_argument("--empty-ns", action="append", default=[], metavar="NS",
+                   help="create a namespace, but don't restore its properties (network)")
+    p.add_argument("--no-subreaper", action="store_true", help="disable the use of the subreaper")
+    p.add_argument("--no-pivot", action="store_true", help="do not use pivot root to jail the process")
+    p.add_argument("--network-lock", default="", metavar="METHOD",
+                   help="how CRIU locks the network: iptables (CRIU's default), nftables or skip")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_restore)
+
+
 def _add_check(sub) -> None:
     p = sub.add_parser("check", help="show CRIU's version and the kernel features it found")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -58,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="root directory of runc's container state (default /run/runc)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_checkpoint(sub)
+    _add_restore(sub)
     _add_check(sub)
     return parser
 
@@ -81,6 +108,23 @@ def _cmd_checkpoint(args) -> int:
     if args.json:
         print(json.dumps(res.__dict__, indent=2))
     return 0
+
+
+def _cmd_restore(args) -> int:
+    from . import restore, runc
+    from .options import RestoreOptions
+
+    options = RestoreOptions(
+        image_path=args.image_path, work_path=args.work_path, bundle=args.bundle, detach=args.detach,
+        pid_file=args.pid_file, tcp_established=args.tcp_established, ext_unix_sk=args.ext_unix_sk,
+        shell_job=args.shell_job, file_locks=args.file_locks, manage_cgroups_mode=args.manage_cgroups_mode,
+        empty_ns=args.empty_ns, no_subreaper=args.no_subreaper, no_pivot=args.no_pivot,
+        network_lock=args.network_lock,
+    )
+    res = restore.restore(args.container_id or None, options, root=args.root or runc.DEFAULT_ROOT)
+    if args.json:
+        print(json.dumps(res.__dict__, indent=2))
+    return res.exit_status or 0
 
 
 def _cmd_check(args) -> int:

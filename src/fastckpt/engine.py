@@ -150,6 +150,29 @@ def _write_private(path: str, data: bytes) -> None:
         os.close(fd)
 
 
+META_FILE = "fastckpt.json"
+
+
+def write_meta(image_path: str, ct: Optional[runc.Container]) -> None:
+    """What fastckpt keeps beside CRIU's images: the kind of checkpoint and,
+    for a container, runc's state (its config) so that restore needs no conversion."""
+    meta = {"format": 1, "kind": "container" if ct else "process"}
+    if ct is not None:
+        meta["id"] = ct.id
+        meta["state"] = ct.state
+    _write_private(os.path.join(image_path, META_FILE), json.dumps(meta).encode())
+
+
+def read_meta(image_path: str) -> Optional[dict]:
+    try:
+        with open(os.path.join(image_path, META_FILE), "rb") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise Error(f"cannot read {META_FILE} in {image_path}: {e}") from e
+
+
 def list_images(path: str) -> Dict[str, int]:
     out = {}
     with os.scandir(path) as it:
@@ -310,6 +333,7 @@ def checkpoint(container_id: Optional[str] = None, options: Optional[CheckpointO
             # runc restore reads how the container's stdio was connected from here
             _write_private(os.path.join(image_path, runc.DESCRIPTORS_FILE),
                            json.dumps(ct.external_descriptors).encode())
+        write_meta(image_path, ct)
         ret, err = opts.dump()
     finally:
         for fd in fds:

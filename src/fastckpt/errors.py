@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import re
 from typing import Optional, Sequence
 
 # CRIU prints this on every run in a VM without CAP_SYS_RESOURCE; it never
 # causes a failure, so it is never shown as one.
 _HARMLESS = ("Can't setup RLIMIT_NOFILE for self",)
+# "(00.064840)      1: Error (criu/mount-v2.c:634): mnt-v2: Can't stat ...": time, task, text
+_LOG_LINE = re.compile(r"^\(\s*[\d.]+\)\s+(?:\d+:\s+)?(.*)$")
+_ERROR = re.compile(r"^Error \([^)]*\):\s*(.*)$")
 
 
 def _rebuild(cls, message, errno, attrs):
@@ -129,12 +133,13 @@ def log_errors(path: Optional[str], limit: int = 20) -> list:
     out: list = []
     recent: list = []  # plain lines seen since the last Error line
     for line in data.splitlines():
-        text = line.split(") ", 1)[1] if line.startswith("(") and ") " in line else line
-        if not text.startswith("Error ("):
-            recent = (recent + [text.strip()])[-10:]
+        m = _LOG_LINE.match(line)
+        text = m.group(1) if m else line.strip()
+        e = _ERROR.match(text)
+        if not e:
+            recent = (recent + [text])[-10:]
             continue
-        j = text.find("): ")
-        msg = text[j + 3:].strip() if j >= 0 else text
+        msg = e.group(1).strip()
         if not msg or any(h in msg for h in _HARMLESS):
             continue
         if not out:

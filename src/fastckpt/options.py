@@ -108,8 +108,24 @@ def parse_network_lock(value: Union[str, int, NetworkLock, None]) -> Optional[Ne
     return NetworkLock(value)
 
 
+class _ImagePaths:
+    """Where images and logs go; shared by checkpoint and restore options."""
+
+    image_path: Optional[str]
+    work_path: Optional[str]
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def resolved_image_path(self) -> str:
+        return os.path.abspath(self.image_path or os.path.join(os.getcwd(), "checkpoint"))
+
+    def resolved_work_path(self) -> str:
+        return os.path.abspath(self.work_path) if self.work_path else self.resolved_image_path()
+
+
 @dataclass(frozen=True)
-class CheckpointOptions:
+class CheckpointOptions(_ImagePaths):
     """What ``runc checkpoint``'s flags say, as one value.
 
     Strings are accepted where the CLI has them (``page_server="host:port"``,
@@ -143,23 +159,53 @@ class CheckpointOptions:
         set_("empty_ns", parse_empty_ns(self.empty_ns))
         set_("network_lock", parse_network_lock(self.network_lock))
         set_("extra_externals", tuple(self.extra_externals))
-        for name in ("image_path", "work_path"):
-            v = getattr(self, name)
-            if v is not None:
-                v = os.fspath(v)
-                if v == "":
-                    v = None
-                elif "\0" in v:
-                    raise UsageError(f"--{name.replace('_', '-')} contains a NUL byte")
-                set_(name, v)
+        _normalize_paths(self, ("image_path", "work_path"))
         if not 0 <= self.log_level <= 4:
             raise UsageError(f"Invalid log level {self.log_level} (0-4)")
 
-    def replace(self, **changes) -> "CheckpointOptions":
-        return dataclasses.replace(self, **changes)
 
-    def resolved_image_path(self) -> str:
-        return os.path.abspath(self.image_path or os.path.join(os.getcwd(), "checkpoint"))
 
-    def resolved_work_path(self) -> str:
-        return os.path.abspath(self.work_path) if self.work_path else self.resolved_image_path()
+@dataclass(frozen=True)
+class RestoreOptions(_ImagePaths):
+    """What ``runc restore``'s flags say, as one value (strings accepted as in CheckpointOptions)."""
+
+    image_path: Optional[str] = None  # default: ./checkpoint
+    work_path: Optional[str] = None  # default: the image path
+    bundle: Optional[str] = None  # default: the current directory (containers only)
+    detach: bool = False
+    pid_file: Optional[str] = None
+    tcp_established: bool = False
+    ext_unix_sk: bool = False
+    shell_job: bool = False
+    file_locks: bool = False
+    manage_cgroups_mode: Optional[CgroupMode] = None
+    empty_ns: Namespace = Namespace(0)
+    no_subreaper: bool = False
+    no_pivot: bool = False
+    network_lock: Optional[NetworkLock] = None
+    log_level: int = 4
+    extra_externals: tuple = field(default=())
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        set_("manage_cgroups_mode", parse_cgroup_mode(self.manage_cgroups_mode))
+        set_("empty_ns", parse_empty_ns(self.empty_ns))
+        set_("network_lock", parse_network_lock(self.network_lock))
+        set_("extra_externals", tuple(self.extra_externals))
+        _normalize_paths(self, ("image_path", "work_path", "bundle", "pid_file"))
+        if not 0 <= self.log_level <= 4:
+            raise UsageError(f"Invalid log level {self.log_level} (0-4)")
+
+    def resolved_bundle(self) -> str:
+        return os.path.abspath(self.bundle or os.getcwd())
+
+
+def _normalize_paths(obj, names) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if v is None:
+            continue
+        v = os.fspath(v)
+        if "\0" in v:
+            raise UsageError(f"--{name.replace('_', '-')} contains a NUL byte")
+        object.__setattr__(obj, name, v or None)

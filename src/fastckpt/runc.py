@@ -173,7 +173,33 @@ class Container:
                         raise Error(f"cannot remove cgroup {path} of container {self.id!r}: {e.strerror}",
                                     errno=e.errno) from e
                     time.sleep(0.005)
-        shutil.rmtree(self.state_dir, ignore_errors=True)
+        remove_state_dir(self.state_dir)
+
+
+def _mounts_under(path: str) -> List[str]:
+    prefix = path.rstrip("/") + "/"
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mnt = line.split()[4].replace("\\040", " ")
+            if mnt == path or mnt.startswith(prefix):
+                out.append(mnt)
+    return out
+
+
+def remove_state_dir(path: str) -> None:
+    """Remove a container's state directory without ever following a mount out of it.
+
+    A mount left inside it (CRIU's root, a bind mount of the rootfs) is
+    detached first, so the rootfs behind it can never be deleted.
+    """
+    from . import _libc
+
+    for mnt in sorted(_mounts_under(path), key=len, reverse=True):
+        _libc.umount(mnt)
+    if _mounts_under(path):
+        raise Error(f"cannot remove {path}: a mount is still inside it")
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def load(container_id: str, root: str = DEFAULT_ROOT) -> Container:

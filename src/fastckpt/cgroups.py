@@ -1,0 +1,138 @@
+"""cgroups for a container being restored: the paths runc would use, made and removed.
+
+cgroup v1 controllers (plus the v2 hierarchy of a hybrid host), as runc 1.1
+lays them out: ``<mount>/<own cgroup of this process>/<name>`` when the
+config gives no path, ``<mount>/<path>`` when it does.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from typing import Dict, List, Tuple
+
+from .errors import Error
+
+
+def mounts() -> Dict[str, str]:
+    """cgroup hierarchy key (runc's: controller name, 'name=systemd', '' for v2) -> mount point."""
+    out: Dict[str, str] = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            sep = parts.index("-")
+            fstype, opts = parts[sep + 1], parts[sep + 3].split(",")
+            if parts[3] != "/":
+                continue
+            if fstype == "cgroup2":
+                out.setdefault("", parts[4])
+            elif fstype == "cgroup":
+                for o in opts:
+                    if o in ("rw", "ro") or "=" in o and not o.startswith("name="):
+                        continue
+                    out.setdefault(o, parts[4])
+    return out
+
+
+def own() -> Dict[str, str]:
+    """This process's cgroup per hierarchy key (from /proc/self/cgroup)."""
+    out: Dict[str, str] = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, ctrls, path = line.rstrip("\n").split(":", 2)
+            for c in ctrls.split(",") if ctrls else [""]:
+                out[c] = path
+    return out
+
+
+def paths_for(cg_config: dict) -> Dict[str, str]:
+    """The cgroup directories runc would give a container with this cgroups config."""
+    path = cg_config.get("path") or ""
+    name = cg_config.get("name") or ""
+    parent = cg_config.get("parent") or ""
+    mine = own()
+    out: Dict[str, str] = {}
+    for key, mnt in mounts().items():
+        if path:
+            rel = path
+        else:
+            rel = os.path.join(mine.get(key, "/"), parent.lstrip("/"), name)
+        out[key] = os.path.normpath(os.path.join(mnt, rel.lstrip("/")))
+    return out
+
+
+def relative(key: str, full: str) -> str:
+    """A cgroup directory as a path inside its hierarchy (CRIU's cgroup root)."""
+    mnt = mounts()[key]
+    return "/" + os.path.relpath(full, mnt).lstrip(".")
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _device_rule(d: dict) -> str:
+    kind = {97: "a", 98: "b", 99: "c"}.get(d.get("type"), chr(d.get("type", 97)))
+    if kind == "a":
+        return "a"
+    major = "*" if d.get("major", -1) < 0 else str(d["major"])
+    minor = "*" if d.get("minor", -1) < 0 else str(d["minor"])
+    return f"{kind} {major}:{minor} {d.get('permissions', 'rwm')}"
+
+
+def create(paths: Dict[str, str], resources: dict) -> List[str]:
+    """Make the cgroup directories and apply the config's resources; returns what was made.
+
+    cpuset is seeded from its parent (a v1 cpuset cgroup is empty when made),
+    devices gets the config's allow/deny list; other limits when set.
+    """
+    made: List[str] = []
+    try:
+        for key, path in paths.items():
+            todo = []
+            p = path
+            while not os.path.isdir(p):
+                todo.append(p)
+                p = os.path.dirname(p)
+            for d in reversed(todo):
+                os.mkdir(d, 0o755)
+                made.append(d)
+                if key == "cpuset":
+                    parent = os.path.dirname(d)
+                    for f in ("cpuset.cpus", "cpuset.mems"):
+                        with open(os.path.join(parent, f)) as fh:
+                            _write(os.path.join(d, f), fh.read().strip() or "\n")
+        _apply(paths, resources)
+    except OSError as e:
+        remove(made)
+        raise Error(f"cannot set up cgroup {e.filename or ''}: {e.strerror}", errno=e.errno) from e
+    return made
+
+
+def _apply(paths: Dict[str, str], r: dict) -> None:
+    dev = paths.get("devices")
+    if dev and r.get("devices"):
+        for d in r["devices"]:
+            _write(os.path.join(dev, "devices.allow" if d.get("allow") else "devices.deny"), _device_rule(d))
+    settings: List[Tuple[str, str, object]] = [
+        ("memory", "memory.limit_in_bytes", r.get("memory")),
+        ("memory", "memory.soft_limit_in_bytes", r.get("memory_reservation")),
+        ("pids", "pids.max", r.get("pids_limit")),
+        ("cpu", "cpu.shares", r.get("cpu_shares")),
+        ("cpu", "cpu.cfs_period_us", r.get("cpu_period")),
+        ("cpu", "cpu.cfs_quota_us", r.get("cpu_quota")),
+        ("cpuset", "cpuset.cpus", r.get("cpuset_cpus")),
+        ("cpuset", "cpuset.mems", r.get("cpuset_mems")),
+    ]
+    for key, fname, value in settings:
+        if value and paths.get(key):
+            _write(os.path.join(paths[key], fname), str(value))
+
+
+def remove(dirs: List[str]) -> None:
+    for d in sorted(dirs, key=len, reverse=True):
+        try:
+            os.rmdir(d)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT,):
+                pass

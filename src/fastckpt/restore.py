@@ -1,0 +1,438 @@
+"""Restore: images -> a running runc container (or process tree) again.
+
+A restored container is a runc container: its state directory is written as
+runc 1.1 writes it, so `runc list/state/exec/kill/delete` work on it.
+Everything made on the way (state dir, cgroups, the root bind mount) is
+undone when the restore fails.
+"""
+from __future__ import annotations
+
+import datetime
+import errno
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from . import _libc, cgroups, engine, runc
+from .errors import ContainerStateError, Error, ImageDirError, UsageError
+from .options import RestoreOptions
+
+RESTORE_LOG = "restore.log"
+CRIU_ROOT = "criu-root"
+
+_NS_FILES = {"NEWCGROUP": "cgroup", "NEWIPC": "ipc", "NEWNET": "net", "NEWNS": "mnt", "NEWPID": "pid",
+             "NEWUSER": "user", "NEWUTS": "uts"}
+_INHERIT_NS = {"NEWNET": "extRootNetNS", "NEWPID": "extRootPidNS"}
+
+
+@dataclass
+class RestoreResult:
+    pid: int
+    image_path: str
+    work_path: str
+    log_path: str
+    container_id: Optional[str] = None
+    bundle: Optional[str] = None
+    wall_time: float = 0.0
+    exit_status: Optional[int] = None  # when not detached: how the container ended
+
+
+# --- what the images are -------------------------------------------------------
+
+def image_kind(image_path: str) -> Tuple[str, Optional[dict]]:
+    """('container' | 'process', fastckpt metadata or None) for an image directory."""
+    if not os.path.isdir(image_path):
+        raise ImageDirError(f"image directory {image_path} does not exist", errno=errno.ENOENT)
+    if not os.path.exists(os.path.join(image_path, "inventory.img")):
+        raise ImageDirError(f"{image_path} holds no checkpoint (no inventory.img)", errno=errno.ENOENT)
+    meta = engine.read_meta(image_path)
+    if meta is not None:
+        return meta.get("kind", "process"), meta
+    # runc writes descriptors.json with every container checkpoint
+    if os.path.exists(os.path.join(image_path, runc.DESCRIPTORS_FILE)):
+        return "container", None
+    return "process", None
+
+
+# --- the container's config --------------------------------------------------------
+
+def _spec_rootfs(bundle: str) -> str:
+    cfg_path = os.path.join(bundle, "config.json")
+    try:
+        with open(cfg_path) as f:
+            spec = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"bundle {bundle} has no config.json (use --bundle DIR)") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {cfg_path}: {e}") from None
+    root = (spec.get("root") or {}).get("path") or "rootfs"
+    rootfs = os.path.realpath(os.path.join(bundle, root))
+    if not os.path.isdir(rootfs):
+        raise UsageError(f"the rootfs {rootfs} of bundle {bundle} does not exist")
+    return rootfs
+
+
+def config_from_bundle(bundle: str) -> dict:
+    """runc's own conversion of the bundle's OCI spec into its container config.
+
+    For images without fastckpt's metadata (made by `runc checkpoint`): runc
+    creates a throw-away container from the bundle in a private state root;
+    its config is read and the container deleted at once.
+    """
+    import subprocess
+
+    from .bundle import runc_log_errors
+
+    tmp = tempfile.mkdtemp(prefix="fastckpt-conv-")
+    cid = f"fastckpt-conv-{os.getpid()}-{time.monotonic_ns()}"
+    log = os.path.join(tmp, "runc.log")
+    base = ["runc", "--root", tmp, "--log", log, "--log-format", "json"]
+    try:
+        with open(os.devnull, "r+b") as null:
+            rc = subprocess.run(base + ["create", "--bundle", bundle, cid], stdin=null, stdout=null,
+                                stderr=null).returncode
+            if rc:
+                raise Error(f"runc cannot create a container from bundle {bundle}: "
+                            f"{runc_log_errors(log) or f'exit {rc}'}")
+            with open(os.path.join(tmp, cid, runc.STATE_FILE)) as f:
+                state = json.load(f)
+            subprocess.run(base + ["delete", "-f", cid], stdin=null, stdout=null, stderr=null)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    cfg = state["config"]
+    cg = cfg.get("cgroups") or {}
+    if cg.get("name") == cid:
+        cg["name"] = ""
+    return cfg
+
+
+def container_config(container_id: str, bundle: str, meta: Optional[dict]) -> dict:
+    rootfs = _spec_rootfs(bundle)
+    if meta and meta.get("state"):
+        cfg = json.loads(json.dumps(meta["state"]["config"]))
+        old_id = meta.get("id")
+    else:
+        cfg = config_from_bundle(bundle)
+        old_id = None
+    cfg["rootfs"] = rootfs
+    cfg["labels"] = [l for l in cfg.get("labels") or [] if not l.startswith("bundle=")] + [f"bundle={bundle}"]
+    cg = cfg.setdefault("cgroups", {})
+    if not cg.get("path") and cg.get("name") in ("", None, old_id):
+        cg["name"] = container_id
+    return cfg
+
+
+# --- mounts --------------------------------------------------------------------
+
+def _prepare_mountpoints(cfg: dict) -> None:
+    """Bind mount targets must exist in the rootfs for CRIU to mount onto them."""
+    rootfs = cfg["rootfs"]
+    for m in cfg.get("mounts") or []:
+        if m.get("device") != "bind":
+            continue
+        target = os.path.join(rootfs, m["destination"].lstrip("/"))
+        if os.path.lexists(target):
+            continue
+        if os.path.isdir(m["source"]):
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "a").close()
+
+
+def _restore_ext_mounts(cfg: dict, cg_paths: Dict[str, str]) -> List[Tuple[str, str]]:
+    ext: Dict[str, str] = {}
+    for m in cfg.get("mounts") or []:
+        if m.get("device") == "bind":
+            ext[m["destination"]] = m["source"]
+        elif m.get("device") == "cgroup":
+            # the container saw each hierarchy at <dest>/<mount dir name>: give it its new cgroups
+            for key, mnt in cgroups.mounts().items():
+                if key in cg_paths:
+                    ext[os.path.join(m["destination"], os.path.basename(mnt))] = cg_paths[key]
+    ext["/dev/null"] = "/dev/null"  # masked files
+    for dev in cfg.get("devices") or []:
+        if dev.get("path"):
+            ext.setdefault(dev["path"], dev["path"])
+    return list(ext.items())
+
+
+# --- state.json -------------------------------------------------------------------
+
+def _rfc3339_now() -> str:
+    ns = time.time_ns()
+    t = datetime.datetime.fromtimestamp(ns // 10**9, datetime.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % 10**9:09d}Z"
+
+
+def _write_state(state_dir: str, state: dict) -> None:
+    tmp = os.path.join(state_dir, f".{runc.STATE_FILE}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(state, f)
+    os.rename(tmp, os.path.join(state_dir, runc.STATE_FILE))
+
+
+def _descriptors(image_path: str) -> List[str]:
+    try:
+        with open(os.path.join(image_path, runc.DESCRIPTORS_FILE)) as f:
+            d = json.load(f)
+        return [str(x) for x in d] if isinstance(d, list) else []
+    except (OSError, ValueError):
+        return []
+
+
+# --- loopback --------------------------------------------------------------------
+
+def ensure_loopback_up(pid: int) -> None:
+    """Bring `lo` up in the network namespace of PID (CRIU leaves it down)."""
+    import fcntl
+    import socket
+    import struct
+    import threading
+
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    errors: List[BaseException] = []
+
+    def work():
+        # setns() changes only this thread's namespace; the thread ends right after
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+            try:
+                _libc.setns(fd, _libc.CLONE_NEWNET)
+            finally:
+                os.close(fd)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                req = struct.pack("16sH14x", b"lo", 0)
+                flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+                if not flags & IFF_UP:
+                    fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+        except BaseException as e:  # reported by the caller's thread
+            errors.append(e)
+
+    t = threading.Thread(target=work, name="fastckpt-netns")
+    t.start()
+    t.join()
+    if errors:
+        raise Error(f"cannot bring up the loopback of the restored container: {errors[0]}") from errors[0]
+
+
+# --- restore -----------------------------------------------------------------------
+
+def _new_opts(options: RestoreOptions, image_fd: int, work_fd: int):
+    opts = engine.new_opts()
+    opts.set_images_dir_fd(image_fd)
+    opts.set_work_dir_fd(work_fd)
+    opts.set_log_file(RESTORE_LOG)
+    engine.apply_common(opts, options)
+    return opts
+
+
+def _open_dirs(options: RestoreOptions) -> Tuple[str, str, List[int]]:
+    image_path = options.resolved_image_path()
+    work_path = options.resolved_work_path()
+    if work_path != image_path:
+        engine.make_private_dir(work_path, "work directory")
+    fds = [engine.open_dir_fd(image_path, "image directory")]
+    fds.append(engine.open_dir_fd(work_path, "work directory") if work_path != image_path else fds[0])
+    return image_path, work_path, fds
+
+
+def _write_pid_file(path: Optional[str], pid: int) -> None:
+    if not path:
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.rename(tmp, path)
+
+
+def restore(container_id: Optional[str] = None, options: Optional[RestoreOptions] = None, *,
+            root: str = runc.DEFAULT_ROOT, **kwargs) -> RestoreResult:
+    """Restore a container (given its id: runc's restore) or a process tree (no id)."""
+    t0 = time.monotonic()
+    if options is None:
+        options = RestoreOptions(**kwargs)
+    elif kwargs:
+        options = options.replace(**kwargs)
+    image_path = options.resolved_image_path()
+    kind, meta = image_kind(image_path)
+    if container_id is None:
+        if kind == "container":
+            who = f" of container {meta['id']!r}" if meta and meta.get("id") else " of a container"
+            raise UsageError(f"the images in {image_path} are a checkpoint{who}: "
+                             "restore them with a container id (and --bundle)")
+        return _restore_process(options, t0)
+    runc.validate_id(container_id)
+    if kind != "container":
+        raise UsageError(f"the images in {image_path} are a checkpoint of a process tree, not of a "
+                         "container: restore them without a container id")
+    return _restore_container(container_id, options, root, meta, t0)
+
+
+def _restore_process(options: RestoreOptions, t0: float) -> RestoreResult:
+    """A process tree comes back detached: its root is reparented away from us when CRIU exits."""
+    image_path, work_path, fds = _open_dirs(options)
+    try:
+        opts = _new_opts(options, fds[0], fds[1])
+        ret, err = opts.restore()
+    finally:
+        for fd in set(fds):
+            os.close(fd)
+    log_path = os.path.join(work_path, RESTORE_LOG)
+    if ret <= 0:
+        engine.raise_criu_failure("restore", ret, err, log_path)
+    _write_pid_file(options.pid_file, ret)
+    return RestoreResult(pid=ret, image_path=image_path, work_path=work_path, log_path=log_path,
+                         wall_time=time.monotonic() - t0)
+
+
+def _restore_container(cid: str, options: RestoreOptions, root: str, meta: Optional[dict],
+                       t0: float) -> RestoreResult:
+    bundle = options.resolved_bundle()
+    state_dir = os.path.join(root, cid)
+    if os.path.exists(state_dir):
+        raise ContainerStateError(f"container {cid!r} already exists (in runc root {root})", errno=errno.EEXIST)
+    cfg = container_config(cid, bundle, meta)
+    if options.no_pivot:
+        cfg["no_pivot_root"] = True
+    image_path, work_path, fds = _open_dirs(options)
+    log_path = os.path.join(work_path, RESTORE_LOG)
+
+    undo: List = []  # what to take back on failure, last first
+    ns_fds: List[int] = []
+    pid = 0
+    # CRIU's root: the rootfs bind-mounted, as runc does (the rootfs need not be a mount)
+    criu_root = os.path.join(state_dir, CRIU_ROOT)
+    mounted = False
+    try:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        try:
+            os.mkdir(state_dir, 0o711)
+        except FileExistsError:
+            raise ContainerStateError(f"container {cid!r} already exists (in runc root {root})",
+                                      errno=errno.EEXIST) from None
+        undo.append(lambda: runc.remove_state_dir(state_dir))
+
+        cg_paths = cgroups.paths_for(cfg.get("cgroups") or {})
+        made = cgroups.create(cg_paths, cfg.get("cgroups") or {})
+        undo.append(lambda: cgroups.remove(made))
+
+        os.mkdir(criu_root, 0o755)
+        _libc.bind_mount(cfg["rootfs"], criu_root)
+        mounted = True
+        _prepare_mountpoints(cfg)
+
+        opts = _new_opts(options, fds[0], fds[1])
+        opts.set_root(criu_root)
+        opts.set_manage_cgroups(True)
+        opts.set_evasive_devices(True)
+        for key, path in cg_paths.items():
+            # per v1 controller; the v2 hierarchy ("") is CRIU's global cgroup root
+            opts.add_cg_root(key or None, cgroups.relative(key, path))
+        for key, val in _restore_ext_mounts(cfg, cg_paths):
+            opts.add_ext_mount(key, val)
+        for ns in cfg.get("namespaces") or []:
+            key = _INHERIT_NS.get(ns.get("type"))
+            if key and ns.get("path"):
+                fd = os.open(ns["path"], os.O_RDONLY)
+                ns_fds.append(fd)
+                os.set_inheritable(fd, True)
+                opts.add_inherit_fd(fd, key)
+        descriptors = _descriptors(image_path)
+        for i, d in enumerate(descriptors[:3]):
+            if d.startswith(("pipe:", "socket:")):
+                opts.add_inherit_fd(i, d)
+
+        if not options.detach and not options.no_subreaper:
+            _libc.set_child_subreaper(True)
+        try:
+            ret, err = opts.restore_child()
+        finally:  # the restored mount namespace keeps its own copy of the root
+            _libc.umount(criu_root)
+            mounted = False
+            os.rmdir(criu_root)
+        if ret <= 0:
+            engine.raise_criu_failure("restore", ret, err, log_path)
+        pid = ret
+        undo.append(lambda: _kill(pid))
+
+        if any(ns.get("type") == "NEWNET" and not ns.get("path") for ns in cfg.get("namespaces") or []) \
+                and not options.empty_ns:
+            ensure_loopback_up(pid)
+        start = runc.proc_start_time(pid)
+        state = {
+            "id": cid,
+            "init_process_pid": pid,
+            "init_process_start": start or 0,
+            "created": _rfc3339_now(),
+            "config": cfg,
+            "rootless": False,
+            "cgroup_paths": cg_paths,
+            "namespace_paths": {t: f"/proc/{pid}/ns/{n}" for t, n in _NS_FILES.items()},
+            "external_descriptors": descriptors,
+            "intel_rdt_path": "",
+        }
+        _write_state(state_dir, state)
+        _write_pid_file(options.pid_file, pid)
+    except BaseException:
+        if mounted:
+            _libc.umount(criu_root)
+            mounted = False
+        for fn in reversed(undo):
+            try:
+                fn()
+            except Exception:
+                pass
+        raise
+    finally:
+        for fd in set(fds) | set(ns_fds):
+            os.close(fd)
+
+    result = RestoreResult(pid=pid, image_path=image_path, work_path=work_path, log_path=log_path,
+                           container_id=cid, bundle=bundle, wall_time=time.monotonic() - t0)
+    if not options.detach:
+        result.exit_status = _wait_foreground(runc.Container(cid, root, state), pid)
+    return result
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _wait_foreground(ct: runc.Container, pid: int) -> int:
+    """Like `runc restore` without -d: forward signals, wait, then delete the container."""
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+    old = {s: signal.signal(s, lambda sig, _f: _forward(pid, sig)) for s in forwarded}
+    try:
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                status = 0
+                break
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    # the container's other processes go with their init (its pid namespace)
+    ct.destroy()
+    return os.waitstatus_to_exitcode(status)
+
+
+def _forward(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
