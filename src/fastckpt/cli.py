@@ -111,7 +111,7 @@ def _cmd_checkpoint(args) -> int:
 
 
 def _cmd_restore(args) -> int:
-    from . import restore, runc
+    from . import restorer, runc
     from .options import RestoreOptions
 
     options = RestoreOptions(
@@ -121,7 +121,7 @@ def _cmd_restore(args) -> int:
         empty_ns=args.empty_ns, no_subreaper=args.no_subreaper, no_pivot=args.no_pivot,
         network_lock=args.network_lock,
     )
-    res = restore.restore(args.container_id or None, options, root=args.root or runc.DEFAULT_ROOT)
+    res = restorer.restore(args.container_id or None, options, root=args.root or runc.DEFAULT_ROOT)
     if args.json:
         print(json.dumps(res.__dict__, indent=2))
     return res.exit_status or 0
