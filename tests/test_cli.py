@@ -1,0 +1,137 @@
+"""Unit tests of the `fastckpt` command's argument handling (no root: nothing reaches CRIU)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import ckpt_support as cs
+from fastckpt import cli
+
+
+def call_main(argv):
+    """cli.main(ARGV) -> exit code; argparse's own errors exit through SystemExit."""
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def one_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {err!r}"
+    assert lines[0].startswith("fastckpt: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["checkpoint", "--page-server", "foo", "ct"], "Use --page-server ADDRESS:PORT to specify page server"),
+    (["checkpoint", "--page-server", "a:b:c", "ct"], "Use --page-server ADDRESS:PORT to specify page server"),
+    (["checkpoint", "--page-server", "host:abc", "ct"], "Invalid port number"),
+    (["checkpoint", "--page-server", "host:0", "ct"], "Invalid port number"),
+    (["checkpoint", "--page-server", "host:65536", "ct"], "Invalid port number"),
+    (["checkpoint", "--manage-cgroups-mode", "bogus", "ct"], "Invalid manage cgroups mode 'bogus'"),
+    (["checkpoint", "--empty-ns", "pid", "ct"], "namespace 'pid' is not supported by --empty-ns"),
+    (["checkpoint", "--empty-ns", "network", "--empty-ns", "ipc", "ct"], "'ipc' is not supported"),
+    (["checkpoint", "--network-lock", "x", "ct"], "Invalid network lock method 'x'"),
+    (["checkpoint"], '"checkpoint" requires a container id (or --pid PID)'),
+    (["checkpoint", "--pid", "123", "ct"], "not both"),
+    (["checkpoint", "--pid", "1"], "cannot checkpoint pid 1"),
+    (["checkpoint", "bad/id"], "invalid container id 'bad/id'"),
+    (["checkpoint", "--image-path", "/tmp/x\0y", "ct"], "NUL"),
+])
+def test_usage_errors_exit_2_with_one_line(capsys, tmp_path, argv, needle):
+    code = call_main(["--root", str(tmp_path)] + argv)
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert needle in one_line(err)
+    assert out == ""
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["checkpoint", "--pid", "abc"], "argument --pid: invalid int value: 'abc'"),
+    (["checkpoint", "--bogus", "ct"], "unrecognized arguments: --bogus"),
+    (["checkpoint", "a", "b"], "unrecognized arguments: b"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["checkpoint", "--page-server"], "expected one argument"),
+])
+def test_argparse_errors_exit_2_with_one_line(capsys, argv, needle):
+    code = call_main(argv)
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert needle in one_line(err)
+
+
+def test_no_command_prints_usage(capsys):
+    assert call_main([]) == 2
+    _, err = capsys.readouterr()
+    assert err.startswith("usage: fastckpt")
+
+
+def test_version(capsys):
+    from fastckpt import __version__
+    assert call_main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"fastckpt {__version__}"
+
+
+def test_unknown_container_exits_1(capsys, tmp_path):
+    code = call_main(["--root", str(tmp_path), "checkpoint", "--image-path", str(tmp_path / "img"), "nope"])
+    _, err = capsys.readouterr()
+    assert code == 1
+    line = one_line(err)
+    assert "'nope'" in line and "does not exist" in line
+    assert not (tmp_path / "img").exists()
+
+
+def test_dead_pid_exits_1(capsys, tmp_path):
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    code = call_main(["checkpoint", "--pid", str(p.pid), "--image-path", str(tmp_path / "img")])
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert f"no running process with pid {p.pid}" in one_line(err)
+
+
+def test_created_state_exits_1(capsys, tmp_path):
+    cs.write_fake_state(tmp_path, "ct", fifo=True)
+    code = call_main(["--root", str(tmp_path), "checkpoint", "--image-path", str(tmp_path / "img"), "ct"])
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert "created state" in one_line(err)
+
+
+def test_help_lists_runc_flags(capsys):
+    assert call_main(["checkpoint", "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--image-path", "--work-path", "--leave-running", "--tcp-established", "--ext-unix-sk",
+                 "--shell-job", "--page-server", "--file-locks", "--manage-cgroups-mode", "--empty-ns",
+                 "--network-lock", "--json", "--pid"):
+        assert flag in out
+
+
+# --- the real command, as a subprocess --------------------------------------------------
+
+@pytest.mark.parametrize("args, code, needle", [
+    (["checkpoint", "--page-server", "foo", "ct"], 2, "Use --page-server ADDRESS:PORT"),
+    (["checkpoint", "--pid", "abc"], 2, "invalid int value"),
+    (["checkpoint", "--manage-cgroups-mode", "bogus", "ct"], 2, "Invalid manage cgroups mode"),
+    (["checkpoint", "nope"], 1, "'nope' does not exist"),
+])
+def test_command_line(tmp_path, args, code, needle):
+    proc = cs.run_cli("--root", str(tmp_path), *args, cwd=str(tmp_path))
+    cs.assert_one_line_error(proc, code, needle)
+    assert proc.stdout == ""
+    assert not (tmp_path / "checkpoint").exists()
+
+
+def test_console_script_matches_module(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "fastckpt")
+    if not os.path.exists(exe):
+        pytest.skip("the fastckpt console script is not installed next to this python")
+    proc = subprocess.run([exe, "--root", str(tmp_path), "checkpoint", "--empty-ns", "pid", "x"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    cs.assert_one_line_error(proc, 2, "'pid' is not supported by --empty-ns")
