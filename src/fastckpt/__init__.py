@@ -1,21 +1,47 @@
-"""fastckpt: checkpoint and restore of runc containers and process trees, through libcriu."""
+"""fastckpt: checkpoint and restore of runc containers and process trees, through libcriu.
+
+Names are loaded on first use, so that `fastckpt --version` and the CLI's
+argument errors cost no more than Python's start.
+"""
+from importlib import import_module
+from typing import TYPE_CHECKING
+
 from ._version import __version__
-from . import _criu
-from .constants import CgroupMode, LogLevel, Namespace, NetworkLock
-from .engine import CheckpointResult, check, checkpoint, criu_version, features
-from .errors import (ContainerNotFound, ContainerStateError, CriuError, CriuNotFound, CriuVersionError,
-                     Error, FeatureUnavailable, ImageDirError, UsageError)
-from .options import CheckpointOptions, PageServer, RestoreOptions
-from .restorer import RestoreResult, restore
 
 #: the binding in use (one for now: the Cython extension over libcriu)
 backend = "cython"
 
-__all__ = [
-    "__version__", "backend",
-    "checkpoint", "restore", "check", "criu_version", "features",
-    "CheckpointOptions", "CheckpointResult", "RestoreOptions", "RestoreResult", "PageServer",
-    "CgroupMode", "LogLevel", "Namespace", "NetworkLock",
-    "Error", "UsageError", "ContainerNotFound", "ContainerStateError", "CriuError", "CriuNotFound",
-    "CriuVersionError", "FeatureUnavailable", "ImageDirError",
-]
+_EXPORTS = {
+    "checkpoint": "engine", "check": "engine", "criu_version": "engine", "features": "engine",
+    "CheckpointResult": "engine",
+    "restore": "restorer", "RestoreResult": "restorer",
+    "CheckpointOptions": "options", "RestoreOptions": "options", "PageServer": "options",
+    "CgroupMode": "constants", "LogLevel": "constants", "Namespace": "constants", "NetworkLock": "constants",
+    "Error": "errors", "UsageError": "errors", "ContainerNotFound": "errors", "ContainerStateError": "errors",
+    "CriuError": "errors", "CriuNotFound": "errors", "CriuVersionError": "errors",
+    "FeatureUnavailable": "errors", "ImageDirError": "errors",
+}
+
+__all__ = ["__version__", "backend", *_EXPORTS]
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastckpt' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from .constants import CgroupMode, LogLevel, Namespace, NetworkLock
+    from .engine import CheckpointResult, check, checkpoint, criu_version, features
+    from .errors import (ContainerNotFound, ContainerStateError, CriuError, CriuNotFound, CriuVersionError,
+                         Error, FeatureUnavailable, ImageDirError, UsageError)
+    from .options import CheckpointOptions, PageServer, RestoreOptions
+    from .restorer import RestoreResult, restore

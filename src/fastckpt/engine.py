@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from . import _criu, runc
+from . import _criu, kdat, runc
 from .constants import MIN_CRIU_VERSION, Namespace
 from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, Error,
                      ImageDirError, UsageError, log_errors)
@@ -54,8 +54,10 @@ def criu_binary() -> str:
 
 
 def new_opts() -> "_criu.Opts":
+    binary = criu_binary()
+    kdat.ensure(binary)
     opts = _criu.Opts()
-    opts.set_service_binary(criu_binary())
+    opts.set_service_binary(binary)
     return opts
 
 
@@ -334,16 +336,25 @@ def checkpoint(container_id: Optional[str] = None, options: Optional[CheckpointO
             _write_private(os.path.join(image_path, runc.DESCRIPTORS_FILE),
                            json.dumps(ct.external_descriptors).encode())
         write_meta(image_path, ct)
+        if ct is not None and not was_paused and ct.freezer_state_file:
+            # frozen here in ~1 ms: CRIU's own freeze polls every 100 ms
+            ct.freeze_and_wait()
         ret, err = opts.dump()
+    except BaseException:
+        if ct is not None and not was_paused and ct.is_frozen():
+            ct.thaw()  # never leave a container frozen behind a failure
+        raise
     finally:
         for fd in fds:
             os.close(fd)
 
+    if ct is not None:
+        # CRIU leaves a cgroup it found frozen frozen: thaw what we froze, and
+        # anything whose processes were killed (they only die once thawed)
+        if (not was_paused or not options.leave_running) and ct.is_frozen():
+            ct.thaw()
     if ret < 0:
-        if ct is not None and not was_paused and ct.is_frozen():
-            ct.thaw()  # never leave a container frozen behind a failure
         raise_criu_failure("dump", ret, err, log_path)
-
     if ct is not None and not options.leave_running:
         ct.destroy()
     return CheckpointResult(
