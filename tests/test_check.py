@@ -1,0 +1,39 @@
+"""Integration: `fastckpt check` reports the real CRIU."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+
+import ckpt_support as cs
+
+pytestmark = pytest.mark.integration
+
+
+def criu_version() -> str:
+    out = subprocess.run(["criu", "--version"], capture_output=True, text=True, check=True).stdout
+    return re.search(r"Version:\s*(\S+)", out).group(1)
+
+
+def test_check():
+    proc = cs.run_cli("check")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    out = proc.stdout
+    version = criu_version()
+    assert re.search(rf"^version: {re.escape(version)}$", out, re.M), out
+    assert "criu check: ok" in out
+    features = re.findall(r"^feature (\w+): (yes|no)$", out, re.M)
+    assert {name for name, _ in features} >= {"mem_track", "lazy_pages", "pidfd_store"}, out
+
+
+def test_check_json():
+    proc = cs.run_cli("check", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout[proc.stdout.index("{"):])  # criu check may print before the JSON
+    assert info["version"] == criu_version()
+    assert info["version_ok"] is True and info["check_ok"] is True
+    assert set(info["features"]) >= {"mem_track", "lazy_pages", "pidfd_store"}
+    assert all(isinstance(v, bool) for v in info["features"].values())

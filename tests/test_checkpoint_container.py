@@ -1,0 +1,227 @@
+"""Integration: real CRIU dumps of real runc containers, through the CLI and the API.
+
+Each test runs its own containers in a private runc root (see conftest.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+import ckpt_support as cs
+import fastckpt
+
+pytestmark = pytest.mark.integration
+
+
+def checkpoint_cli(ct, *args, cwd=None):
+    return cs.run_cli("--root", ct.root, "checkpoint", *args, ct.id, cwd=cwd)
+
+
+def assert_ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr}"
+    assert "Traceback" not in proc.stderr
+
+
+def assert_images(path):
+    names = cs.images(str(path))
+    for required in ("pstree.img", "inventory.img"):
+        assert required in names, f"{required} missing from {names}"
+    assert any(n.startswith("pages-") for n in names), f"no pages-*.img in {names}"
+    return names
+
+
+def mode(path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def restore_log(img) -> str:
+    p = os.path.join(str(img), "restore.log")
+    return open(p).read()[-3000:] if os.path.exists(p) else "(no restore.log)"
+
+
+# --- checkpoint, then `runc restore` ----------------------------------------------------
+
+def test_checkpoint_then_runc_restore(container, runc_root, tmp_path):
+    ct = container()
+    ct.wait_count(3)  # a counter restarted from scratch would write 1, 2, ...
+    descriptors = ct.state_json()["external_descriptors"]
+    init_pid = ct.pid
+    freezer_dir, state_dir = ct.freezer_dir, ct.state_dir
+    assert os.path.isdir(freezer_dir)
+    img = tmp_path / "img"
+
+    proc = checkpoint_cli(ct, "--image-path", str(img), "--json")
+    assert_ok(proc)
+    res = json.loads(proc.stdout)
+    assert res["image_path"] == str(img) and res["container_id"] == ct.id and res["pid"] == init_pid
+    assert res["leave_running"] is False
+
+    names = assert_images(img)
+    assert "pstree.img" in res["files"]
+    assert mode(img) == 0o700
+    with open(img / "descriptors.json") as f:
+        assert json.load(f) == descriptors == ["/dev/null"] * 3
+    assert (img / "dump.log").exists() and "dump.log" in names
+
+    # the container is gone: from runc, its state dir, its cgroups, its processes
+    assert ct.id not in cs.runc_ids(runc_root)
+    assert ct.runc_state() is None
+    assert not os.path.exists(state_dir)
+    assert not os.path.exists(freezer_dir)
+    assert not cs.proc_alive(init_pid)
+    checkpointed = ct.count()
+    assert checkpointed >= 3
+
+    # runc itself restores fastckpt's images
+    rc = cs.run_quiet(["runc", "--root", runc_root, "restore", "-d", "--image-path", str(img),
+                       "-b", ct.bundle, ct.id])
+    assert rc == 0, f"runc restore failed: {restore_log(img)}"
+    assert ct.status() == "running"
+    ct.remember_cgroups()
+    after = cs.wait_until(lambda: (v := ct.count()) is not None and v != checkpointed and v,
+                          "the restored counter to write")
+    assert after > checkpointed, f"the counter restarted ({after} after {checkpointed}) instead of continuing"
+    ct.assert_running_thawed_advancing()
+
+
+def test_leave_running(container, runc_root, tmp_path):
+    ct = container()
+    pid = ct.pid
+    res = fastckpt.checkpoint(ct.id, root=runc_root, image_path=str(tmp_path / "img"), leave_running=True)
+    assert res.leave_running and res.container_id == ct.id and res.pid == pid
+    assert_images(tmp_path / "img")
+    assert set(res.files) >= {"pstree.img", "inventory.img", "descriptors.json"}
+    assert ct.id in cs.runc_ids(runc_root)
+    assert ct.pid == pid and os.path.exists(ct.state_dir)
+    ct.assert_running_thawed_advancing()
+
+
+def test_default_image_path_is_cwd_checkpoint(container, tmp_path):
+    ct = container()
+    proc = checkpoint_cli(ct, "--leave-running", cwd=str(tmp_path))
+    assert_ok(proc)
+    assert_images(tmp_path / "checkpoint")
+    assert mode(tmp_path / "checkpoint") == 0o700
+    ct.assert_running_thawed_advancing()
+
+
+def test_paused_container_stays_paused(container, runc_root, tmp_path):
+    ct = container()
+    assert cs.runc(runc_root, "pause", ct.id).returncode == 0
+    fastckpt.checkpoint(ct.id, root=runc_root, image_path=str(tmp_path / "img"), leave_running=True)
+    assert_images(tmp_path / "img")
+    assert ct.status() == "paused" and ct.freezer_state() == "FROZEN"
+    assert cs.runc(runc_root, "resume", ct.id).returncode == 0
+    ct.assert_running_thawed_advancing()
+
+
+def test_created_container_is_refused(container, runc_root, tmp_path):
+    ct = container(create_only=True)
+    assert ct.status() == "created"
+    proc = checkpoint_cli(ct, "--image-path", str(tmp_path / "img"))
+    cs.assert_one_line_error(proc, 1, "created state")
+    assert not os.path.exists(tmp_path / "img" / "pstree.img")
+    assert ct.status() == "created"
+    assert ct.id in cs.runc_ids(runc_root)
+
+
+# --- flags ---------------------------------------------------------------------------------
+
+def test_work_path(container, tmp_path):
+    ct = container()
+    img, work = tmp_path / "img", tmp_path / "work"
+    proc = checkpoint_cli(ct, "--image-path", str(img), "--work-path", str(work), "--leave-running", "--json")
+    assert_ok(proc)
+    assert json.loads(proc.stdout)["log_path"] == str(work / "dump.log")
+    assert (work / "dump.log").is_file()
+    assert not (img / "dump.log").exists()
+    assert_images(img)
+    assert not any(n.endswith(".img") for n in cs.images(str(work)))
+    assert mode(img) == 0o700 and mode(work) == 0o700
+    ct.assert_running_thawed_advancing()
+
+
+def cgroup_dirs(img) -> int:
+    """How many cgroup directories (with their properties) CRIU saved in cgroup.img."""
+    images = pytest.importorskip("pycriu.images")
+    with open(os.path.join(str(img), "cgroup.img"), "rb") as f:
+        entry = images.load(f)["entries"][0]
+    return sum(len(c.get("dirs", [])) for c in entry.get("controllers", []))
+
+
+@pytest.mark.parametrize("cg_mode", ["soft", "full", "strict", "ignore"])
+def test_manage_cgroups_mode(container, tmp_path, cg_mode):
+    ct = container()
+    img = tmp_path / "img"
+    proc = checkpoint_cli(ct, "--image-path", str(img), "--manage-cgroups-mode", cg_mode, "--leave-running")
+    assert_ok(proc)
+    assert_images(img)
+    assert (img / "cgroup.img").is_file()
+    if cg_mode == "ignore":
+        assert cgroup_dirs(img) == 0, "--manage-cgroups-mode ignore still dumped cgroup properties"
+    else:
+        assert cgroup_dirs(img) > 0, f"--manage-cgroups-mode {cg_mode} dumped no cgroup properties"
+    ct.assert_running_thawed_advancing()
+
+
+@pytest.mark.parametrize("lock", ["iptables", "nftables", "skip"])
+def test_network_lock(container, tmp_path, lock):
+    ct = container()
+    proc = checkpoint_cli(ct, "--image-path", str(tmp_path / "img"), "--network-lock", lock, "--leave-running")
+    assert_ok(proc)
+    assert_images(tmp_path / "img")
+    ct.assert_running_thawed_advancing()
+
+
+def test_empty_ns_network(container, tmp_path):
+    ct = container(network_ns="")  # a network namespace of its own
+    assert ct.state_json()["config"]["namespaces"]  # sanity
+    full, empty = tmp_path / "full", tmp_path / "empty"
+    assert_ok(checkpoint_cli(ct, "--image-path", str(full), "--leave-running"))
+    assert cs.images(str(full), "netns-"), "a plain dump should save the network namespace"
+    proc = checkpoint_cli(ct, "--image-path", str(empty), "--empty-ns", "network", "--leave-running")
+    assert_ok(proc)
+    assert_images(empty)
+    assert not cs.images(str(empty), "netns-"), "--empty-ns network still dumped the network namespace"
+    assert not cs.images(str(empty), "netdev-")
+    ct.assert_running_thawed_advancing()
+
+
+def test_page_server(container, page_server, tmp_path):
+    ct = container()
+    img, remote = tmp_path / "img", tmp_path / "remote"
+    server, port = page_server(remote)
+    proc = checkpoint_cli(ct, "--image-path", str(img), "--page-server", f"127.0.0.1:{port}", "--leave-running")
+    assert_ok(proc)
+    assert server.wait(30) == 0  # the page server got the pages and finished
+    assert cs.images(str(remote), "pages-"), f"no pages arrived at the page server: {cs.images(str(remote))}"
+    assert cs.images(str(remote), "pagemap-")
+    assert not cs.images(str(img), "pages-"), "pages were written locally despite --page-server"
+    assert (img / "pstree.img").exists() and (img / "inventory.img").exists()
+    ct.assert_running_thawed_advancing()
+
+
+TCP_PORT = 1234
+# a listener and a client in the container's network namespace, both kept open by a sleeping input
+TCP_SCRIPT = (f"sleep 100000 | nc -l -p {TCP_PORT} >/dev/null & sleep 0.3; "
+              f"sleep 100000 | nc 127.0.0.1 {TCP_PORT} >/dev/null & " + cs.COUNTER.format(path="/tmp/count"))
+
+
+def test_tcp_established(container, tmp_path):
+    ct = container(["sh", "-c", TCP_SCRIPT], network_ns="")
+    pid = ct.pid
+    cs.wait_until(lambda: cs.established(TCP_PORT, pid), "the TCP connection inside the container")
+
+    proc = checkpoint_cli(ct, "--image-path", str(tmp_path / "without"))
+    err = cs.assert_one_line_error(proc, 1, "--tcp-established", criu_lines=True)
+    assert "TCP" in err
+    ct.assert_running_thawed_advancing()
+    assert cs.established(TCP_PORT, pid)
+
+    proc = checkpoint_cli(ct, "--image-path", str(tmp_path / "with"), "--tcp-established", "--leave-running")
+    assert_ok(proc)
+    assert_images(tmp_path / "with")
+    ct.assert_running_thawed_advancing()
+    assert cs.established(TCP_PORT, pid), "the connection did not survive the checkpoint"

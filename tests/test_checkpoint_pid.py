@@ -1,0 +1,157 @@
+"""Integration: `fastckpt checkpoint --pid` of plain process trees, and the flags they need."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+
+import pytest
+
+import ckpt_support as cs
+import fastckpt
+
+pytestmark = pytest.mark.integration
+
+
+def checkpoint_cli(pid, *args):
+    return cs.run_cli("checkpoint", "--pid", str(pid), *args)
+
+
+def assert_ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr}"
+    assert "Traceback" not in proc.stderr
+
+
+def assert_images(path):
+    names = cs.images(str(path))
+    for required in ("pstree.img", "inventory.img"):
+        assert required in names, f"{required} missing from {names}"
+    assert any(n.startswith("pages-") for n in names), f"no pages-*.img in {names}"
+    return names
+
+
+def test_pid_checkpoint_ends_the_tree(proc_tree, tmp_path):
+    tree = proc_tree.counter(str(tmp_path / "count"))
+    img = tmp_path / "img"
+    assert_ok(checkpoint_cli(tree.pid, "--image-path", str(img)))
+    assert_images(img)
+    assert os.stat(img).st_mode & 0o777 == 0o700
+    assert not os.path.exists(img / "descriptors.json")  # only containers have runc's stdio list
+    rc = tree.wait_gone()
+    assert rc != 0, "the checkpointed process exited normally instead of being ended by the dump"
+
+
+def test_pid_checkpoint_leave_running(proc_tree, tmp_path):
+    tree = proc_tree.counter(str(tmp_path / "count"))
+    res = fastckpt.checkpoint(pid=tree.pid, image_path=str(tmp_path / "img"), leave_running=True)
+    assert res.pid == tree.pid and res.container_id is None and res.leave_running
+    assert_images(tmp_path / "img")
+    assert tree.alive()
+    tree.wait_advancing()
+
+
+def test_pid_checkpoint_with_cli_leave_running(proc_tree, tmp_path):
+    tree = proc_tree.counter(str(tmp_path / "count"))
+    assert_ok(checkpoint_cli(tree.pid, "--image-path", str(tmp_path / "img"), "--leave-running"))
+    assert_images(tmp_path / "img")
+    assert tree.alive()
+    tree.wait_advancing()
+
+
+# --- --file-locks ------------------------------------------------------------------------
+
+def lock_held(path) -> bool:
+    ino = os.stat(path).st_ino
+    with open("/proc/locks") as f:
+        return any(f":{ino} " in line for line in f)
+
+
+def test_file_locks(proc_tree, tmp_path):
+    lock = tmp_path / "lockfile"
+    lock.write_text("")
+    tree = proc_tree.counter(str(tmp_path / "count"), prefix=f"exec 3>{lock}; flock -x 3; ")
+    cs.wait_until(lambda: lock_held(lock), "the flock to be taken")
+
+    proc = checkpoint_cli(tree.pid, "--image-path", str(tmp_path / "without"))
+    err = cs.assert_one_line_error(proc, 1, "--file-locks", criu_lines=True)
+    assert "file locks" in err
+    assert tree.alive()
+    tree.wait_advancing()
+
+    with_ = tmp_path / "with"
+    assert_ok(checkpoint_cli(tree.pid, "--image-path", str(with_), "--file-locks"))
+    assert_images(with_)
+    assert (with_ / "filelocks.img").exists()
+    tree.wait_gone()
+    cs.wait_until(lambda: not lock_held(lock), "the lock to be released with the tree")
+
+
+# --- --ext-unix-sk ---------------------------------------------------------------------------
+
+UNIX_CLIENT = """\
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.connect(sys.argv[1])
+open(sys.argv[2], "w").close()
+i = 0
+while True:
+    i += 1
+    with open(sys.argv[3], "w") as f:
+        f.write(str(i))
+    time.sleep(0.1)
+"""
+
+
+@pytest.fixture
+def short_dir(tmp_path):
+    """A directory short enough for a unix socket path (108 bytes)."""
+    if len(str(tmp_path)) < 80:
+        yield tmp_path
+        return
+    d = tempfile.mkdtemp(prefix="fct-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_ext_unix_sk(proc_tree, tmp_path, short_dir):
+    path = os.path.join(str(short_dir), "sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # the test owns the peer
+    server.bind(path)
+    try:
+        ready, count = tmp_path / "ready", tmp_path / "count"
+        tree = proc_tree([sys.executable, "-S", "-c", UNIX_CLIENT, path, str(ready), str(count)],
+                         ready_file=str(ready), count_file=str(count))
+
+        proc = checkpoint_cli(tree.pid, "--image-path", str(tmp_path / "without"))
+        err = cs.assert_one_line_error(proc, 1, "--ext-unix-sk", criu_lines=True)
+        assert "external socket" in err.lower()
+        assert tree.alive()
+        tree.wait_advancing()
+
+        assert_ok(checkpoint_cli(tree.pid, "--image-path", str(tmp_path / "with"), "--ext-unix-sk",
+                                 "--leave-running"))
+        assert_images(tmp_path / "with")
+        assert tree.alive()
+        tree.wait_advancing()
+    finally:
+        server.close()
+
+
+# --- --shell-job ----------------------------------------------------------------------------
+
+def test_shell_job(proc_tree, tmp_path):
+    tree = proc_tree.counter(str(tmp_path / "count"), new_session=False)  # in pytest's session
+    assert os.getsid(tree.pid) != tree.pid
+
+    proc = checkpoint_cli(tree.pid, "--image-path", str(tmp_path / "without"))
+    err = cs.assert_one_line_error(proc, 1, "--shell-job", criu_lines=True)
+    assert "session" in err
+    assert tree.alive()
+    tree.wait_advancing()
+
+    assert_ok(checkpoint_cli(tree.pid, "--image-path", str(tmp_path / "with"), "--shell-job", "--leave-running"))
+    assert_images(tmp_path / "with")
+    assert tree.alive()
+    tree.wait_advancing()
