@@ -43,4 +43,7 @@ def criu_extension():
 if __name__ == "__main__":
     from Cython.Build import cythonize
 
-    setup(ext_modules=cythonize([criu_extension()], include_path=["ext"], language_level=3))
+    setup(
+        ext_modules=cythonize([criu_extension()], include_path=["ext"], language_level=3),
+        cffi_modules=["ext/_libc_build.py:ffibuilder"],
+    )

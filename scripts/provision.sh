@@ -163,13 +163,13 @@ provision_venv() {
   fi
   local stamp=$VENV/.fastckpt-stamp want
   # Reinstall when the package's build inputs or the CRIU it links against change.
-  want=$( { cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT"/ext/*.pyx "$ROOT"/ext/*.pxd; \
+  want=$( { cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT"/ext/*.pyx "$ROOT"/ext/*.pxd "$ROOT"/ext/*.py; \
             pkg-config --modversion criu 2>/dev/null; } | sha256sum | cut -d' ' -f1)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c 'import fastckpt._criu' 2>/dev/null; then
     return 0
   fi
   step venv-install
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel "cython>=3" \
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel "cython>=3" "cffi>=1.15" \
     || fail "pip install build tools"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation -e "$ROOT[test]" \
     || fail "pip install -e .[test]"

@@ -1,11 +1,11 @@
-"""The few system calls Python's os module lacks, through cffi (ABI mode).
+"""The few system calls Python's os module lacks, through cffi.
 
-Loaded on first use only: the checkpoint path does not need it.
+The cffi module is compiled at install time (ext/_libc_build.py, API mode),
+so loading it parses no C at run time.
 """
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 
 MS_BIND = 0x1000
 MS_REC = 0x4000
@@ -14,22 +14,10 @@ MNT_DETACH = 2
 PR_SET_CHILD_SUBREAPER = 36
 CLONE_NEWNET = 0x40000000
 
-_CDEF = """
-int mount(const char *source, const char *target, const char *filesystemtype,
-          unsigned long mountflags, const void *data);
-int umount2(const char *target, int flags);
-int setns(int fd, int nstype);
-int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5);
-"""
-
-
-@lru_cache(maxsize=None)
 def _lib():
-    import cffi
+    from ._libc_cffi import ffi, lib
 
-    ffi = cffi.FFI()
-    ffi.cdef(_CDEF)
-    return ffi, ffi.dlopen(None)
+    return ffi, lib
 
 
 def _check(ret: int, what: str, path: str = None) -> None:

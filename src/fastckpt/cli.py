@@ -40,7 +40,8 @@ def _add_checkpoint(sub) -> None:
     p.add_argument("--empty-ns", action="append", default=[], metavar="NS",
                    help="create a namespace, but don't restore its properties (network)")
     p.add_argument("--network-lock", default="", metavar="METHOD",
-                   help="how CRIU locks the network: iptables (CRIU's default), nftables or skip")
+                   help="how CRIU locks the network while it works: nftables (fastckpt's default, "
+                        "fastest), iptables (CRIU's and runc's default) or skip")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_checkpoint)
 
@@ -66,7 +67,8 @@ def _add_restore(sub) -> None:
     p.add_argument("--no-subreaper", action="store_true", help="disable the use of the subreaper")
     p.add_argument("--no-pivot", action="store_true", help="do not use pivot root to jail the process")
     p.add_argument("--network-lock", default="", metavar="METHOD",
-                   help="how CRIU locks the network: iptables (CRIU's default), nftables or skip")
+                   help="how CRIU locks the network while it works: nftables (fastckpt's default, "
+                        "fastest), iptables (CRIU's and runc's default) or skip")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_restore)
 

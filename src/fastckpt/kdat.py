@@ -13,7 +13,6 @@ cache is used and nothing here runs.
 from __future__ import annotations
 
 import os
-import subprocess
 from typing import Optional
 
 RUN = "/run"
@@ -61,6 +60,8 @@ def _write_atomic(path: str, data: bytes) -> None:
 
 def generate(criu: str) -> bool:
     """Have CRIU probe the kernel once and keep the result in /run/criu.kdat."""
+    import subprocess
+
     script = ('mount -t tmpfs -o size=1m,mode=0700 fastckpt-kdat /run && "$0" check >/dev/null 2>&1; '
               'cat /run/criu.kdat')
     try:

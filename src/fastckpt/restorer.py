@@ -12,7 +12,6 @@ import errno
 import json
 import os
 import shutil
-import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -191,8 +190,8 @@ def _descriptors(image_path: str) -> List[str]:
 
 def ensure_loopback_up(pid: int) -> None:
     """Bring `lo` up in the network namespace of PID (CRIU leaves it down)."""
+    import _socket  # not `socket`: its enum set-up costs milliseconds
     import fcntl
-    import socket
     import struct
     import threading
 
@@ -207,7 +206,7 @@ def ensure_loopback_up(pid: int) -> None:
                 _libc.setns(fd, _libc.CLONE_NEWNET)
             finally:
                 os.close(fd)
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            with _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as s:
                 req = struct.pack("16sH14x", b"lo", 0)
                 flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
                 if not flags & IFF_UP:
@@ -402,6 +401,8 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: Optio
 
 
 def _kill(pid: int) -> None:
+    import signal
+
     try:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
@@ -411,6 +412,8 @@ def _kill(pid: int) -> None:
 
 def _wait_foreground(ct: runc.Container, pid: int) -> int:
     """Like `runc restore` without -d: forward signals, wait, then delete the container."""
+    import signal
+
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
     old = {s: signal.signal(s, lambda sig, _f: _forward(pid, sig)) for s in forwarded}
     try:

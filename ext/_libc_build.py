@@ -1,0 +1,24 @@
+"""cffi build script (out-of-line, API mode) for fastckpt._libc_cffi.
+
+The few system calls Python's os module lacks.  Compiled at install time, so
+importing it costs no C parsing at run time.
+"""
+from cffi import FFI
+
+ffibuilder = FFI()
+ffibuilder.cdef("""
+int mount(const char *source, const char *target, const char *filesystemtype,
+          unsigned long mountflags, const void *data);
+int umount2(const char *target, int flags);
+int setns(int fd, int nstype);
+int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5);
+""")
+ffibuilder.set_source("fastckpt._libc_cffi", """
+#define _GNU_SOURCE
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+""")
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)
