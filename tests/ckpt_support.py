@@ -418,6 +418,21 @@ def images(path: str, prefix: str = "") -> List[str]:
     return sorted(n for n in os.listdir(path) if n.startswith(prefix)) if os.path.isdir(path) else []
 
 
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    """The CLI succeeded, without a traceback."""
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr}"
+    assert "Traceback" not in proc.stderr
+
+
+def assert_images(path) -> List[str]:
+    """PATH holds a CRIU dump: pstree.img, inventory.img and memory pages."""
+    names = images(str(path))
+    for required in ("pstree.img", "inventory.img"):
+        assert required in names, f"{required} missing from {path}: {names}"
+    assert any(n.startswith("pages-") for n in names), f"no pages-*.img in {path}: {names}"
+    return names
+
+
 # --- fake runc state (unit tests) -------------------------------------------------------
 
 def my_start_time() -> int:

@@ -19,17 +19,8 @@ def checkpoint_cli(ct, *args, cwd=None):
     return cs.run_cli("--root", ct.root, "checkpoint", *args, ct.id, cwd=cwd)
 
 
-def assert_ok(proc):
-    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr}"
-    assert "Traceback" not in proc.stderr
-
-
-def assert_images(path):
-    names = cs.images(str(path))
-    for required in ("pstree.img", "inventory.img"):
-        assert required in names, f"{required} missing from {names}"
-    assert any(n.startswith("pages-") for n in names), f"no pages-*.img in {names}"
-    return names
+assert_ok = cs.assert_ok
+assert_images = cs.assert_images
 
 
 def mode(path) -> int:
@@ -195,10 +186,10 @@ def test_page_server(container, page_server, tmp_path):
     server, port = page_server(remote)
     proc = checkpoint_cli(ct, "--image-path", str(img), "--page-server", f"127.0.0.1:{port}", "--leave-running")
     assert_ok(proc)
-    assert server.wait(30) == 0  # the page server got the pages and finished
+    assert not cs.images(str(img), "pages-"), "pages were written locally despite --page-server"
     assert cs.images(str(remote), "pages-"), f"no pages arrived at the page server: {cs.images(str(remote))}"
     assert cs.images(str(remote), "pagemap-")
-    assert not cs.images(str(img), "pages-"), "pages were written locally despite --page-server"
+    assert server.wait(30) == 0  # the page server got everything and finished
     assert (img / "pstree.img").exists() and (img / "inventory.img").exists()
     ct.assert_running_thawed_advancing()
 

@@ -19,17 +19,8 @@ def checkpoint_cli(pid, *args):
     return cs.run_cli("checkpoint", "--pid", str(pid), *args)
 
 
-def assert_ok(proc):
-    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr}"
-    assert "Traceback" not in proc.stderr
-
-
-def assert_images(path):
-    names = cs.images(str(path))
-    for required in ("pstree.img", "inventory.img"):
-        assert required in names, f"{required} missing from {names}"
-    assert any(n.startswith("pages-") for n in names), f"no pages-*.img in {names}"
-    return names
+assert_ok = cs.assert_ok
+assert_images = cs.assert_images
 
 
 def test_pid_checkpoint_ends_the_tree(proc_tree, tmp_path):

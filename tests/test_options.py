@@ -7,7 +7,7 @@ import os
 import pytest
 
 from fastckpt import CgroupMode, CheckpointOptions, Namespace, NetworkLock, PageServer, UsageError
-from fastckpt.options import parse_cgroup_mode, parse_empty_ns, parse_network_lock
+from fastckpt.options import DEFAULT_NETWORK_LOCK, parse_cgroup_mode, parse_empty_ns, parse_network_lock
 
 
 # --- --page-server ADDRESS:PORT ---------------------------------------------------
@@ -146,9 +146,13 @@ def test_network_lock(name, lock):
     assert parse_network_lock(lock) is lock
 
 
-def test_network_lock_default_is_criu_s():
+def test_network_lock_default():
+    # None leaves CRIU's own default; "" (the CLI without --network-lock) means fastckpt's default
     assert parse_network_lock(None) is None
-    assert parse_network_lock("") is None
+    assert parse_network_lock("") is DEFAULT_NETWORK_LOCK
+    assert CheckpointOptions().network_lock is DEFAULT_NETWORK_LOCK
+    assert CheckpointOptions(network_lock="").network_lock is DEFAULT_NETWORK_LOCK
+    assert CheckpointOptions(network_lock=None).network_lock is None
 
 
 @pytest.mark.parametrize("value", ["x", "IPTABLES", "nft"])
