@@ -19,7 +19,8 @@ _EXPORTS = {
     "CgroupMode": "constants", "LogLevel": "constants", "Namespace": "constants", "NetworkLock": "constants",
     "Error": "errors", "UsageError": "errors", "ContainerNotFound": "errors", "ContainerStateError": "errors",
     "CriuError": "errors", "CriuNotFound": "errors", "CriuVersionError": "errors",
-    "FeatureUnavailable": "errors", "ImageDirError": "errors",
+    "FeatureUnavailable": "errors", "ImageDirError": "errors", "ImageError": "errors",
+    "read_stats": "images",
 }
 
 __all__ = ["__version__", "backend", *_EXPORTS]
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .constants import CgroupMode, LogLevel, Namespace, NetworkLock
     from .engine import CheckpointResult, check, checkpoint, criu_version, features
     from .errors import (ContainerNotFound, ContainerStateError, CriuError, CriuNotFound, CriuVersionError,
-                         Error, FeatureUnavailable, ImageDirError, UsageError)
+                         Error, FeatureUnavailable, ImageDirError, ImageError, UsageError)
+    from .images import read_stats
     from .options import CheckpointOptions, PageServer, RestoreOptions
     from .restorer import RestoreResult, restore

@@ -76,6 +76,20 @@ class FeatureUnavailable(Error):
     default_errno = _errno.EOPNOTSUPP
 
 
+class ImageError(Error):
+    """A CRIU image file (its statistics, say) is missing or cannot be decoded.
+
+    ``path`` is the file.  A missing file has errno ENOENT, a damaged one
+    (wrong magic, truncated, undecodable) EBADMSG.
+    """
+
+    default_errno = _errno.EBADMSG
+
+    def __init__(self, message: str, *, path: Optional[str] = None, errno: Optional[int] = None):
+        super().__init__(message, errno=errno)
+        self.path = path
+
+
 class CriuError(Error):
     """CRIU ran and failed.
 
