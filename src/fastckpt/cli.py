@@ -43,6 +43,8 @@ def _add_checkpoint(sub) -> None:
                    help="how CRIU locks the network while it works: nftables (fastckpt's default, "
                         "fastest), iptables (CRIU's and runc's default) or skip")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--print-stats", action="store_true",
+                   help="print CRIU's statistics (times in microseconds, pages) and fastckpt's wall time as JSON")
     p.set_defaults(func=_cmd_checkpoint)
 
 
@@ -70,6 +72,8 @@ def _add_restore(sub) -> None:
                    help="how CRIU locks the network while it works: nftables (fastckpt's default, "
                         "fastest), iptables (CRIU's and runc's default) or skip")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--print-stats", action="store_true",
+                   help="print CRIU's statistics (times in microseconds, pages) and fastckpt's wall time as JSON")
     p.set_defaults(func=_cmd_restore)
 
 
@@ -91,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_result(res, args) -> None:
+    """--json: the result; --print-stats: its statistics ({"criu": ..., "wall_time_ms": ...}); both: one object."""
+    stats = res.stats() if getattr(args, "print_stats", False) else None  # protobuf is imported only here
+    if args.json:
+        out = dict(res.__dict__)
+        if stats is not None:
+            out["stats"] = stats
+        print(json.dumps(out, indent=2))
+    elif stats is not None:
+        print(json.dumps(stats))
+
+
 def _cmd_checkpoint(args) -> int:
     from . import engine, runc
     from .options import CheckpointOptions
@@ -107,8 +123,7 @@ def _cmd_checkpoint(args) -> int:
         manage_cgroups_mode=args.manage_cgroups_mode, empty_ns=args.empty_ns, network_lock=args.network_lock,
     )
     res = engine.checkpoint(args.container_id, options, pid=args.pid, root=args.root or runc.DEFAULT_ROOT)
-    if args.json:
-        print(json.dumps(res.__dict__, indent=2))
+    _print_result(res, args)
     return 0
 
 
@@ -124,8 +139,7 @@ def _cmd_restore(args) -> int:
         network_lock=args.network_lock,
     )
     res = restorer.restore(args.container_id or None, options, root=args.root or runc.DEFAULT_ROOT)
-    if args.json:
-        print(json.dumps(res.__dict__, indent=2))
+    _print_result(res, args)
     return res.exit_status or 0
 
 

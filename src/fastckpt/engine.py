@@ -38,6 +38,16 @@ class CheckpointResult:
     wall_time: float = 0.0  # seconds, from the call to its return
     files: Dict[str, int] = field(default_factory=dict)  # image file -> size in bytes
 
+    def stats(self) -> Dict[str, object]:
+        """CRIU's statistics of this dump and fastckpt's wall time, as ``--print-stats`` prints them:
+        ``{"criu": {...}, "wall_time_ms": ...}`` (CRIU's times in microseconds, counts in pages).
+
+        Decoded from ``stats-dump`` in ``work_path`` at each call; nothing is paid until then.
+        """
+        from .images import stats_report
+
+        return stats_report(self.work_path, "dump", self.wall_time)
+
 
 # --- CRIU itself -----------------------------------------------------------
 

@@ -40,6 +40,16 @@ class RestoreResult:
     wall_time: float = 0.0
     exit_status: Optional[int] = None  # when not detached: how the container ended
 
+    def stats(self) -> Dict[str, object]:
+        """CRIU's statistics of this restore and fastckpt's wall time, as ``--print-stats`` prints them:
+        ``{"criu": {...}, "wall_time_ms": ...}`` (CRIU's times in microseconds, counts in pages).
+
+        Decoded from ``stats-restore`` in ``work_path`` at each call; nothing is paid until then.
+        """
+        from .images import stats_report
+
+        return stats_report(self.work_path, "restore", self.wall_time)
+
 
 # --- what the images are -------------------------------------------------------
 
