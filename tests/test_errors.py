@@ -64,6 +64,15 @@ def test_log_errors_only_cant_lines_before_the_first_error(tmp_path):
     assert log_errors(write(tmp_path, text)) == ["Can't do something early", "first", "second"]
 
 
+def test_log_errors_task_prefixed_lines(tmp_path):
+    # restore-side and parasite lines carry the task's pid after the time stamp
+    text = ("(00.060000)      1: Can't open the mount point\n"
+            "(00.064840)      1: Error (criu/mount-v2.c:634): mnt-v2: Can't stat /x: No such file or directory\n"
+            "(00.070000) Error (criu/cr-restore.c:2397): Restoring FAILED.\n")
+    assert log_errors(write(tmp_path, text)) == [
+        "Can't open the mount point", "mnt-v2: Can't stat /x: No such file or directory", "Restoring FAILED."]
+
+
 def test_log_errors_limit_and_missing(tmp_path):
     text = "".join(f"(00.{i}) Error (a.c:{i}): e{i}\n" for i in range(50))
     assert log_errors(write(tmp_path, text), limit=3) == ["e0", "e1", "e2"]
