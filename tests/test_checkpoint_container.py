@@ -110,10 +110,7 @@ def test_paused_container_stays_paused(container, runc_root, tmp_path):
 
 @pytest.mark.parametrize("leave_running", [
     True,
-    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason=(
-        "bug: engine.checkpoint thaws a container that was paused before the call when CRIU fails "
-        "without leave_running ((not was_paused or not leave_running) and is_frozen() -> thaw), "
-        "so a failed checkpoint un-pauses it"))),
+    False,
 ], ids=["leave-running", "no-leave-running"])
 def test_paused_container_stays_paused_when_criu_fails(container, runc_root, tmp_path, leave_running):
     ct = container()

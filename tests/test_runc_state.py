@@ -70,8 +70,6 @@ def test_valid_ids(cid):
     assert runc.validate_id(cid) == cid
 
 
-@pytest.mark.xfail(strict=True, reason="bug: runc._ID_RE ends in '$', which also matches before a trailing "
-                                       "newline; use re.fullmatch / '\\Z' (and re.ASCII, as Go's \\w is ASCII)")
 @pytest.mark.parametrize("cid", ["abc\n", "contéiner"])
 def test_invalid_ids_like_runc(cid):
     with pytest.raises(UsageError):

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 APPLETS = ("sh", "sleep", "cat", "echo", "ip", "nc", "ls", "ps", "kill", "true", "flock", "mkdir", "rm", "wc",
-           "head", "dd", "touch", "grep", "seq", "ifconfig")
+           "head", "dd", "touch", "grep", "seq", "ifconfig", "wget", "httpd", "hostname")
 
 # A counter that advances ten times a second: the demo and the tests read it.
 COUNTER_SCRIPT = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"

@@ -40,8 +40,9 @@ def _add_checkpoint(sub) -> None:
     p.add_argument("--empty-ns", action="append", default=[], metavar="NS",
                    help="create a namespace, but don't restore its properties (network)")
     p.add_argument("--network-lock", default="", metavar="METHOD",
-                   help="how CRIU locks the network while it works: nftables (fastckpt's default, "
-                        "fastest), iptables (CRIU's and runc's default) or skip")
+                   help="how CRIU locks the network while it works: auto (default: nftables for a "
+                        "network namespace of the container's own, CRIU's iptables otherwise, skip with "
+                        "--empty-ns network), nftables, iptables or skip")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--print-stats", action="store_true",
                    help="print CRIU's statistics (times in microseconds, pages) and fastckpt's wall time as JSON")
@@ -69,8 +70,9 @@ def _add_restore(sub) -> None:
     p.add_argument("--no-subreaper", action="store_true", help="disable the use of the subreaper")
     p.add_argument("--no-pivot", action="store_true", help="do not use pivot root to jail the process")
     p.add_argument("--network-lock", default="", metavar="METHOD",
-                   help="how CRIU locks the network while it works: nftables (fastckpt's default, "
-                        "fastest), iptables (CRIU's and runc's default) or skip")
+                   help="how CRIU locks the network while it works: auto (default: nftables for a "
+                        "network namespace of the container's own, CRIU's iptables otherwise, skip with "
+                        "--empty-ns network), nftables, iptables or skip")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--print-stats", action="store_true",
                    help="print CRIU's statistics (times in microseconds, pages) and fastckpt's wall time as JSON")

@@ -18,7 +18,7 @@ from . import _criu, kdat, runc
 from .constants import MIN_CRIU_VERSION, Namespace
 from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, Error,
                      ImageDirError, UsageError, log_errors)
-from .options import CheckpointOptions
+from .options import CheckpointOptions, auto_network_lock
 
 DUMP_LOG = "dump.log"
 CRIU_ENV = "FASTCKPT_CRIU"  # the criu binary to run, instead of `criu` from PATH
@@ -270,7 +270,8 @@ def _check_pid(pid: int) -> None:
         raise Error(f"no running process with pid {pid}", errno=errno.ESRCH)
 
 
-def apply_common(opts: "_criu.Opts", o: CheckpointOptions) -> None:
+def apply_common(opts: "_criu.Opts", o: CheckpointOptions, own_netns: bool = False) -> None:
+    """The options checkpoint and restore share; OWN_NETNS: the target has a network namespace of its own."""
     opts.set_log_level(o.log_level)
     opts.set_tcp_established(o.tcp_established)
     opts.set_ext_unix_sk(o.ext_unix_sk)
@@ -280,8 +281,9 @@ def apply_common(opts: "_criu.Opts", o: CheckpointOptions) -> None:
         opts.set_manage_cgroups_mode(int(o.manage_cgroups_mode))
     if o.empty_ns:
         opts.set_empty_ns(int(o.empty_ns))
-    if o.network_lock is not None:
-        opts.set_network_lock(int(o.network_lock))
+    lock = o.network_lock if o.network_lock is not None else auto_network_lock(own_netns, o.empty_ns)
+    if lock is not None:
+        opts.set_network_lock(int(lock))
     for key in o.extra_externals:
         opts.add_external(key)
 
@@ -331,7 +333,7 @@ def checkpoint(container_id: Optional[str] = None, options: Optional[CheckpointO
         opts.set_leave_running(options.leave_running)
         if options.page_server is not None:
             opts.set_page_server(options.page_server.address, options.page_server.port)
-        apply_common(opts, options)
+        apply_common(opts, options, own_netns=ct is not None and ct.has_own_netns())
         if ct is not None:
             opts.set_root(ct.rootfs)
             opts.set_manage_cgroups(True)
@@ -358,10 +360,11 @@ def checkpoint(container_id: Optional[str] = None, options: Optional[CheckpointO
         for fd in fds:
             os.close(fd)
 
-    if ct is not None:
-        # CRIU leaves a cgroup it found frozen frozen: thaw what we froze, and
-        # anything whose processes were killed (they only die once thawed)
-        if (not was_paused or not options.leave_running) and ct.is_frozen():
+    if ct is not None and ct.is_frozen():
+        # CRIU leaves a cgroup it found frozen frozen: thaw what we froze, and a
+        # paused container whose processes CRIU killed (they die once thawed);
+        # a paused container that is still there stays paused
+        if not was_paused or (ret >= 0 and not options.leave_running):
             ct.thaw()
     if ret < 0:
         raise_criu_failure("dump", ret, err, log_path)

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import _libc, cgroups, engine, runc
 from .errors import ContainerStateError, Error, ImageDirError, UsageError
+from .constants import Namespace
 from .options import RestoreOptions
 
 RESTORE_LOG = "restore.log"
@@ -216,11 +217,14 @@ def ensure_loopback_up(pid: int) -> None:
                 _libc.setns(fd, _libc.CLONE_NEWNET)
             finally:
                 os.close(fd)
-            with _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as s:
+            s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+            try:
                 req = struct.pack("16sH14x", b"lo", 0)
                 flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
                 if not flags & IFF_UP:
                     fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+            finally:
+                s.close()
         except BaseException as e:  # reported by the caller's thread
             errors.append(e)
 
@@ -233,12 +237,12 @@ def ensure_loopback_up(pid: int) -> None:
 
 # --- restore -----------------------------------------------------------------------
 
-def _new_opts(options: RestoreOptions, image_fd: int, work_fd: int):
+def _new_opts(options: RestoreOptions, image_fd: int, work_fd: int, own_netns: bool = False):
     opts = engine.new_opts()
     opts.set_images_dir_fd(image_fd)
     opts.set_work_dir_fd(work_fd)
     opts.set_log_file(RESTORE_LOG)
-    engine.apply_common(opts, options)
+    engine.apply_common(opts, options, own_netns)
     return opts
 
 
@@ -337,7 +341,8 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: Optio
         mounted = True
         _prepare_mountpoints(cfg)
 
-        opts = _new_opts(options, fds[0], fds[1])
+        own_netns = any(ns.get("type") == "NEWNET" and not ns.get("path") for ns in cfg.get("namespaces") or [])
+        opts = _new_opts(options, fds[0], fds[1], own_netns)
         opts.set_root(criu_root)
         opts.set_manage_cgroups(True)
         opts.set_evasive_devices(True)
@@ -371,8 +376,7 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: Optio
         pid = ret
         undo.append(lambda: _kill(pid))
 
-        if any(ns.get("type") == "NEWNET" and not ns.get("path") for ns in cfg.get("namespaces") or []) \
-                and not options.empty_ns:
+        if own_netns and not options.empty_ns & Namespace.NEWNET:
             ensure_loopback_up(pid)
         start = runc.proc_start_time(pid)
         state = {

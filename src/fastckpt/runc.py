@@ -22,7 +22,7 @@ EXEC_FIFO = "exec.fifo"
 DESCRIPTORS_FILE = "descriptors.json"
 
 # runc's rule for container ids.
-_ID_RE = re.compile(r"^[\w+\-.]+$")
+_ID_RE = re.compile(r"[\w+\-.]+", re.ASCII)
 
 CREATED, RUNNING, PAUSED, STOPPED = "created", "running", "paused", "stopped"
 
@@ -30,7 +30,7 @@ CREATED, RUNNING, PAUSED, STOPPED = "created", "running", "paused", "stopped"
 def validate_id(container_id: str) -> str:
     if not container_id:
         raise UsageError("container id cannot be empty")
-    if not _ID_RE.match(container_id) or container_id in (".", ".."):
+    if not _ID_RE.fullmatch(container_id) or container_id in (".", ".."):
         raise UsageError(f"invalid container id {container_id!r}")
     return container_id
 
@@ -93,6 +93,10 @@ class Container:
             if ns.get("type") == ns_type and ns.get("path"):
                 return ns["path"]
         return None
+
+    def has_own_netns(self) -> bool:
+        """A network namespace made for the container (not joined by path)."""
+        return self.has_namespace("NEWNET") and not self.namespace_path("NEWNET")
 
     def has_namespace(self, ns_type: str) -> bool:
         return any(ns.get("type") == ns_type for ns in self.config.get("namespaces") or [])
