@@ -186,6 +186,10 @@ def decode_stats(data: bytes, kind: str = "dump", path: str = "<bytes>") -> Dict
     except DecodeError as e:
         raise ImageError(f"CRIU image {path} is damaged: cannot decode its statistics ({e})",
                          path=path) from None
+    if not entry.IsInitialized():  # the parser does not insist on required fields: we do
+        missing = ", ".join(f.rsplit(".", 1)[-1] for f in entry.FindInitializationErrors())
+        raise ImageError(f"CRIU image {path} is damaged: cannot decode its statistics "
+                         f"(required fields missing: {missing})", path=path)
     if not entry.HasField(kind):
         other = [k for k in KINDS if entry.HasField(k)]
         what = f"{other[0]} statistics" if other else "no statistics"
