@@ -172,7 +172,7 @@ def test_manage_cgroups_mode(container, tmp_path, cg_mode):
     ct.assert_running_thawed_advancing()
 
 
-@pytest.mark.parametrize("lock", ["iptables", "nftables", "skip"])
+@pytest.mark.parametrize("lock", ["auto", "iptables", "nftables", "skip"])
 def test_network_lock(container, tmp_path, lock):
     ct = container()
     proc = checkpoint_cli(ct, "--image-path", str(tmp_path / "img"), "--network-lock", lock, "--leave-running")

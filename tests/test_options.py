@@ -7,7 +7,8 @@ import os
 import pytest
 
 from fastckpt import CgroupMode, CheckpointOptions, Namespace, NetworkLock, PageServer, UsageError
-from fastckpt.options import DEFAULT_NETWORK_LOCK, parse_cgroup_mode, parse_empty_ns, parse_network_lock
+from fastckpt.options import (DEFAULT_NETWORK_LOCK, auto_network_lock, parse_cgroup_mode, parse_empty_ns,
+                              parse_network_lock)
 
 
 # --- --page-server ADDRESS:PORT ---------------------------------------------------
@@ -142,6 +143,16 @@ def test_network_lock(name, lock):
     assert parse_network_lock(name) is lock
     assert CheckpointOptions(network_lock=name).network_lock is lock
     assert parse_network_lock(lock) is lock
+
+
+def test_network_lock_auto():
+    assert parse_network_lock("auto") is None
+    assert CheckpointOptions(network_lock="auto").network_lock is None
+    # what "auto" picks for the dump
+    assert auto_network_lock(True, Namespace(0)) is NetworkLock.NFTABLES
+    assert auto_network_lock(False, Namespace(0)) is None  # CRIU's default on the host's netns
+    assert auto_network_lock(True, Namespace.NEWNET) is NetworkLock.SKIP
+    assert auto_network_lock(False, Namespace.NEWNET) is NetworkLock.SKIP
 
 
 def test_network_lock_default():
