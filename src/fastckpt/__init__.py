@@ -14,12 +14,12 @@ backend = "cython"
 _EXPORTS = {
     "checkpoint": "engine", "check": "engine", "criu_version": "engine", "features": "engine",
     "CheckpointResult": "engine",
-    "restore": "restorer", "RestoreResult": "restorer",
+    "restore": "restorer", "RestoreResult": "restorer", "Session": "session",
     "CheckpointOptions": "options", "RestoreOptions": "options", "PageServer": "options",
     "CgroupMode": "constants", "LogLevel": "constants", "Namespace": "constants", "NetworkLock": "constants",
     "Error": "errors", "UsageError": "errors", "ContainerNotFound": "errors", "ContainerStateError": "errors",
     "CriuError": "errors", "CriuNotFound": "errors", "CriuVersionError": "errors",
-    "FeatureUnavailable": "errors", "ImageDirError": "errors", "ImageError": "errors",
+    "FeatureUnavailable": "errors", "ImageDirError": "errors", "DiskFull": "errors", "Interrupted": "errors", "ImageError": "errors",
     "read_stats": "images",
 }
 
@@ -47,3 +47,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .images import read_stats
     from .options import CheckpointOptions, PageServer, RestoreOptions
     from .restorer import RestoreResult, restore
+    from .session import Session

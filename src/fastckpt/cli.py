@@ -15,6 +15,7 @@ from ._version import __version__
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -163,12 +164,17 @@ def _cmd_check(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version and usage errors: an exit code, for callers of main()
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     if not getattr(args, "func", None):
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
-    from .errors import CriuError, Error, UsageError
+    from .errors import CriuError, Error, Interrupted, UsageError
+    from .signals import install_cli_handlers
 
+    install_cli_handlers()  # SIGTERM and SIGHUP stop fastckpt the way Ctrl-C does
     try:
         return args.func(args)
     except UsageError as e:
@@ -177,12 +183,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except CriuError as e:
         print(f"fastckpt: {e.details}", file=sys.stderr)
         return EXIT_ERROR
+    except Interrupted as e:
+        print(f"fastckpt: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Error as e:
         print(f"fastckpt: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("fastckpt: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except OSError as e:
         print(f"fastckpt: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
         return EXIT_ERROR

@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from . import _criu, kdat, runc
+from . import _criu, kdat, locks, runc, signals
 from .constants import MIN_CRIU_VERSION, Namespace
-from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, Error,
-                     ImageDirError, UsageError, log_errors)
+from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, DiskFull, Error,
+                     ImageDirError, Interrupted, UsageError, log_errors)
 from .options import CheckpointOptions, auto_network_lock
 
 DUMP_LOG = "dump.log"
@@ -63,11 +63,15 @@ def criu_binary() -> str:
     return path
 
 
-def new_opts() -> "_criu.Opts":
+def new_opts(session=None) -> "_criu.Opts":
+    """A fresh libcriu options object bound to the criu binary (or a session's warm CRIU service)."""
     binary = criu_binary()
     kdat.ensure(binary)
     opts = _criu.Opts()
-    opts.set_service_binary(binary)
+    if session is not None:
+        opts.set_service_address(session.address)
+    else:
+        opts.set_service_binary(binary)
     return opts
 
 
@@ -117,9 +121,14 @@ def check() -> Dict[str, object]:
     }
 
 
-def raise_criu_failure(op: str, ret: int, err: int, log_path: Optional[str]) -> None:
+def raise_criu_failure(op: str, ret: int, err: int, log_path: Optional[str],
+                       image_path: Optional[str] = None) -> None:
     lines = log_errors(log_path)
     detail = ""
+    if image_path and (err == errno.ENOSPC or any("No space left on device" in l for l in lines)):
+        raise DiskFull(f"criu {op} failed: the disk holding {image_path} is full "
+                       f"({_free_bytes(image_path)} bytes free); nothing was kept there"
+                       + (f" (log: {log_path})" if log_path else ""), errno=errno.ENOSPC)
     if not lines:
         try:
             v = criu_version()
@@ -128,6 +137,14 @@ def raise_criu_failure(op: str, ret: int, err: int, log_path: Optional[str]) -> 
         except Error:
             pass
     raise CriuError(op, ret, err, log_path, lines, detail)
+
+
+def _free_bytes(path: str) -> int:
+    try:
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize
+    except OSError:
+        return -1
 
 
 # --- image and work directories ---------------------------------------------
@@ -289,11 +306,13 @@ def apply_common(opts: "_criu.Opts", o: CheckpointOptions, own_netns: bool = Fal
 
 
 def checkpoint(container_id: Optional[str] = None, options: Optional[CheckpointOptions] = None, *,
-               pid: Optional[int] = None, root: str = runc.DEFAULT_ROOT, **kwargs) -> CheckpointResult:
+               pid: Optional[int] = None, root: str = runc.DEFAULT_ROOT, session=None,
+               **kwargs) -> CheckpointResult:
     """Checkpoint a runc container (by id) or a process tree (by ``pid``).
 
     ``options`` or keyword arguments (the fields of :class:`CheckpointOptions`)
     say how; a container is left running only with ``leave_running``.
+    ``session``: a :class:`fastckpt.Session` whose warm CRIU does the work.
     """
     t0 = time.monotonic()
     if options is None:
@@ -302,7 +321,17 @@ def checkpoint(container_id: Optional[str] = None, options: Optional[CheckpointO
         options = options.replace(**kwargs)
     if (container_id is None) == (pid is None):
         raise UsageError("give either a container id or a pid")
+    if container_id is not None:
+        runc.validate_id(container_id)
+        lock = locks.container(root, container_id)
+    else:
+        _check_pid(int(pid))
+        lock = locks.process(int(pid))
+    with lock:
+        return _checkpoint_locked(container_id, options, pid, root, session, t0)
 
+
+def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, session, t0) -> CheckpointResult:
     ct: Optional[runc.Container] = None
     was_paused = False
     if container_id is not None:
@@ -311,17 +340,44 @@ def checkpoint(container_id: Optional[str] = None, options: Optional[CheckpointO
         target_pid = ct.init_pid
     else:
         target_pid = int(pid)
-        _check_pid(target_pid)
 
-    criu_binary()
     image_path = options.resolved_image_path()
     work_path = options.resolved_work_path()
     make_private_dir(image_path, "image directory")
     if work_path != image_path:
         make_private_dir(work_path, "work directory")
     log_path = os.path.join(work_path, DUMP_LOG)
+    opts = new_opts(session)
+    what = f"container {container_id!r}" if ct is not None else f"process {target_pid}"
+    done = False
+    try:
+        with signals.deferred():
+            ret, err = _dump(opts, options, ct, was_paused, target_pid, image_path, work_path)
+            if ret < 0:
+                _discard_partial_images(image_path)
+            elif ct is not None and not options.leave_running:
+                ct.destroy()
+            done = ret >= 0
+    except KeyboardInterrupt:
+        if done:
+            state = (f"{what} was left running" if options.leave_running
+                     else f"{what} was checkpointed and is gone")
+            raise Interrupted(f"interrupted after the checkpoint completed: images in {image_path}; {state}") \
+                from None
+        running = "is running" if not was_paused else "is paused, as it was"
+        raise Interrupted(f"interrupted: nothing was checkpointed; {what} {running}") from None
+    if ret < 0:
+        raise_criu_failure("dump", ret, err, log_path, image_path)
+    return CheckpointResult(
+        image_path=image_path, work_path=work_path, log_path=log_path, pid=target_pid,
+        container_id=container_id, leave_running=options.leave_running,
+        wall_time=time.monotonic() - t0, files=list_images(image_path),
+    )
 
-    opts = new_opts()
+
+def _dump(opts, options: CheckpointOptions, ct: Optional[runc.Container], was_paused: bool, target_pid: int,
+          image_path: str, work_path: str) -> Tuple[int, int]:
+    """Configure OPTS and run CRIU's dump; the container is thawed again whatever happens."""
     fds = [open_dir_fd(image_path, "image directory")]
     try:
         opts.set_images_dir_fd(fds[0])
@@ -348,30 +404,35 @@ def checkpoint(container_id: Optional[str] = None, options: Optional[CheckpointO
             _write_private(os.path.join(image_path, runc.DESCRIPTORS_FILE),
                            json.dumps(ct.external_descriptors).encode())
         write_meta(image_path, ct)
-        if ct is not None and not was_paused and ct.freezer_state_file:
-            # frozen here in ~1 ms: CRIU's own freeze polls every 100 ms
-            ct.freeze_and_wait()
-        ret, err = opts.dump()
-    except BaseException:
-        if ct is not None and not was_paused and ct.is_frozen():
-            ct.thaw()  # never leave a container frozen behind a failure
-        raise
+        ret = -1
+        try:
+            if ct is not None and not was_paused and ct.freezer_state_file:
+                # frozen here in ~1 ms: CRIU's own freeze polls every 100 ms
+                ct.freeze_and_wait()
+            ret, err = opts.dump()
+        finally:
+            if ct is not None and ct.is_frozen():
+                # CRIU leaves a cgroup it found frozen frozen: thaw what we froze, and a
+                # paused container whose processes CRIU killed (they die once thawed);
+                # a paused container that is still there stays paused
+                if not was_paused or (ret >= 0 and not options.leave_running):
+                    ct.thaw()
+        return ret, err
     finally:
         for fd in fds:
             os.close(fd)
 
-    if ct is not None and ct.is_frozen():
-        # CRIU leaves a cgroup it found frozen frozen: thaw what we froze, and a
-        # paused container whose processes CRIU killed (they die once thawed);
-        # a paused container that is still there stays paused
-        if not was_paused or (ret >= 0 and not options.leave_running):
-            ct.thaw()
-    if ret < 0:
-        raise_criu_failure("dump", ret, err, log_path)
-    if ct is not None and not options.leave_running:
-        ct.destroy()
-    return CheckpointResult(
-        image_path=image_path, work_path=work_path, log_path=log_path, pid=target_pid,
-        container_id=container_id, leave_running=options.leave_running,
-        wall_time=time.monotonic() - t0, files=list_images(image_path),
-    )
+
+def _discard_partial_images(image_path: str) -> None:
+    """After a failed dump nothing may look like a checkpoint: CRIU's images and
+    fastckpt's files go, the logs stay."""
+    try:
+        names = os.listdir(image_path)
+    except OSError:
+        return
+    for name in names:
+        if name.endswith(".img") or name in (META_FILE, runc.DESCRIPTORS_FILE, "stats-dump"):
+            try:
+                os.unlink(os.path.join(image_path, name))
+            except OSError:
+                pass

@@ -62,12 +62,24 @@ class ImageDirError(Error):
     """The image or work directory cannot be created or used."""
 
 
+class DiskFull(ImageDirError):
+    """The disk holding the images filled up; the partial images were removed."""
+
+    default_errno = _errno.ENOSPC
+
+
 class CriuNotFound(Error):
     default_errno = _errno.ENOENT
 
 
 class CriuVersionError(Error):
     default_errno = _errno.EPROTO
+
+
+class Interrupted(Error):
+    """A signal (Ctrl-C, SIGTERM) stopped fastckpt; the message says in which state it left things."""
+
+    default_errno = 4  # EINTR
 
 
 class FeatureUnavailable(Error):

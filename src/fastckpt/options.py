@@ -55,6 +55,10 @@ class PageServer:
         return cls(address, int(port))
 
     def __post_init__(self):
+        if not isinstance(self.port, int) or isinstance(self.port, bool):
+            raise UsageError(f"Invalid port number {self.port!r} for the page server (an integer 1-65535)")
+        if not isinstance(self.address, str) or not self.address:
+            raise UsageError(f"Invalid page server address {self.address!r}")
         if not 0 < self.port < 65536:
             raise UsageError(f"Invalid port number {self.port} for the page server (1-65535)")
 
@@ -228,7 +232,10 @@ def _normalize_paths(obj, names) -> None:
         v = getattr(obj, name)
         if v is None:
             continue
-        v = os.fspath(v)
+        try:
+            v = os.fsdecode(v)
+        except TypeError:
+            raise UsageError(f"--{name.replace('_', '-')} must be a path, not {type(v).__name__}") from None
         if "\0" in v:
             raise UsageError(f"--{name.replace('_', '-')} contains a NUL byte")
         object.__setattr__(obj, name, v or None)

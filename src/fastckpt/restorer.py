@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from . import _libc, cgroups, engine, runc
-from .errors import ContainerStateError, Error, ImageDirError, UsageError
+from . import _libc, cgroups, engine, locks, runc, signals
+from .errors import ContainerStateError, Error, ImageDirError, Interrupted, UsageError
 from .constants import Namespace
 from .options import RestoreOptions
 
@@ -237,8 +237,8 @@ def ensure_loopback_up(pid: int) -> None:
 
 # --- restore -----------------------------------------------------------------------
 
-def _new_opts(options: RestoreOptions, image_fd: int, work_fd: int, own_netns: bool = False):
-    opts = engine.new_opts()
+def _new_opts(options: RestoreOptions, image_fd: int, work_fd: int, own_netns: bool = False, session=None):
+    opts = engine.new_opts(session)
     opts.set_images_dir_fd(image_fd)
     opts.set_work_dir_fd(work_fd)
     opts.set_log_file(RESTORE_LOG)
@@ -266,7 +266,7 @@ def _write_pid_file(path: Optional[str], pid: int) -> None:
 
 
 def restore(container_id: Optional[str] = None, options: Optional[RestoreOptions] = None, *,
-            root: str = runc.DEFAULT_ROOT, **kwargs) -> RestoreResult:
+            root: str = runc.DEFAULT_ROOT, session=None, **kwargs) -> RestoreResult:
     """Restore a container (given its id: runc's restore) or a process tree (no id)."""
     t0 = time.monotonic()
     if options is None:
@@ -280,19 +280,37 @@ def restore(container_id: Optional[str] = None, options: Optional[RestoreOptions
             who = f" of container {meta['id']!r}" if meta and meta.get("id") else " of a container"
             raise UsageError(f"the images in {image_path} are a checkpoint{who}: "
                              "restore them with a container id (and --bundle)")
-        return _restore_process(options, t0)
+        return _guarded(lambda: _restore_process(options, t0, session), "the process tree")
     runc.validate_id(container_id)
     if kind != "container":
         raise UsageError(f"the images in {image_path} are a checkpoint of a process tree, not of a "
                          "container: restore them without a container id")
-    return _restore_container(container_id, options, root, meta, t0)
+    with locks.container(root, container_id):
+        result = _guarded(lambda: _restore_container(container_id, options, root, meta, t0),
+                          f"container {container_id!r}")
+    if not options.detach:
+        result.exit_status = _wait_foreground(runc.load(container_id, root), result.pid)
+    return result
 
 
-def _restore_process(options: RestoreOptions, t0: float) -> RestoreResult:
+def _guarded(run, what: str) -> RestoreResult:
+    """Run a restore with Ctrl-C/SIGTERM held back until it is complete or undone."""
+    result = None
+    try:
+        with signals.deferred():
+            result = run()
+        return result
+    except KeyboardInterrupt:
+        if result is not None:
+            raise Interrupted(f"interrupted after the restore completed: {what} runs (pid {result.pid})") from None
+        raise Interrupted(f"interrupted: nothing was restored and nothing was left behind for {what}") from None
+
+
+def _restore_process(options: RestoreOptions, t0: float, session=None) -> RestoreResult:
     """A process tree comes back detached: its root is reparented away from us when CRIU exits."""
     image_path, work_path, fds = _open_dirs(options)
     try:
-        opts = _new_opts(options, fds[0], fds[1])
+        opts = _new_opts(options, fds[0], fds[1], session=session)
         ret, err = opts.restore()
     finally:
         for fd in set(fds):
@@ -407,11 +425,8 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: Optio
         for fd in set(fds) | set(ns_fds):
             os.close(fd)
 
-    result = RestoreResult(pid=pid, image_path=image_path, work_path=work_path, log_path=log_path,
-                           container_id=cid, bundle=bundle, wall_time=time.monotonic() - t0)
-    if not options.detach:
-        result.exit_status = _wait_foreground(runc.Container(cid, root, state), pid)
-    return result
+    return RestoreResult(pid=pid, image_path=image_path, work_path=work_path, log_path=log_path,
+                         container_id=cid, bundle=bundle, wall_time=time.monotonic() - t0)
 
 
 def _kill(pid: int) -> None:

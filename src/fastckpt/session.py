@@ -1,0 +1,83 @@
+"""A long-lived CRIU for repeated API operations (CRIU's service mode).
+
+Each libcriu call otherwise forks and execs a new ``criu swrk``, which loads
+and initializes itself every time.  A :class:`Session` starts ``criu service``
+once; each operation is then served by a fork of that warm process.
+Containers' restores still run through ``criu swrk`` (libcriu needs it to make
+the restored container a child of the caller).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from typing import Optional
+
+from . import engine, runc
+from .errors import CriuError
+
+RUN_DIR = "/run/fastckpt"
+
+
+class Session:
+    """``with fastckpt.Session() as s: s.checkpoint(pid=..., leave_running=True, ...)``"""
+
+    def __init__(self, *, root: str = runc.DEFAULT_ROOT, start_timeout: float = 10.0):
+        self.root = root
+        binary = engine.criu_binary()
+        os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
+        self._dir = tempfile.mkdtemp(prefix="criu-service-", dir=RUN_DIR)
+        self.address = os.path.join(self._dir, "criu.sock")
+        pidfile = os.path.join(self._dir, "criu.pid")
+        self.log_path = os.path.join(self._dir, "service.log")
+        engine.kdat.ensure(binary)
+        with open(os.devnull, "r+b") as null:
+            r = subprocess.run([binary, "service", "--address", self.address, "--daemon", "--pidfile", pidfile,
+                                "-W", self._dir, "-o", "service.log", "-v2"],
+                               stdin=null, stdout=null, stderr=subprocess.PIPE, timeout=start_timeout)
+        self.pid: Optional[int] = None
+        if r.returncode == 0:
+            deadline = time.monotonic() + start_timeout
+            while time.monotonic() < deadline and not os.path.exists(self.address):
+                time.sleep(0.002)
+            try:
+                with open(pidfile) as f:
+                    self.pid = int(f.read().strip())
+            except (OSError, ValueError):
+                pass
+        if self.pid is None or not os.path.exists(self.address):
+            self.close()
+            raise CriuError("service", -1, 0, self.log_path, detail=(r.stderr or b"").decode(errors="replace")
+                            .strip() or "criu service did not start")
+
+    def checkpoint(self, container_id: Optional[str] = None, options=None, **kwargs):
+        kwargs.setdefault("root", self.root)
+        return engine.checkpoint(container_id, options, session=self, **kwargs)
+
+    def restore(self, container_id: Optional[str] = None, options=None, **kwargs):
+        from .restorer import restore
+
+        kwargs.setdefault("root", self.root)
+        return restore(container_id, options, session=self, **kwargs)
+
+    def close(self) -> None:
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            self.pid = None
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "pid", None) is not None:
+            self.close()
