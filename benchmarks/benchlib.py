@@ -1,0 +1,439 @@
+"""Helpers shared by fastckpt's benchmarks (side_by_side.py and the pytest-benchmark suites).
+
+Everything started here is registered with a :class:`Janitor` and taken down
+by it, also on failure or Ctrl-C: containers live in a private runc root and
+are killed and deleted by id, processes are killed by the pid we hold (never
+by name), tmpfs mounts are unmounted and temporary directories removed.
+
+Containers get /dev/null as stdio (``fastckpt.bundle.run_detached``): a pipe
+or a host file as a container's stdio would be a file CRIU cannot dump.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+BIN = os.path.dirname(sys.executable)  # the venv's bin (sys.executable is the venv's python)
+PYTHON = sys.executable
+FASTCKPT = os.path.join(BIN, "fastckpt") if os.path.exists(os.path.join(BIN, "fastckpt")) \
+    else (shutil.which("fastckpt") or os.path.join(BIN, "fastckpt"))
+KDAT = "/run/criu.kdat"
+DUMP_LOG = "dump.log"
+
+BIGMEM_C = os.path.join(HERE, "bigmem.c")
+
+
+def why_not_runnable() -> Optional[str]:
+    """Why the benchmarks cannot run on this machine, or None."""
+    if os.geteuid() != 0:
+        return "the benchmarks need root (CRIU dumps and runc containers)"
+    for tool in ("criu", "runc", "unshare", "mount", "umount"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed (not on PATH={os.environ.get('PATH', '')})"
+    if not os.path.exists(FASTCKPT):
+        return f"the fastckpt command is not installed at {FASTCKPT} (run `make deps`)"
+    try:
+        from fastckpt import bundle
+        bundle.busybox()
+    except (ImportError, FileNotFoundError) as e:
+        return f"cannot build bundles: {e}"
+    return None
+
+
+# --- running commands --------------------------------------------------------
+
+class CommandFailed(RuntimeError):
+    pass
+
+
+def _tail(path: Optional[str], n: int = 6) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, errors="replace") as f:
+            lines = [l.rstrip() for l in f if l.strip()]
+    except OSError:
+        return ""
+    return " | ".join(lines[-n:])
+
+
+def criu_log_errors(path: str, n: int = 5) -> str:
+    """CRIU's error lines in a dump/restore log (`Error (...)`), the last N."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = [l.strip() for l in f if "Error" in l or "error" in l]
+    except OSError:
+        return ""
+    return " | ".join(lines[-n:])
+
+
+def run_timed(cmd: Sequence[str], *, errfile: Optional[str] = None, logs: Sequence[str] = (),
+              timeout: float = 300) -> float:
+    """Run CMD with stdin/stdout on /dev/null; returns its wall time in seconds.
+
+    Its stderr goes to ERRFILE (or /dev/null); a non-zero exit raises
+    CommandFailed with the end of ERRFILE and the errors of the CRIU LOGS.
+    """
+    with open(os.devnull, "r+b") as null:
+        err = open(errfile, "wb") if errfile else null
+        try:
+            t0 = time.perf_counter()
+            rc = subprocess.run(list(cmd), stdin=null, stdout=null, stderr=err, timeout=timeout).returncode
+            dt = time.perf_counter() - t0
+        finally:
+            if errfile:
+                err.close()
+    if rc != 0:
+        why = [x for x in [_tail(errfile)] + [criu_log_errors(l) for l in logs] if x]
+        raise CommandFailed(f"{' '.join(cmd)}: exit {rc}" + (f": {' || '.join(why)}" if why else ""))
+    return dt
+
+
+def run_quiet(cmd: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """A command that starts no container process: stdin /dev/null, output captured."""
+    return subprocess.run(list(cmd), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+
+def wait_until(pred: Callable[[], object], what: str, timeout: float = 30.0, interval: float = 0.005):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def new_id(prefix: str = "fcb") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+# --- cgroups (cleanup only) -----------------------------------------------------
+
+def _thaw(cgroup_dir: str) -> None:
+    for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+        p = os.path.join(cgroup_dir, name)
+        if os.path.exists(p):
+            try:
+                with open(p, "w") as f:
+                    f.write(value)
+            except OSError:
+                pass
+
+
+def _kill_cgroup_tasks(cgroup_dir: str) -> None:
+    try:
+        with open(os.path.join(cgroup_dir, "cgroup.procs")) as f:
+            pids = [int(p) for p in f.read().split()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _rmdir_retry(path: str, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.rmdir(path)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
+def _cgroup_paths(root: str, cid: str) -> Dict[str, str]:
+    try:
+        with open(os.path.join(root, cid, "state.json")) as f:
+            return dict(json.load(f).get("cgroup_paths") or {})
+    except (OSError, ValueError):
+        return {}
+
+
+# --- the janitor ------------------------------------------------------------------
+
+class Janitor:
+    """Remembers what the benchmarks started and takes it all down (LIFO per kind).
+
+    ``close()`` removes containers, then processes, then mounts, then
+    directories; each ``release_*`` does one of them at once (between rounds).
+    """
+
+    def __init__(self):
+        self.containers: List[Tuple[str, str]] = []  # (runc root, id)
+        self.cgroups: Dict[Tuple[str, str], Dict[str, str]] = {}
+        self.procs: List[subprocess.Popen] = []
+        self.mounts: List[str] = []
+        self.dirs: List[str] = []
+        self.problems: List[str] = []
+
+    # --- directories
+    def mkdtemp(self, prefix: str, dir: Optional[str] = None) -> str:
+        d = tempfile.mkdtemp(prefix=prefix, dir=dir)
+        self.dirs.append(d)
+        return d
+
+    def release_dir(self, d: str) -> None:
+        shutil.rmtree(d, ignore_errors=True)
+        if d in self.dirs:
+            self.dirs.remove(d)
+
+    # --- tmpfs
+    def mount_tmpfs(self, size: str = "2g", dir: Optional[str] = None) -> str:
+        d = self.mkdtemp("fcb-tmpfs-", dir)
+        r = run_quiet(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "fastckpt-bench", d])
+        if r.returncode != 0:
+            raise CommandFailed(f"mount -t tmpfs on {d}: {r.stderr.strip()}")
+        self.mounts.append(d)
+        return d
+
+    def release_mount(self, d: str) -> None:
+        r = run_quiet(["umount", d])
+        if r.returncode != 0:
+            r = run_quiet(["umount", "-l", d])
+            if r.returncode != 0:
+                self.problems.append(f"umount {d}: {r.stderr.strip()}")
+        if d in self.mounts:
+            self.mounts.remove(d)
+        if r.returncode == 0:
+            self.release_dir(d)
+
+    # --- processes
+    def spawn(self, args: Sequence[str], **kw) -> subprocess.Popen:
+        """Start ARGS with stdio on /dev/null in a new session."""
+        with open(os.devnull, "r+b") as null:
+            p = subprocess.Popen(list(args), stdin=null, stdout=null, stderr=null, start_new_session=True,
+                                 close_fds=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def release_proc(self, p: subprocess.Popen) -> None:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # its own session and group: ours to kill
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.problems.append(f"pid {p.pid} did not die")
+        if p in self.procs:
+            self.procs.remove(p)
+
+    # --- containers
+    def add_container(self, root: str, cid: str) -> None:
+        self.containers.append((root, cid))
+
+    def remember_cgroups(self, root: str, cid: str) -> None:
+        paths = _cgroup_paths(root, cid)
+        if paths:
+            self.cgroups[(root, cid)] = paths
+
+    def release_container(self, root: str, cid: str) -> None:
+        """Kill and delete a container of our private root; thaw and remove its cgroups."""
+        paths = dict(self.cgroups.pop((root, cid), {}))
+        paths.update(_cgroup_paths(root, cid))
+        for p in paths.values():
+            _thaw(p)
+        if os.path.exists(os.path.join(root, cid)):
+            run_quiet(["runc", "--root", root, "kill", cid, "KILL"])
+            r = run_quiet(["runc", "--root", root, "delete", "-f", cid])
+            if r.returncode != 0 and os.path.exists(os.path.join(root, cid, "state.json")):
+                self.problems.append(f"runc delete -f {cid}: {r.stderr.strip()}")
+        for p in sorted(set(paths.values()), key=len, reverse=True):
+            if os.path.isdir(p):
+                _thaw(p)
+                _kill_cgroup_tasks(p)
+                if not _rmdir_retry(p):
+                    self.problems.append(f"cannot remove cgroup {p}")
+        shutil.rmtree(os.path.join(root, cid), ignore_errors=True)
+        if (root, cid) in self.containers:
+            self.containers.remove((root, cid))
+
+    def close(self) -> List[str]:
+        for root, cid in reversed(list(self.containers)):
+            try:
+                self.release_container(root, cid)
+            except Exception as e:  # keep cleaning the rest
+                self.problems.append(f"container {cid}: {e!r}")
+        for p in reversed(list(self.procs)):
+            try:
+                self.release_proc(p)
+            except Exception as e:
+                self.problems.append(f"pid {p.pid}: {e!r}")
+        for m in reversed(list(self.mounts)):
+            self.release_mount(m)
+        for d in reversed(list(self.dirs)):
+            self.release_dir(d)
+        return self.problems
+
+
+# --- containers -------------------------------------------------------------------
+
+def make_bundle(path: str, args: Optional[Sequence[str]] = None) -> str:
+    """A busybox bundle (default process: fastckpt's counter) with its own network namespace."""
+    from fastckpt import bundle as fb
+
+    kw = {} if args is None else {"args": list(args)}
+    return fb.make_bundle(path, **kw)
+
+
+def start_container(jan: Janitor, root: str, bundle: str, cid: Optional[str] = None) -> str:
+    """`runc run -d` a container of BUNDLE in ROOT (stdio /dev/null); returns its id once it runs."""
+    from fastckpt import bundle as fb
+
+    cid = cid or new_id()
+    jan.add_container(root, cid)
+    fb.run_detached(cid, bundle, root=root)
+    jan.remember_cgroups(root, cid)
+    return cid
+
+
+def container_pid(root: str, cid: str) -> int:
+    with open(os.path.join(root, cid, "state.json")) as f:
+        return int(json.load(f)["init_process_pid"])
+
+
+# --- images -------------------------------------------------------------------------
+
+def pages_bytes(image_dir: str) -> int:
+    return sum(e.stat().st_size for e in os.scandir(image_dir) if e.name.startswith("pages-")
+               and e.name.endswith(".img"))
+
+
+def kdat_loaded(log_path: str) -> Optional[bool]:
+    """Did CRIU load its kernel-probe cache (per its dump.log)?  None without a log."""
+    try:
+        with open(log_path, errors="replace") as f:
+            for line in f:
+                if "Loaded kdat cache" in line:
+                    return True
+                if "Dumping finished" in line:
+                    break
+    except OSError:
+        return None
+    return False
+
+
+def _stats_from_fastckpt_images(image_dir: str) -> Optional[dict]:
+    """The dump stats through fastckpt's own image decoder, when fastckpt has one."""
+    try:
+        from fastckpt import images  # another engineer's work in progress: use it if present
+    except ImportError:
+        return None
+    for name in ("dump_stats", "load_dump_stats", "read_dump_stats", "stats_dump", "read_stats", "load_stats",
+                 "stats"):
+        fn = getattr(images, name, None)
+        if not callable(fn):
+            continue
+        for arg in (image_dir, os.path.join(image_dir, "stats-dump")):
+            try:
+                s = fn(arg)
+            except Exception:
+                continue
+            s = getattr(s, "__dict__", s) if not isinstance(s, dict) else s
+            if isinstance(s, dict):
+                s = s.get("dump", s)
+                if "frozen_time" in s:
+                    return {k: s[k] for k in s if isinstance(s[k], (int, float))}
+    return None
+
+
+def _stats_from_pycriu(image_dir: str) -> Optional[dict]:
+    try:
+        from pycriu import images
+    except ImportError:
+        return None
+    try:
+        with open(os.path.join(image_dir, "stats-dump"), "rb") as f:
+            entry = images.load(f)["entries"][0]["dump"]
+    except Exception:
+        return None
+    return dict(entry)
+
+
+def _stats_from_log(log_path: str) -> Optional[dict]:
+    """frozen_time (us) from dump.log: from `freezer.state=FROZEN` (or the first seize) to the unfreeze."""
+    start = end = None
+    try:
+        with open(log_path, errors="replace") as f:
+            for line in f:
+                if not line.startswith("("):
+                    continue
+                try:
+                    t = float(line[1:line.index(")")])
+                except ValueError:
+                    continue
+                if start is None and ("freezer.state=FROZEN" in line or "freezing processes:" in line
+                                      or "Seized task" in line):
+                    start = t
+                if "Unfreezing tasks into" in line or (end is None and "Writing stats" in line):
+                    end = t
+    except OSError:
+        return None
+    if start is None or end is None:
+        return None
+    return {"frozen_time": int((end - start) * 1e6)}
+
+
+def dump_stats(image_dir: str, log_path: Optional[str] = None) -> Tuple[Optional[dict], str]:
+    """CRIU's dump statistics (times in microseconds) and where they came from."""
+    for source, fn in (("fastckpt.images", _stats_from_fastckpt_images), ("stats-dump (pycriu)", _stats_from_pycriu)):
+        s = fn(image_dir)
+        if s:
+            return s, source
+    s = _stats_from_log(log_path or os.path.join(image_dir, DUMP_LOG))
+    return s, ("dump.log" if s else "none")
+
+
+# --- the 1 GiB process ------------------------------------------------------------------
+
+def build_bigmem(outdir: str) -> str:
+    """Compile benchmarks/bigmem.c statically into OUTDIR; returns the binary's path."""
+    if not shutil.which("gcc"):
+        raise CommandFailed("gcc is not installed (apt-get install build-essential; `make deps` does)")
+    out = os.path.join(outdir, "bigmem")
+    r = run_quiet(["gcc", "-static", "-O2", "-o", out, BIGMEM_C], timeout=120)
+    if r.returncode != 0:
+        raise CommandFailed(f"gcc -static bigmem.c: {r.stderr.strip()[-500:]}")
+    return out
+
+
+# --- statistics ---------------------------------------------------------------------------
+
+def summarize(samples: Sequence[float]) -> dict:
+    import statistics
+
+    xs = sorted(samples)
+    if not xs:
+        return {"n": 0}
+    q = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
+    return {"n": len(xs), "median": statistics.median(xs), "min": xs[0], "max": xs[-1], "p25": q[0], "p75": q[2]}
+
+
+# --- pytest-benchmark ------------------------------------------------------------------------
+
+def bench_rounds(benchmark, fn, fresh_dir, rounds: Optional[int] = None):
+    """ROUNDS (BENCH_ROUNDS, 15) timed calls of FN(fresh image dir) after one warm-up call; the
+    fresh directory is made untimed.  Returns what FN last returned."""
+    rounds = rounds or int(os.environ.get("BENCH_ROUNDS") or 15)
+    return benchmark.pedantic(fn, setup=lambda: ((fresh_dir(),), {}), rounds=rounds, warmup_rounds=1,
+                              iterations=1)
