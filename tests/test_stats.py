@@ -153,8 +153,9 @@ def assert_image_error(exc_info, path, *needles, code=errno.EBADMSG):
     assert str(path) in str(e), str(e)
     assert e.path == str(path)
     assert e.errno == code
+    what = str(e).replace(str(path), "<path>")  # tmp_path holds the test's name: never match on it
     for needle in needles:
-        assert needle in str(e), str(e)
+        assert needle in what, str(e)
 
 
 def test_missing_file_names_it(tmp_path):
