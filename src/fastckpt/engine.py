@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from . import _criu, kdat, locks, runc, signals
+from . import _criu, criu_proc, kdat, locks, runc, signals
 from .constants import MIN_CRIU_VERSION, Namespace
 from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, DiskFull, Error,
                      ImageDirError, Interrupted, UsageError, log_errors)
@@ -73,6 +73,18 @@ def new_opts(session=None) -> "_criu.Opts":
     else:
         opts.set_service_binary(binary)
     return opts
+
+
+def run_op(opts, op: str, session=None, *, log_path: Optional[str] = None,
+           timeout: Optional[float] = None) -> Tuple[int, int]:
+    """Run one CRIU operation: in a session's warm service, or in a criu of our own
+    spawning (its own session, under a watchdog); a watchdog stop is a CriuError."""
+    if session is not None:
+        return getattr(opts, op)()
+    ret, err, stopped = criu_proc.run(opts, op, criu_binary(), log_path=log_path, timeout=timeout)
+    if stopped:
+        raise CriuError(op, ret, err, log_path, log_errors(log_path), detail=stopped)
+    return ret, err
 
 
 _version_cache: Dict[str, Tuple[int, int, int]] = {}
@@ -352,7 +364,7 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
     done = False
     try:
         with signals.deferred():
-            ret, err = _dump(opts, options, ct, was_paused, target_pid, image_path, work_path)
+            ret, err = _dump(opts, options, ct, was_paused, target_pid, image_path, work_path, session)
             if ret < 0:
                 _discard_partial_images(image_path)
             elif ct is not None and not options.leave_running:
@@ -376,7 +388,7 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
 
 
 def _dump(opts, options: CheckpointOptions, ct: Optional[runc.Container], was_paused: bool, target_pid: int,
-          image_path: str, work_path: str) -> Tuple[int, int]:
+          image_path: str, work_path: str, session=None) -> Tuple[int, int]:
     """Configure OPTS and run CRIU's dump; the container is thawed again whatever happens."""
     fds = [open_dir_fd(image_path, "image directory")]
     try:
@@ -409,7 +421,7 @@ def _dump(opts, options: CheckpointOptions, ct: Optional[runc.Container], was_pa
             if ct is not None and not was_paused and ct.freezer_state_file:
                 # frozen here in ~1 ms: CRIU's own freeze polls every 100 ms
                 ct.freeze_and_wait()
-            ret, err = opts.dump()
+            ret, err = run_op(opts, "dump", session, log_path=os.path.join(work_path, DUMP_LOG))
         finally:
             if ct is not None and ct.is_frozen():
                 # CRIU leaves a cgroup it found frozen frozen: thaw what we froze, and a

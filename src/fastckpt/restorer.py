@@ -256,6 +256,16 @@ def _open_dirs(options: RestoreOptions) -> Tuple[str, str, List[int]]:
     return image_path, work_path, fds
 
 
+def restore_bound(image_path: str) -> float:
+    """How long a restore may take before CRIU is stopped: a minute plus 20 s a GB of pages."""
+    size = 0
+    with os.scandir(image_path) as it:
+        for e in it:
+            if e.name.startswith("pages-") and e.name.endswith(".img"):
+                size += e.stat().st_size
+    return 60.0 + size / 50e6
+
+
 def _write_pid_file(path: Optional[str], pid: int) -> None:
     if not path:
         return
@@ -311,7 +321,8 @@ def _restore_process(options: RestoreOptions, t0: float, session=None) -> Restor
     image_path, work_path, fds = _open_dirs(options)
     try:
         opts = _new_opts(options, fds[0], fds[1], session=session)
-        ret, err = opts.restore()
+        ret, err = engine.run_op(opts, "restore", session, log_path=os.path.join(work_path, RESTORE_LOG),
+                                 timeout=restore_bound(image_path))
     finally:
         for fd in set(fds):
             os.close(fd)
@@ -384,7 +395,9 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: Optio
         if not options.detach and not options.no_subreaper:
             _libc.set_child_subreaper(True)
         try:
-            ret, err = opts.restore_child()
+            # CRIU restores the tree as its child; when it exits the tree goes to the
+            # nearest subreaper: fastckpt when it waits in the foreground
+            ret, err = engine.run_op(opts, "restore", log_path=log_path, timeout=restore_bound(image_path))
         finally:  # the restored mount namespace keeps its own copy of the root
             _libc.umount(criu_root)
             mounted = False
@@ -460,7 +473,8 @@ def _wait_foreground(ct: runc.Container, pid: int) -> int:
             signal.signal(s, h)
     # the container's other processes go with their init (its pid namespace)
     ct.destroy()
-    return os.waitstatus_to_exitcode(status)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code  # killed by a signal: 128 + its number, as runc and shells say
 
 
 def _forward(pid: int, sig: int) -> None:

@@ -1,0 +1,96 @@
+"""Running one CRIU operation in a criu process of fastckpt's own making.
+
+libcriu would fork ``criu swrk`` itself, in the caller's session and process
+group, so a Ctrl-C at the terminal would reach CRIU and the helpers it runs
+(tar for tmpfs contents, iptables...) half-way through a dump.  Here fastckpt
+spawns ``criu swrk`` in a session of its own and hands libcriu the socket
+(CRIU_COMM_FD), which also gives it CRIU's pid: a watchdog bounds how long
+CRIU may run and how large its log may grow, and kills it past either bound.
+"""
+from __future__ import annotations
+
+import _socket
+import os
+import signal
+import threading
+import time
+from typing import Optional, Tuple
+
+# A log that grows past this is a CRIU gone wrong (a restore of a damaged
+# pages image can loop writing ~25 MB/s of log); a normal one is < 10 MiB.
+LOG_LIMIT = 256 << 20
+
+
+class Watchdog(threading.Thread):
+    def __init__(self, pid: int, log_path: Optional[str], timeout: Optional[float], log_limit: int):
+        super().__init__(name="fastckpt-criu-watchdog", daemon=True)
+        self.pid, self.log_path, self.timeout, self.log_limit = pid, log_path, timeout, log_limit
+        self.reason: Optional[str] = None
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        start = time.monotonic()
+        interval = 0.05
+        while not self._stop_event.wait(interval):
+            interval = min(interval * 2, 0.5)
+            if self.timeout is not None and time.monotonic() - start > self.timeout:
+                self._kill(f"CRIU did not finish within {self.timeout:g} s and was stopped")
+                return
+            if self.log_path:
+                try:
+                    size = os.stat(self.log_path).st_size
+                except OSError:
+                    size = 0
+                if size > self.log_limit:
+                    self._kill(f"CRIU's log grew past {self.log_limit >> 20} MiB (CRIU looping?) and CRIU "
+                               "was stopped")
+                    return
+
+    def _kill(self, reason: str) -> None:
+        self.reason = reason
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def run(opts, op: str, binary: str, *, log_path: Optional[str] = None, timeout: Optional[float] = None,
+        log_limit: int = LOG_LIMIT) -> Tuple[int, int, Optional[str]]:
+    """Run OP ("dump", "restore", "check", ...) of OPTS in a fresh ``criu swrk``.
+
+    Returns (ret, errno, why CRIU was stopped or None).
+    """
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    try:
+        os.set_inheritable(theirs.fileno(), True)
+        pid = os.posix_spawn(binary, [binary, "swrk", str(theirs.fileno())], os.environ,
+                             setsid=True, setsigmask=())
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    opts.set_service_fd(ours.detach())  # libcriu closes it when the operation is over
+    dog = Watchdog(pid, log_path, timeout, log_limit)
+    dog.start()
+    try:
+        ret, err = getattr(opts, op)()
+    finally:
+        dog.stop()
+        _reap(pid)
+    return ret, err, dog.reason
+
+
+def _reap(pid: int) -> None:
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return
