@@ -137,9 +137,10 @@ def raise_criu_failure(op: str, ret: int, err: int, log_path: Optional[str],
                        image_path: Optional[str] = None) -> None:
     lines = log_errors(log_path)
     detail = ""
-    if image_path and (err == errno.ENOSPC or any("No space left on device" in l for l in lines)):
-        raise DiskFull(f"criu {op} failed: the disk holding {image_path} is full "
-                       f"({_free_bytes(image_path)} bytes free); nothing was kept there"
+    # CRIU's message may be cut short ("No space lef"): its start is enough
+    if image_path and (err == errno.ENOSPC or any("No space le" in l for l in lines)):
+        raise DiskFull(f"criu {op} failed: no space left on the disk holding {image_path}; the partial "
+                       f"images were removed ({_free_bytes(image_path) >> 20} MiB free now)"
                        + (f" (log: {log_path})" if log_path else ""), errno=errno.ENOSPC)
     if not lines:
         try:
