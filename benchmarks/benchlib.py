@@ -116,7 +116,7 @@ def wait_until(pred: Callable[[], object], what: str, timeout: float = 30.0, int
         time.sleep(interval)
 
 
-def new_id(prefix: str = "fcb") -> str:
+def new_id(prefix: str = "fcbench") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
@@ -183,7 +183,17 @@ class Janitor:
         self.procs: List[subprocess.Popen] = []
         self.mounts: List[str] = []
         self.dirs: List[str] = []
+        self.callbacks: List[Callable[[], None]] = []  # run first, last registered first
         self.problems: List[str] = []
+
+    def on_close(self, fn: Callable[[], None]) -> Callable[[], None]:
+        self.callbacks.append(fn)
+        return fn
+
+    def release_callback(self, fn: Callable[[], None]) -> None:
+        if fn in self.callbacks:
+            self.callbacks.remove(fn)
+        fn()
 
     # --- directories
     def mkdtemp(self, prefix: str, dir: Optional[str] = None) -> str:
@@ -269,6 +279,11 @@ class Janitor:
             self.containers.remove((root, cid))
 
     def close(self) -> List[str]:
+        for fn in reversed(list(self.callbacks)):
+            try:
+                self.release_callback(fn)
+            except Exception as e:
+                self.problems.append(f"{fn!r}: {e!r}")
         for root, cid in reversed(list(self.containers)):
             try:
                 self.release_container(root, cid)
@@ -334,27 +349,15 @@ def kdat_loaded(log_path: str) -> Optional[bool]:
 
 
 def _stats_from_fastckpt_images(image_dir: str) -> Optional[dict]:
-    """The dump stats through fastckpt's own image decoder, when fastckpt has one."""
+    """The dump statistics through fastckpt's own decoder (fastckpt.images.read_stats), when present."""
     try:
-        from fastckpt import images  # another engineer's work in progress: use it if present
+        from fastckpt.images import read_stats
     except ImportError:
         return None
-    for name in ("dump_stats", "load_dump_stats", "read_dump_stats", "stats_dump", "read_stats", "load_stats",
-                 "stats"):
-        fn = getattr(images, name, None)
-        if not callable(fn):
-            continue
-        for arg in (image_dir, os.path.join(image_dir, "stats-dump")):
-            try:
-                s = fn(arg)
-            except Exception:
-                continue
-            s = getattr(s, "__dict__", s) if not isinstance(s, dict) else s
-            if isinstance(s, dict):
-                s = s.get("dump", s)
-                if "frozen_time" in s:
-                    return {k: s[k] for k in s if isinstance(s[k], (int, float))}
-    return None
+    try:
+        return dict(read_stats(image_dir, "dump"))
+    except Exception:
+        return None
 
 
 def _stats_from_pycriu(image_dir: str) -> Optional[dict]:

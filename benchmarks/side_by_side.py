@@ -218,7 +218,7 @@ class Bench:
                              logs=[os.path.join(img, bl.DUMP_LOG)])
                 self.jan.release_container(self.root, cid)
             for t in rotate(tools, r):
-                rid = restored[t] = bl.new_id("fcr")
+                rid = restored[t] = bl.new_id("fcbench-r")
                 self.jan.add_container(self.root, rid)
                 log_path = os.path.join(imgs[t], "restore.log")
                 dt = bl.run_timed(self.restore_cmd(t, rid, imgs[t]), errfile=self.errfile(t + "-restore"),
@@ -272,6 +272,19 @@ class Bench:
                                  "-v4"], errfile=self.errfile("criu-cli"), logs=[os.path.join(img, bl.DUMP_LOG)])
 
         fns: Dict[str, Callable[[str], float]] = {"fastckpt-api": api, "pycriu": pyc, "criu-cli": cli}
+        session = None
+        if getattr(fastckpt, "Session", None) is not None:
+            # informational: fastckpt's warm CRIU service for repeated API calls (started untimed)
+            session = fastckpt.Session()
+            close_session = self.jan.on_close(session.close)
+
+            def ses(img: str) -> float:
+                t0 = time.perf_counter()
+                session.checkpoint(pid=pid, leave_running=True, image_path=img)
+                return time.perf_counter() - t0
+
+            fns["fastckpt-session"] = ses
+            tools.append("fastckpt-session")
         for r in range(-1, self.rounds):
             for t in rotate(tools, r):
                 img = self.image_dir()
@@ -284,6 +297,8 @@ class Bench:
             self.progress("api", r)
         if proc.poll() is not None:
             raise RuntimeError("the process died during the --leave-running checkpoints")
+        if session is not None:
+            self.jan.release_callback(close_session)
         self.jan.release_proc(proc)
 
     # --- 5: 1 GiB of memory, images on tmpfs, beside dd
@@ -375,24 +390,27 @@ def _target(target) -> str:
     return f"{'≤' if op == '<=' else '≥'} {lim:g}"
 
 
-# (section, tool, label, compared with the fastckpt tool of the section, target key)
+# (section, tool, group, label, ratio = median(NUM) / median(DEN) with (NUM, DEN), target key)
 ROWS = [
     ("tiny", "fastckpt", "1. checkpoint, tiny container", "`fastckpt checkpoint`", None, None),
-    ("tiny", "runc", "", "`runc checkpoint`", "fastckpt", "tiny"),
+    ("tiny", "runc", "", "`runc checkpoint`", ("fastckpt", "runc"), "tiny"),
     ("leave", "fastckpt", "2. checkpoint --leave-running, tiny container", "`fastckpt checkpoint --leave-running`",
      None, None),
-    ("leave", "runc", "", "`runc checkpoint --leave-running`", "fastckpt", "leave"),
+    ("leave", "runc", "", "`runc checkpoint --leave-running`", ("fastckpt", "runc"), "leave"),
     ("restore", "fastckpt", "3. restore -d, tiny container", "`fastckpt restore -d`", None, None),
-    ("restore", "runc", "", "`runc restore -d`", "fastckpt", "restore"),
+    ("restore", "runc", "", "`runc restore -d`", ("fastckpt", "runc"), "restore"),
     ("api", "fastckpt-api", "4. Python, checkpoint --leave-running of a process",
      "`fastckpt.checkpoint(pid=…, leave_running=True)`", None, None),
-    ("api", "pycriu", "", "pycriu `criu().dump()`", "fastckpt-api", "api-pycriu"),
-    ("api", "criu-cli", "", "`criu dump -t PID --leave-running -v4` (CLI)", "fastckpt-api", None),
+    ("api", "pycriu", "", "pycriu `criu().dump()`", ("fastckpt-api", "pycriu"), "api-pycriu"),
+    ("api", "criu-cli", "", "`criu dump -t PID --leave-running -v4` (CLI)", ("fastckpt-api", "criu-cli"), None),
     ("version", "fastckpt --version", "6. CLI start", "`fastckpt --version`", None, "version-ms"),
-    ("version", "python -c pass", "", "`python -c pass` (the floor)", "fastckpt --version", None),
+    ("version", "python -c pass", "", "`python -c pass` (the floor)", ("fastckpt --version", "python -c pass"), None),
     ("tiny", "runc-nokdat", "info: runc without the kdat cache", "`runc checkpoint`, /run/criu.kdat hidden "
-     "(unshare -m + sh + mount wrapper)", "fastckpt", None),
+     "(unshare -m + sh + mount wrapper)", ("fastckpt", "runc-nokdat"), None),
     ("tiny", "unshare-overhead", "", "that wrapper alone (`unshare -m sh -c 'mount --bind …; exec true'`)", None,
+     None),
+    ("api", "fastckpt-session", "info: row 4 through fastckpt.Session (ratio: vs pycriu)",
+     "`Session().checkpoint(pid=…, leave_running=True)` (warm `criu service`)", ("fastckpt-session", "pycriu"),
      None),
 ]
 
@@ -405,21 +423,21 @@ def build_report(b: Bench, meta: dict) -> dict:
         xs = s.get(section, {}).get(tool)
         return bl.summarize(xs)["median"] if xs else None
 
-    for section, tool, group, label, vs, tkey in ROWS:
+    for section, tool, group, label, pair, tkey in ROWS:
         xs = s.get(section, {}).get(tool)
         if not xs:
             continue
         summ = bl.summarize(xs)
         row = {"section": section, "tool": tool, "group": group, "label": label, "unit": "s", "samples": xs, **summ,
                "criu_median": med(f"{section}-criu", tool)}
-        if vs:
-            m_fc = med(section, vs)
-            row["ratio"] = m_fc / summ["median"] if m_fc else None
-            row["vs"] = vs
+        if pair:
+            num, den = med(section, pair[0]), med(section, pair[1])
+            row["ratio"] = num / den if num and den else None
+            row["ratio_of"] = list(pair)
             target = TARGETS.get(tkey) if tkey else None
             row["target"] = target
             row["met"] = _met(row["ratio"], target) if target else ""
-            ratios.append({"name": f"{section}: {vs} / {tool}", "ratio": row["ratio"],
+            ratios.append({"name": f"{section}: {pair[0]} / {pair[1]}", "ratio": row["ratio"],
                            "target": target, "met": row["met"] == "yes" if target else None})
         elif tkey == "version-ms":
             target = TARGETS[tkey]
@@ -469,15 +487,18 @@ def render_markdown(rep: dict) -> str:
     out = [f"# fastckpt side by side — {m['date']}", ""]
     out.append(f"{m['rounds']} interleaved rounds per row (first tool rotated each round, one warm-up round "
                f"discarded); 1 GiB rows: {m['big_rounds']} rounds. Times in ms, wall time of the whole command "
-               f"(or API call). Ratio = fastckpt median / this row's median.")
+               f"(or API call). Ratio = fastckpt's median / this row's median "
+               "(for the Session row: its median / pycriu's). CRIU's own = the last timestamp of CRIU's log "
+               "(median), i.e. CRIU's time from its start to its end.")
     out.append("")
     out.append(f"Machine: {m['cpus']} CPUs, kernel {m['kernel']}; CRIU {m['criu']}; {m['runc']}; "
-               f"fastckpt {m['fastckpt']}; Python {m['python']}. /run is {m['run_fstype']}; "
+               f"fastckpt {m['fastckpt']} (commit {m.get('git_commit', '?')}"
+               f"{', src/ with uncommitted changes' if m.get('src_modified') else ''}); Python {m['python']}. /run is {m['run_fstype']}; "
                f"load average {m['loadavg_start']} at start, {m['loadavg_end']} at end; run took "
                f"{m['duration_s']:.0f} s.")
     out.append("")
     if rep["rows"]:
-        out.append("| benchmark | tool | median | min | max | CRIU's own (log) | fastckpt/this | target | met |")
+        out.append("| benchmark | tool | median | min | max | CRIU's own (log) | ratio | target | met |")
         out.append("|---|---|---:|---:|---:|---:|---:|---|---|")
     for row in rep["rows"]:
         ratio = row.get("ratio")
@@ -542,6 +563,9 @@ def collect_meta(rounds: int, big_rounds: int) -> dict:
         "fastckpt": fastckpt.__version__, "fastckpt_bin": bl.FASTCKPT, "run_fstype": run_fs,
         "kdat_cache_present": os.path.exists(bl.KDAT),
         "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]),
+        "git_commit": _version_line(["git", "-C", bl.REPO, "rev-parse", "--short", "HEAD"]),
+        "src_modified": bool(bl.run_quiet(["git", "-C", bl.REPO, "status", "--porcelain", "--", "src", "ext"]).stdout
+                             .strip()),
     }
 
 
