@@ -25,7 +25,8 @@ ratio fastckpt/other of the medians.
 
 Results: a markdown table on stdout and benchmarks/results/latest.{md,json}
 plus a timestamped copy.  BENCH_ONLY=tiny,leave,restore,api,big,version runs
-a subset (for development: printed, and saved only in /tmp).
+a subset (for development: printed, and saved only in /tmp).  BENCH_WAIT_QUIET=S
+first waits up to S seconds for the machine to be quiet (CPUs < 15% busy).
 
 Everything it starts is taken down again (containers in a private runc root,
 processes by pid, tmpfs mounts, temporary directories), also on failure,
@@ -85,6 +86,34 @@ def env_int(name: str, default: int, minimum: int) -> int:
     if v < minimum:
         sys.exit(f"side_by_side: {name} must be >= {minimum} (got {v})")
     return v
+
+
+def _cpu_snapshot():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v), v[3] + v[4]  # total, idle + iowait
+
+
+def _cpu_fraction(a, b) -> float:
+    return 1.0 - (b[1] - a[1]) / max(1, b[0] - a[0])
+
+
+def cpu_busy(interval: float = 1.0) -> float:
+    """The fraction of all CPUs' time spent busy over INTERVAL seconds (/proc/stat)."""
+    a = _cpu_snapshot()
+    time.sleep(interval)
+    return _cpu_fraction(a, _cpu_snapshot())
+
+
+def wait_quiet(limit: float, threshold: float = 0.15) -> Optional[float]:
+    """Wait up to LIMIT seconds until the machine is quiet (CPUs < THRESHOLD busy over 2 s): BENCH_WAIT_QUIET."""
+    deadline = time.monotonic() + limit
+    busy = cpu_busy(2.0)
+    while busy >= threshold and time.monotonic() < deadline:
+        log(f"side_by_side: machine busy ({busy:.0%} of its CPUs): waiting for quiet")
+        time.sleep(3)
+        busy = cpu_busy(2.0)
+    return busy
 
 
 def dump_log_seconds(path: str) -> Optional[float]:
@@ -531,6 +560,12 @@ def render_markdown(rep: dict) -> str:
                        f"{'' if ratio is None else f'{ratio:.2f}'} | {_target(d.get('target'))} | "
                        f"{d.get('met', '')} |")
     out.append("")
+    sl = m.get("sections_load") or {}
+    if sl:
+        out.append(f"CPU busy (all CPUs, whole machine) before the run: {m.get('cpu_busy_before', 0):.0%}; during each "
+                   "section (the benchmark itself included): " +
+                   ", ".join(f"{k} {v['cpu_busy']:.0%} (load {v['loadavg']})" for k, v in sl.items()) + ".")
+        out.append("")
     kd = m.get("kdat_loaded_per_tool") or {}
     if kd:
         out.append("CRIU loaded /run/criu.kdat (per its dump.log, counted rounds): " +
@@ -605,13 +640,19 @@ def main() -> int:
     old_term = signal.signal(signal.SIGTERM, on_term)
     b = Bench(rounds, big_rounds)
     t0 = time.monotonic()
-    meta = collect_meta(rounds, big_rounds)
     failed = None
     try:
+        quiet = env_int("BENCH_WAIT_QUIET", 0, 0)
+        meta = collect_meta(rounds, big_rounds)
+        meta["cpu_busy_before"] = round(wait_quiet(quiet) if quiet else cpu_busy(1.0), 3)
+        meta["sections_load"] = {}
         b.setup()
         for sec in sections:
             log(f"side_by_side: {sec} ({time.monotonic() - t0:.0f} s)")
+            st0 = _cpu_snapshot()
             getattr(b, f"sec_{sec}")()
+            meta["sections_load"][sec] = {"cpu_busy": round(_cpu_fraction(st0, _cpu_snapshot()), 3),
+                                          "loadavg": " ".join(open("/proc/loadavg").read().split()[:3])}
     except KeyboardInterrupt:
         failed = "interrupted"
     except Exception as e:
