@@ -19,7 +19,8 @@ _EXPORTS = {
     "CgroupMode": "constants", "LogLevel": "constants", "Namespace": "constants", "NetworkLock": "constants",
     "Error": "errors", "UsageError": "errors", "ContainerNotFound": "errors", "ContainerStateError": "errors",
     "CriuError": "errors", "CriuNotFound": "errors", "CriuVersionError": "errors",
-    "FeatureUnavailable": "errors", "ImageDirError": "errors", "DiskFull": "errors", "Interrupted": "errors", "ImageError": "errors",
+    "FeatureUnavailable": "errors", "ImageDirError": "errors", "DiskFull": "errors", "Interrupted": "errors",
+    "PermissionDenied": "errors", "ImageError": "errors",
     "read_stats": "images",
 }
 

@@ -65,6 +65,7 @@ def run(opts, op: str, binary: str, *, log_path: Optional[str] = None, timeout: 
     Returns (ret, errno, why CRIU was stopped or None).
     """
     ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    old_umask = os.umask(0o077)  # CRIU's images hold process memory: 0600, not 0644
     try:
         os.set_inheritable(theirs.fileno(), True)
         pid = os.posix_spawn(binary, [binary, "swrk", str(theirs.fileno())], os.environ,
@@ -73,6 +74,7 @@ def run(opts, op: str, binary: str, *, log_path: Optional[str] = None, timeout: 
         ours.close()
         raise
     finally:
+        os.umask(old_umask)
         theirs.close()
     opts.set_service_fd(ours.detach())  # libcriu closes it when the operation is over
     dog = Watchdog(pid, log_path, timeout, log_limit)

@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -17,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 from . import _criu, criu_proc, kdat, locks, runc, signals
 from .constants import MIN_CRIU_VERSION, Namespace
 from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, DiskFull, Error,
-                     ImageDirError, Interrupted, UsageError, log_errors)
+                     ImageDirError, Interrupted, PermissionDenied, UsageError, log_errors)
 from .options import CheckpointOptions, auto_network_lock
 
 DUMP_LOG = "dump.log"
@@ -163,16 +164,54 @@ def _free_bytes(path: str) -> int:
 # --- image and work directories ---------------------------------------------
 
 def make_private_dir(path: str, what: str) -> None:
-    """Create PATH (and parents) for process memory: the leaf is 0700."""
+    """Create PATH (and parents) for process memory: the leaf is 0700.
+
+    An existing directory must be ours and writable by nobody else (it will
+    hold process memory, and a writable one could be swapped under us).
+    """
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as e:
         raise ImageDirError(f"cannot create {what} {path}: {e.strerror}", errno=e.errno) from None
-    if not os.path.isdir(path):
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
         raise ImageDirError(f"{what} {path} is not a directory", errno=errno.ENOTDIR)
-    st = os.stat(path)
+    check_private_dir(path, what, st)
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)
+
+
+def check_private_dir(path: str, what: str, st: Optional[os.stat_result] = None) -> None:
+    st = st or os.stat(path)
+    if st.st_uid != os.geteuid():
+        raise ImageDirError(f"{what} {path} belongs to uid {st.st_uid}, not to the user running fastckpt "
+                            f"(uid {os.geteuid()}): refused", errno=errno.EPERM)
+    if st.st_mode & 0o022:
+        raise ImageDirError(f"{what} {path} is writable by others (mode {stat.S_IMODE(st.st_mode):o}): refused",
+                            errno=errno.EPERM)
+
+
+# Linux capability numbers
+CAP_SYS_ADMIN = 21
+CAP_CHECKPOINT_RESTORE = 40
+
+
+def require_privileges(op: str) -> None:
+    """CRIU needs root, or CAP_CHECKPOINT_RESTORE with CAP_SYS_ADMIN: refuse early and clearly."""
+    if os.geteuid() == 0:
+        return
+    eff = 0
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    eff = int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    need = (1 << CAP_SYS_ADMIN) | (1 << CAP_CHECKPOINT_RESTORE)
+    if eff & need != need:
+        raise PermissionDenied(f"{op} needs root (or the capabilities CAP_CHECKPOINT_RESTORE and CAP_SYS_ADMIN); "
+                               f"fastckpt runs as uid {os.geteuid()} without them")
 
 
 def open_dir_fd(path: str, what: str) -> int:
@@ -334,6 +373,7 @@ def checkpoint(container_id: Optional[str] = None, options: Optional[CheckpointO
         options = options.replace(**kwargs)
     if (container_id is None) == (pid is None):
         raise UsageError("give either a container id or a pid")
+    require_privileges("checkpoint")
     if container_id is not None:
         runc.validate_id(container_id)
         lock = locks.container(root, container_id)

@@ -76,6 +76,12 @@ class CriuVersionError(Error):
     default_errno = _errno.EPROTO
 
 
+class PermissionDenied(Error, PermissionError):
+    """fastckpt lacks the privileges CRIU needs (root, or CAP_CHECKPOINT_RESTORE + CAP_SYS_ADMIN)."""
+
+    default_errno = _errno.EPERM
+
+
 class Interrupted(Error):
     """A signal (Ctrl-C, SIGTERM) stopped fastckpt; the message says in which state it left things."""
 

@@ -283,6 +283,7 @@ def restore(container_id: Optional[str] = None, options: Optional[RestoreOptions
         options = RestoreOptions(**kwargs)
     elif kwargs:
         options = options.replace(**kwargs)
+    engine.require_privileges("restore")
     image_path = options.resolved_image_path()
     kind, meta = image_kind(image_path)
     if container_id is None:

@@ -35,9 +35,11 @@ class Session:
         self.log_path = os.path.join(self._dir, "service.log")
         engine.kdat.ensure(binary)
         with open(os.devnull, "r+b") as null:
+            # umask 077: the service's workers write images that hold process memory
             r = subprocess.run([binary, "service", "--address", self.address, "--daemon", "--pidfile", pidfile,
                                 "-W", self._dir, "-o", "service.log", "-v2"],
-                               stdin=null, stdout=null, stderr=subprocess.PIPE, timeout=start_timeout)
+                               stdin=null, stdout=null, stderr=subprocess.PIPE, timeout=start_timeout,
+                               preexec_fn=lambda: os.umask(0o077))
         self.pid: Optional[int] = None
         if r.returncode == 0:
             deadline = time.monotonic() + start_timeout
