@@ -23,18 +23,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"fastckpt: {message} (see `{self.prog} --help`)\n")
 
 
-def _add_checkpoint(sub) -> None:
-    p = sub.add_parser("checkpoint", help="checkpoint a running container (or a process tree with --pid)",
-                       description="Save the state of a running container, like `runc checkpoint`.")
-    p.add_argument("container_id", nargs="?", metavar="CONTAINER_ID")
-    p.add_argument("--pid", type=int, help="checkpoint the process tree rooted at PID instead of a container")
-    p.add_argument("--image-path", default="", help="path for saving criu image files (default ./checkpoint)")
+def _add_shared(p, image_help: str) -> None:
+    """The flags checkpoint and restore share, with runc's names and meanings."""
+    p.add_argument("--image-path", default="", help=f"{image_help} (default ./checkpoint)")
     p.add_argument("--work-path", default="", help="path for saving work files and logs (default: image path)")
-    p.add_argument("--leave-running", action="store_true", help="leave the process running after checkpointing")
     p.add_argument("--tcp-established", action="store_true", help="allow open tcp connections")
     p.add_argument("--ext-unix-sk", action="store_true", help="allow external unix sockets")
     p.add_argument("--shell-job", action="store_true", help="allow shell jobs")
-    p.add_argument("--page-server", default="", metavar="ADDRESS:PORT", help="ADDRESS:PORT of the page server")
     p.add_argument("--file-locks", action="store_true", help="handle file locks, for safety")
     p.add_argument("--manage-cgroups-mode", default="", metavar="MODE",
                    help="cgroups mode: 'soft' (default), 'full', 'strict' or 'ignore'")
@@ -47,6 +42,16 @@ def _add_checkpoint(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--print-stats", action="store_true",
                    help="print CRIU's statistics (times in microseconds, pages) and fastckpt's wall time as JSON")
+
+
+def _add_checkpoint(sub) -> None:
+    p = sub.add_parser("checkpoint", help="checkpoint a running container (or a process tree with --pid)",
+                       description="Save the state of a running container, like `runc checkpoint`.")
+    p.add_argument("container_id", nargs="?", metavar="CONTAINER_ID")
+    p.add_argument("--pid", type=int, help="checkpoint the process tree rooted at PID instead of a container")
+    p.add_argument("--leave-running", action="store_true", help="leave the process running after checkpointing")
+    p.add_argument("--page-server", default="", metavar="ADDRESS:PORT", help="ADDRESS:PORT of the page server")
+    _add_shared(p, "path for saving criu image files")
     p.set_defaults(func=_cmd_checkpoint)
 
 
@@ -55,29 +60,20 @@ def _add_restore(sub) -> None:
                        description="Restore a container from a checkpoint, like `runc restore`; "
                                    "without CONTAINER_ID, restore a process tree checkpointed with --pid.")
     p.add_argument("container_id", nargs="?", metavar="CONTAINER_ID")
-    p.add_argument("--image-path", default="", help="path to criu image files for restoring (default ./checkpoint)")
-    p.add_argument("--work-path", default="", help="path for saving work files and logs (default: image path)")
     p.add_argument("-b", "--bundle", default="", help="path to the root of the bundle directory (default: current)")
     p.add_argument("-d", "--detach", action="store_true", help="detach from the container's process")
     p.add_argument("--pid-file", default="", help="file to write the process id to")
-    p.add_argument("--tcp-established", action="store_true", help="allow open tcp connections")
-    p.add_argument("--ext-unix-sk", action="store_true", help="allow external unix sockets")
-    p.add_argument("--shell-job", action="store_true", help="allow shell jobs")
-    p.add_argument("--file-locks", action="store_true", help="handle file locks, for safety")
-    p.add_argument("--manage-cgroups-mode", default="", metavar="MODE",
-                   help="cgroups mode: 'soft' (default), 'full', 'strict' or 'ignore'")
-    p.add_argument("--empty-ns", action="append", default=[], metavar="NS",
-                   help="create a namespace, but don't restore its properties (network)")
     p.add_argument("--no-subreaper", action="store_true", help="disable the use of the subreaper")
     p.add_argument("--no-pivot", action="store_true", help="do not use pivot root to jail the process")
-    p.add_argument("--network-lock", default="", metavar="METHOD",
-                   help="how CRIU locks the network while it works: auto (default: nftables for a "
-                        "network namespace of the container's own, CRIU's iptables otherwise, skip with "
-                        "--empty-ns network), nftables, iptables or skip")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--print-stats", action="store_true",
-                   help="print CRIU's statistics (times in microseconds, pages) and fastckpt's wall time as JSON")
+    _add_shared(p, "path to criu image files for restoring")
     p.set_defaults(func=_cmd_restore)
+
+
+def _options(cls, args):
+    """The options dataclass from the parsed flags: each flag is the field of the same name."""
+    import dataclasses
+
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
 
 
 def _add_check(sub) -> None:
@@ -119,12 +115,7 @@ def _cmd_checkpoint(args) -> int:
         raise UsageError("give a container id or --pid, not both")
     if not args.container_id and args.pid is None:
         raise UsageError('"checkpoint" requires a container id (or --pid PID)')
-    options = CheckpointOptions(
-        image_path=args.image_path, work_path=args.work_path, leave_running=args.leave_running,
-        tcp_established=args.tcp_established, ext_unix_sk=args.ext_unix_sk, shell_job=args.shell_job,
-        page_server=args.page_server, file_locks=args.file_locks,
-        manage_cgroups_mode=args.manage_cgroups_mode, empty_ns=args.empty_ns, network_lock=args.network_lock,
-    )
+    options = _options(CheckpointOptions, args)
     res = engine.checkpoint(args.container_id, options, pid=args.pid, root=args.root or runc.DEFAULT_ROOT)
     _print_result(res, args)
     return 0
@@ -134,16 +125,17 @@ def _cmd_restore(args) -> int:
     from . import restorer, runc
     from .options import RestoreOptions
 
-    options = RestoreOptions(
-        image_path=args.image_path, work_path=args.work_path, bundle=args.bundle, detach=args.detach,
-        pid_file=args.pid_file, tcp_established=args.tcp_established, ext_unix_sk=args.ext_unix_sk,
-        shell_job=args.shell_job, file_locks=args.file_locks, manage_cgroups_mode=args.manage_cgroups_mode,
-        empty_ns=args.empty_ns, no_subreaper=args.no_subreaper, no_pivot=args.no_pivot,
-        network_lock=args.network_lock,
-    )
+    options = _options(RestoreOptions, args)
     res = restorer.restore(args.container_id or None, options, root=args.root or runc.DEFAULT_ROOT)
     _print_result(res, args)
     return res.exit_status or 0
+
+
+_MISSING = {
+    "mem_track": " (no soft-dirty memory tracking in this kernel: pre-dumps and incremental checkpoints "
+                 "are unavailable)",
+    "lazy_pages": " (no userfaultfd: lazy restores are unavailable)",
+}
 
 
 def _cmd_check(args) -> int:
@@ -158,7 +150,8 @@ def _cmd_check(args) -> int:
         print(f"criu check: {'ok' if info['check_ok'] else 'FAILED (run `criu check` for details)'}")
         print(f"libcriu (compiled against): {info['libcriu']}")
         for name, present in info["features"].items():
-            print(f"feature {name}: {'yes' if present else 'no'}")
+            note = "" if present else _MISSING.get(name, "")
+            print(f"feature {name}: {'yes' if present else 'no'}{note}")
     return 0 if info["version_ok"] and info["check_ok"] else EXIT_ERROR
 
 

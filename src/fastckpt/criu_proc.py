@@ -59,17 +59,19 @@ class Watchdog(threading.Thread):
 
 
 def run(opts, op: str, binary: str, *, log_path: Optional[str] = None, timeout: Optional[float] = None,
-        log_limit: int = LOG_LIMIT) -> Tuple[int, int, Optional[str]]:
+        log_limit: int = LOG_LIMIT):
     """Run OP ("dump", "restore", "check", ...) of OPTS in a fresh ``criu swrk``.
 
-    Returns (ret, errno, why CRIU was stopped or None).
+    Returns (ret, errno, why CRIU was stopped or None) -- feature_check: its dict.
     """
     ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
     old_umask = os.umask(0o077)  # CRIU's images hold process memory: 0600, not 0644
     try:
         os.set_inheritable(theirs.fileno(), True)
         pid = os.posix_spawn(binary, [binary, "swrk", str(theirs.fileno())], os.environ,
-                             setsid=True, setsigmask=())
+                             setsid=True, setsigmask=(),
+                             # CRIU logs to its log file; its stdout would only say "Looks good."
+                             file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)])
     except BaseException:
         ours.close()
         raise
@@ -80,11 +82,13 @@ def run(opts, op: str, binary: str, *, log_path: Optional[str] = None, timeout: 
     dog = Watchdog(pid, log_path, timeout, log_limit)
     dog.start()
     try:
-        ret, err = getattr(opts, op)()
+        result = getattr(opts, op)()
     finally:
         dog.stop()
         _reap(pid)
-    return ret, err, dog.reason
+    if isinstance(result, dict):  # feature_check's answer
+        return result
+    return (*result, dog.reason)
 
 
 def _reap(pid: int) -> None:

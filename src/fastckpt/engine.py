@@ -82,7 +82,10 @@ def run_op(opts, op: str, session=None, *, log_path: Optional[str] = None,
     spawning (its own session, under a watchdog); a watchdog stop is a CriuError."""
     if session is not None:
         return getattr(opts, op)()
-    ret, err, stopped = criu_proc.run(opts, op, criu_binary(), log_path=log_path, timeout=timeout)
+    r = criu_proc.run(opts, op, criu_binary(), log_path=log_path, timeout=timeout)
+    if isinstance(r, dict):
+        return r
+    ret, err, stopped = r
     if stopped:
         raise CriuError(op, ret, err, log_path, log_errors(log_path), detail=stopped)
     return ret, err
@@ -95,7 +98,7 @@ def criu_version() -> Tuple[int, int, int]:
     """The version of the criu binary, asked once per process (and binary)."""
     path = criu_binary()
     if path not in _version_cache:
-        ret, err = new_opts().version()
+        ret, err = run_op(new_opts(), "version")
         if ret < 0:
             raise CriuError("version", ret, err)
         _version_cache[path] = (ret // 10000, ret // 100 % 100, ret % 100)
@@ -113,7 +116,7 @@ def require_version() -> Tuple[int, int, int]:
 
 
 def features() -> Dict[str, bool]:
-    r = new_opts().feature_check()
+    r = run_op(new_opts(), "feature_check")
     if isinstance(r, tuple):
         raise CriuError("feature-check", *r)
     return r
@@ -123,7 +126,7 @@ def check() -> Dict[str, object]:
     """What `fastckpt check` reports: CRIU's path, version, `criu check` and kernel features."""
     path = criu_binary()
     version = criu_version()
-    ret, err = new_opts().check()
+    ret, err = run_op(new_opts(), "check")
     return {
         "criu": path,
         "version": ".".join(map(str, version)),
