@@ -108,6 +108,19 @@ class ImageError(Error):
         self.path = path
 
 
+class DamagedImage(ImageError):
+    """A checkpoint is damaged (a file missing, truncated or altered): refused before CRIU runs.
+
+    ``path`` is the (first) damaged file, ``problems`` every (file name,
+    what is wrong) pair found; errno is EBADMSG.
+    """
+
+    def __init__(self, message: str, *, path: Optional[str] = None, errno: Optional[int] = None,
+                 problems: Sequence = ()):
+        super().__init__(message, path=path, errno=errno)
+        self.problems = list(problems)
+
+
 class CriuError(Error):
     """CRIU ran and failed.
 
