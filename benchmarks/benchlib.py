@@ -85,12 +85,24 @@ def run_timed(cmd: Sequence[str], *, errfile: Optional[str] = None, logs: Sequen
     Its stderr goes to ERRFILE (or /dev/null); a non-zero exit raises
     CommandFailed with the end of ERRFILE and the errors of the CRIU LOGS.
     """
+    import threading
+
     with open(os.devnull, "r+b") as null:
         err = open(errfile, "wb") if errfile else null
         try:
             t0 = time.perf_counter()
-            rc = subprocess.run(list(cmd), stdin=null, stdout=null, stderr=err, timeout=timeout).returncode
-            dt = time.perf_counter() - t0
+            p = subprocess.Popen(list(cmd), stdin=null, stdout=null, stderr=err)
+            # Not p.wait(timeout): with a timeout, Python polls waitpid with sleeps of up to
+            # 50 ms, which would round every measurement up to the next poll.  A blocking
+            # wait, and a timer that kills a command that hangs.
+            timer = threading.Timer(timeout, p.kill)
+            timer.daemon = True
+            timer.start()
+            try:
+                rc = p.wait()
+                dt = time.perf_counter() - t0
+            finally:
+                timer.cancel()
         finally:
             if errfile:
                 err.close()
