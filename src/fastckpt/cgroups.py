@@ -6,7 +6,6 @@ config gives no path, ``<mount>/<path>`` when it does.
 """
 from __future__ import annotations
 
-import errno
 import os
 from typing import Dict, List, Tuple
 
@@ -129,10 +128,15 @@ def _apply(paths: Dict[str, str], r: dict) -> None:
             _write(os.path.join(paths[key], fname), str(value))
 
 
+def enter(paths: Dict[str, str], pid: int) -> None:
+    """Move process PID into these cgroups (all of its threads)."""
+    for key, path in paths.items():
+        _write(os.path.join(path, "cgroup.procs"), str(pid))
+
+
 def remove(dirs: List[str]) -> None:
     for d in sorted(dirs, key=len, reverse=True):
         try:
             os.rmdir(d)
-        except OSError as e:
-            if e.errno not in (errno.ENOENT,):
-                pass
+        except OSError:
+            pass  # gone already, or still busy: nothing more to do here

@@ -59,9 +59,10 @@ class Watchdog(threading.Thread):
 
 
 def run(opts, op: str, binary: str, *, log_path: Optional[str] = None, timeout: Optional[float] = None,
-        log_limit: int = LOG_LIMIT):
+        log_limit: int = LOG_LIMIT, setup=None):
     """Run OP ("dump", "restore", "check", ...) of OPTS in a fresh ``criu swrk``.
 
+    SETUP(pid), if given, runs once criu exists and before it gets its request.
     Returns (ret, errno, why CRIU was stopped or None) -- feature_check: its dict.
     """
     ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
@@ -82,6 +83,12 @@ def run(opts, op: str, binary: str, *, log_path: Optional[str] = None, timeout: 
     dog = Watchdog(pid, log_path, timeout, log_limit)
     dog.start()
     try:
+        if setup is not None:
+            try:
+                setup(pid)
+            except BaseException:
+                os.kill(pid, signal.SIGKILL)
+                raise
         result = getattr(opts, op)()
     finally:
         dog.stop()

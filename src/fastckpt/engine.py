@@ -77,12 +77,12 @@ def new_opts(session=None) -> "_criu.Opts":
 
 
 def run_op(opts, op: str, session=None, *, log_path: Optional[str] = None,
-           timeout: Optional[float] = None) -> Tuple[int, int]:
+           timeout: Optional[float] = None, setup=None) -> Tuple[int, int]:
     """Run one CRIU operation: in a session's warm service, or in a criu of our own
     spawning (its own session, under a watchdog); a watchdog stop is a CriuError."""
     if session is not None:
         return getattr(opts, op)()
-    r = criu_proc.run(opts, op, criu_binary(), log_path=log_path, timeout=timeout)
+    r = criu_proc.run(opts, op, criu_binary(), log_path=log_path, timeout=timeout, setup=setup)
     if isinstance(r, dict):
         return r
     ret, err, stopped = r

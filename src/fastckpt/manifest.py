@@ -1,0 +1,515 @@
+"""Damaged checkpoints are refused before CRIU sees them.
+
+CRIU trusts its images: a ``pages-*.img`` cut short (a full disk, a copy
+stopped half-way) makes CRIU 4.2's restore loop for ever, writing its log as
+fast as it can.  fastckpt therefore checks an image directory before every
+restore:
+
+* :func:`write`, after every successful checkpoint, leaves
+  ``fastckpt-manifest.json`` (mode 0600) beside the images: the size and the
+  checksums of every file of the checkpoint (CRIU's ``*.img``,
+  ``descriptors.json``, ``fastckpt.json``, ``stats-dump``; not the logs, not
+  the manifest).  Checksums are CRC32s (zlib's, ~7 GB/s with pclmul) of 64 MiB
+  chunks, computed by two threads (zlib and the reads release the GIL), so a
+  1 GiB checkpoint costs a fraction of a second more.  The manifest records
+  its algorithm and chunk size, so both can change later.
+* :func:`verify`, before CRIU runs on a restore: with a manifest, every file
+  it lists must be there with its size and checksums (extra files are fine);
+  without one (images made by ``runc checkpoint``), the structure is checked:
+  ``inventory.img`` and ``pstree.img`` decode, and each ``pages-<id>.img``
+  holds exactly the pages that its ``pagemap-*.img`` says are in it.
+
+Either way a damaged checkpoint is a :class:`~fastckpt.errors.DamagedImage`
+whose message names the file and what is wrong with it.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import struct
+import zlib
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .errors import DamagedImage, ImageDirError
+
+MANIFEST_FILE = "fastckpt-manifest.json"
+FORMAT = 1
+ALGORITHM = "crc32"  # zlib.crc32 of each CHUNK_SIZE bytes of a file, as 8 hex digits
+CHUNK_SIZE = 64 << 20
+THREADS = 2
+
+# fastckpt's and runc's files that belong to a checkpoint, besides CRIU's *.img
+# (engine.META_FILE, runc.DESCRIPTORS_FILE, CRIU's statistics of the dump)
+_CHECKPOINT_FILES = ("fastckpt.json", "descriptors.json", "stats-dump")
+_READ_SLICE = 1 << 20  # bytes read (and checksummed) at a time by one thread
+_PARALLEL_MIN = 16 << 20  # below this many bytes, threads cost more than they bring
+
+
+def is_checkpoint_file(name: str) -> bool:
+    """True for the files of an image directory that the manifest covers."""
+    return name.endswith(".img") or name in _CHECKPOINT_FILES
+
+
+def _checkpoint_files(image_path: str) -> Dict[str, int]:
+    out = {}
+    with os.scandir(image_path) as it:
+        for e in it:
+            if is_checkpoint_file(e.name) and e.is_file(follow_symlinks=False):
+                out[e.name] = e.stat(follow_symlinks=False).st_size
+    return dict(sorted(out.items()))
+
+
+# --- checksums -------------------------------------------------------------------------
+
+class _Short(Exception):
+    """A file ended before the bytes the caller expected (it shrank meanwhile)."""
+
+    def __init__(self, name: str, got: int, expected: int):
+        super().__init__(name, got, expected)
+        self.name, self.got, self.expected = name, got, expected
+
+
+def _chunk_crc(image_path: str, name: str, offset: int, length: int, buf: bytearray) -> int:
+    view = memoryview(buf)
+    crc = 0
+    done = 0
+    fd = os.open(os.path.join(image_path, name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while done < length:
+            want = min(len(buf), length - done)
+            n = os.preadv(fd, [view[:want]], offset + done)
+            if n == 0:
+                raise _Short(name, offset + done, offset + length)
+            crc = zlib.crc32(view[:n], crc)
+            done += n
+    finally:
+        view.release()
+        os.close(fd)
+    return crc
+
+
+def checksums(image_path: str, sizes: Dict[str, int], chunk_size: int = CHUNK_SIZE,
+              threads: int = THREADS) -> Dict[str, List[int]]:
+    """The CRC32 of each CHUNK_SIZE bytes of each file NAME -> SIZE (its first SIZE bytes).
+
+    OSError (file gone, unreadable) and :class:`_Short` (the file holds fewer
+    bytes) propagate.
+    """
+    items: List[Tuple[str, int, int, int]] = []  # (name, chunk index, offset, length)
+    for name, size in sizes.items():
+        for i, off in enumerate(range(0, size, chunk_size)):
+            items.append((name, i, off, min(chunk_size, size - off)))
+    items.sort(key=lambda it: -it[3])  # longest first: the two threads finish together
+    out: Dict[str, List[int]] = {name: [0] * (-(-size // chunk_size)) for name, size in sizes.items()}
+    total = sum(sizes.values())
+    n_threads = max(1, min(threads, len(items))) if total >= _PARALLEL_MIN else 1
+
+    pending = iter(items)  # next() on a list iterator is atomic under the GIL
+    errors: List[BaseException] = []
+    stop = [False]
+    slice_size = min(_READ_SLICE, chunk_size)
+
+    def work() -> None:
+        buf = bytearray(min(slice_size, max((it[3] for it in items), default=1)))
+        while not stop[0]:
+            item = next(pending, None)
+            if item is None:
+                return
+            name, i, off, length = item
+            try:
+                out[name][i] = _chunk_crc(image_path, name, off, length, buf)
+            except BaseException as e:  # noqa: B902 -- handed to the caller's thread
+                errors.append(e)
+                stop[0] = True
+                return
+
+    if n_threads == 1:
+        work()
+    else:
+        import threading
+
+        helpers = [threading.Thread(target=work, name=f"fastckpt-crc{k}", daemon=True)
+                   for k in range(n_threads - 1)]
+        for t in helpers:
+            t.start()
+        try:
+            work()  # this thread is one of the workers
+        except BaseException:
+            stop[0] = True
+            raise
+        finally:
+            for t in helpers:
+                t.join()
+    if errors:
+        raise errors[0]
+    return out
+
+
+def _hex(crcs: Sequence[int]) -> List[str]:
+    return [f"{c:08x}" for c in crcs]
+
+
+# --- write -----------------------------------------------------------------------------
+
+def write(image_path: str) -> str:
+    """Write the manifest of the checkpoint in IMAGE_PATH (after a successful dump); returns its path.
+
+    Raises :class:`~fastckpt.errors.ImageDirError` when a file cannot be read
+    or the manifest cannot be written; no manifest is left then.
+    """
+    path = os.path.join(image_path, MANIFEST_FILE)
+    tmp = os.path.join(image_path, f".{MANIFEST_FILE}.tmp")
+    try:
+        _unlink(path)  # a stale one must not outlive a failure below
+        sizes = _checkpoint_files(image_path)
+        try:
+            sums = checksums(image_path, sizes)
+        except _Short as e:
+            raise ImageDirError(f"{e.name} in {image_path} changed while its checksum was computed "
+                                f"({e.got} of {e.expected} bytes)", errno=errno.EIO) from None
+        manifest = {
+            "format": FORMAT,
+            "algorithm": ALGORITHM,
+            "chunk_size": CHUNK_SIZE,
+            "files": {name: {"size": size, ALGORITHM: _hex(sums[name])} for name, size in sizes.items()},
+        }
+        data = _format(manifest)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError as e:
+        _unlink(tmp)
+        if isinstance(e, ImageDirError):
+            raise
+        what = f": {e.filename}" if e.filename else ""
+        raise ImageDirError(f"cannot write {MANIFEST_FILE} in {image_path}: {e.strerror or e}{what}",
+                            errno=e.errno) from None
+    except BaseException:
+        _unlink(tmp)
+        raise
+    return path
+
+
+def _format(manifest: dict) -> bytes:
+    """JSON, one line a file."""
+    head = {k: v for k, v in manifest.items() if k != "files"}
+    lines = [json.dumps(head)[:-1] + ', "files": {']
+    files = manifest["files"]
+    for i, name in enumerate(files):
+        lines.append(f" {json.dumps(name)}: {json.dumps(files[name])}" + ("," if i < len(files) - 1 else ""))
+    lines.append("}}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# --- verify ----------------------------------------------------------------------------
+
+def _damaged(image_path: str, problems: List[Tuple[str, str]]) -> DamagedImage:
+    """One error for PROBLEMS, (file name, what is wrong) pairs: the first named, the others counted."""
+    name, what = problems[0]
+    msg = f"the checkpoint in {image_path} is damaged: {name} is {what}"
+    if len(problems) > 1:
+        others = ", ".join(n for n, _ in problems[1:4]) + (", ..." if len(problems) > 4 else "")
+        msg += f" (and {len(problems) - 1} more damaged file{'s' if len(problems) > 2 else ''}: {others})"
+    return DamagedImage(msg, path=os.path.join(image_path, name), problems=problems)
+
+
+def read_manifest(image_path: str) -> Optional[dict]:
+    """The manifest of IMAGE_PATH (checked for form), or None if there is none."""
+    path = os.path.join(image_path, MANIFEST_FILE)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise DamagedImage(f"cannot read {path}: {e.strerror}", path=path, errno=e.errno) from None
+
+    def bad(why: str) -> DamagedImage:
+        return _damaged(image_path, [(MANIFEST_FILE, f"unreadable: {why}")])
+
+    try:
+        m = json.loads(data)
+    except ValueError as e:
+        raise bad(f"not JSON ({e})") from None
+    if not isinstance(m, dict) or not isinstance(m.get("files"), dict):
+        raise bad("no file list")
+    if not isinstance(m.get("format"), int) or m["format"] < 1:
+        raise bad(f"format {m.get('format')!r}")
+    for name, entry in m["files"].items():
+        if not name or "/" in name or name in (".", ".."):
+            raise bad(f"file name {name!r}")
+        if not isinstance(entry, dict) or not isinstance(entry.get("size"), int) or entry["size"] < 0:
+            raise bad(f"entry of {name}")
+    if m.get("algorithm") == ALGORITHM:
+        cs = m.get("chunk_size")
+        if not isinstance(cs, int) or cs <= 0:
+            raise bad(f"chunk size {cs!r}")
+        for name, entry in m["files"].items():
+            sums = entry.get(ALGORITHM)
+            if (not isinstance(sums, list) or len(sums) != -(-entry["size"] // cs)
+                    or not all(isinstance(s, str) and len(s) == 8 for s in sums)):
+                raise bad(f"checksums of {name}")
+            try:
+                [int(s, 16) for s in sums]
+            except ValueError:
+                raise bad(f"checksums of {name}") from None
+    return m
+
+
+def verify(image_path: str) -> Optional[dict]:
+    """Check the checkpoint in IMAGE_PATH before CRIU restores it; returns its manifest (None: had none).
+
+    With a manifest: every file it lists exists with its size and checksums.
+    Without: :func:`check_structure`.  Raises
+    :class:`~fastckpt.errors.DamagedImage` naming the (first) damaged file.
+    """
+    m = read_manifest(image_path)
+    if m is None:
+        check_structure(image_path)
+        return None
+    files = m["files"]
+    problems: List[Tuple[str, str]] = []
+    for name in sorted(files):
+        expected = files[name]["size"]
+        try:
+            st = os.stat(os.path.join(image_path, name), follow_symlinks=False)
+        except FileNotFoundError:
+            problems.append((name, "missing"))
+            continue
+        except OSError as e:
+            problems.append((name, f"unreadable: {e.strerror}"))
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            problems.append((name, "not a regular file"))
+        elif st.st_size < expected:
+            problems.append((name, f"truncated: {st.st_size} of {expected} bytes"))
+        elif st.st_size > expected:
+            problems.append((name, f"altered: {st.st_size} bytes, {expected} expected"))
+    if problems:
+        raise _damaged(image_path, problems)
+    if m.get("algorithm") != ALGORITHM:
+        # written by a newer fastckpt with a checksum this one does not know: the sizes
+        # matched; the structure is what can still be checked
+        check_structure(image_path)
+        return m
+    cs = m["chunk_size"]
+    sizes = {name: files[name]["size"] for name in sorted(files)}
+    try:
+        sums = checksums(image_path, sizes, cs)
+    except _Short as e:
+        raise _damaged(image_path, [(e.name, f"truncated: {e.got} of {sizes[e.name]} bytes")]) from None
+    except OSError as e:
+        name = os.path.basename(e.filename) if e.filename else "a file"
+        raise _damaged(image_path, [(name, f"unreadable: {e.strerror}")]) from None
+    for name in sorted(files):
+        bad = [i for i, (got, want) in enumerate(zip(_hex(sums[name]), files[name][ALGORITHM])) if got != want.lower()]
+        if bad:
+            i = bad[0]
+            end = min((i + 1) * cs, sizes[name]) - 1
+            where = f"bytes {i * cs}-{end}" + (f" and {len(bad) - 1} more chunk{'s' if len(bad) > 2 else ''}"
+                                               if len(bad) > 1 else "")
+            problems.append((name, f"altered: checksum mismatch in {where}"))
+    if problems:
+        raise _damaged(image_path, problems)
+    return m
+
+
+# --- structure (images without a manifest) ------------------------------------------------
+
+IMG_COMMON_MAGIC = 0x54564319
+IMG_SERVICE_MAGIC = 0x55105940
+INVENTORY_MAGIC = 0x58313116
+PSTREE_MAGIC = 0x50273030
+PAGEMAP_MAGIC = 0x56084025
+
+# pagemap_entry.flags (CRIU's criu/include/pagemap.h)
+PE_PARENT = 1 << 0  # the pages are in the parent snapshot's images
+PE_LAZY = 1 << 1  # the pages may be restored lazily
+PE_PRESENT = 1 << 2  # the pages are in this pagemap's pages-<id>.img
+
+_U32 = struct.Struct("<I")
+_PACKAGE = "fastckpt.criu_structure"
+# message -> (field, number, type, label); CRIU's images/{inventory,pstree,pagemap}.proto,
+# as far as the checks need them (the fields left out are kept by the parser as unknown)
+_SCHEMA = {
+    "inventory_entry": (("img_version", 1, "uint32", "required"),),
+    "pstree_entry": (("pid", 1, "uint32", "required"), ("ppid", 2, "uint32", "required"),
+                     ("pgid", 3, "uint32", "required"), ("sid", 4, "uint32", "required"),
+                     ("threads", 5, "uint32", "repeated")),
+    "pagemap_head": (("pages_id", 1, "uint32", "required"),),
+    "pagemap_entry": (("vaddr", 1, "uint64", "required"), ("compat_nr_pages", 2, "uint32", "required"),
+                      ("in_parent", 3, "bool", "optional"), ("flags", 4, "uint32", "optional"),
+                      ("nr_pages", 5, "uint64", "optional")),
+}
+_classes: Dict[str, type] = {}
+
+
+def _message_classes() -> Dict[str, type]:
+    if _classes:
+        return _classes
+    try:
+        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    except ImportError as e:
+        raise DamagedImage(f"checking CRIU's images needs the protobuf package: {e}",
+                           errno=errno.ENOPKG) from e
+    FD = descriptor_pb2.FieldDescriptorProto
+    types = {"uint32": FD.TYPE_UINT32, "uint64": FD.TYPE_UINT64, "bool": FD.TYPE_BOOL}
+    labels = {"required": FD.LABEL_REQUIRED, "optional": FD.LABEL_OPTIONAL, "repeated": FD.LABEL_REPEATED}
+    f = descriptor_pb2.FileDescriptorProto(name="fastckpt/criu-structure.proto", package=_PACKAGE,
+                                           syntax="proto2")
+    for mname, fields in _SCHEMA.items():
+        m = f.message_type.add(name=mname)
+        for fname, number, ftype, label in fields:
+            m.field.add(name=fname, number=number, type=types[ftype], label=labels[label])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(f)
+    for mname in _SCHEMA:
+        _classes[mname] = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{mname}"))
+    return _classes
+
+
+class _Broken(Exception):
+    """What is wrong with one file (its name is the caller's)."""
+
+
+def _read_image(image_path: str, name: str, magic: int) -> List[bytes]:
+    """The entries of CRIU image NAME, after checking its magic (the inventory has no head magic)."""
+    try:
+        with open(os.path.join(image_path, name), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise _Broken("missing") from None
+    except OSError as e:
+        raise _Broken(f"unreadable: {e.strerror}") from None
+    off = 0
+    if magic != INVENTORY_MAGIC:
+        if len(data) < 4:
+            raise _Broken(f"truncated: {len(data)} bytes, too short for its magic")
+        head = _U32.unpack_from(data, 0)[0]
+        if head not in (IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC):
+            raise _Broken(f"not a CRIU image: head magic {head:#010x}")
+        off = 4
+    if len(data) < off + 4:
+        raise _Broken(f"truncated: {len(data)} bytes, too short for its magic")
+    got = _U32.unpack_from(data, off)[0]
+    if got != magic:
+        raise _Broken(f"not the expected image: magic {got:#010x}, expected {magic:#010x}")
+    off += 4
+    entries = []
+    while off < len(data):
+        if len(data) - off < 4:
+            raise _Broken(f"truncated: {len(data)} bytes, cut in the size of entry {len(entries)}")
+        (size,) = _U32.unpack_from(data, off)
+        off += 4
+        if len(data) - off < size:
+            raise _Broken(f"truncated: {len(data)} bytes, entry {len(entries)} needs "
+                          f"{off + size - len(data)} more")
+        entries.append(data[off:off + size])
+        off += size
+    return entries
+
+
+def _decode(cls_name: str, payload: bytes, index: int):
+    from google.protobuf.message import DecodeError
+
+    msg = _message_classes()[cls_name]()
+    try:
+        msg.ParseFromString(payload)
+    except DecodeError as e:
+        raise _Broken(f"undecodable: entry {index} ({e})") from None
+    if not msg.IsInitialized():
+        missing = ", ".join(f.rsplit(".", 1)[-1] for f in msg.FindInitializationErrors())
+        raise _Broken(f"undecodable: entry {index} lacks {missing}")
+    return msg
+
+
+def pagemap_pages(entries: Sequence[bytes]) -> Tuple[int, int]:
+    """(pages_id, the number of pages stored in pages-<pages_id>.img) of a pagemap's entries."""
+    if not entries:
+        raise _Broken("truncated: no pagemap head")
+    pages_id = _decode("pagemap_head", entries[0], 0).pages_id
+    stored = 0
+    for i, payload in enumerate(entries[1:], 1):
+        pe = _decode("pagemap_entry", payload, i)
+        # as CRIU reads old images: in_parent means PE_PARENT, no flags means PE_PRESENT
+        if pe.HasField("in_parent") and pe.in_parent:
+            flags = pe.flags | PE_PARENT
+        elif not pe.HasField("flags"):
+            flags = PE_PRESENT
+        else:
+            flags = pe.flags
+        nr = pe.nr_pages if pe.HasField("nr_pages") else pe.compat_nr_pages
+        if flags & PE_PRESENT:
+            stored += nr
+    return pages_id, stored
+
+
+def check_structure(image_path: str, page_size: Optional[int] = None) -> None:
+    """What can be checked of images without a manifest: ``inventory.img`` and ``pstree.img`` decode;
+    each ``pages-<id>.img`` holds exactly the pages its pagemap says it holds.
+
+    Raises :class:`~fastckpt.errors.DamagedImage` naming the file and the numbers.
+    """
+    page_size = page_size or os.sysconf("SC_PAGE_SIZE")
+    problems: List[Tuple[str, str]] = []
+    for name, magic, cls in (("inventory.img", INVENTORY_MAGIC, "inventory_entry"),
+                             ("pstree.img", PSTREE_MAGIC, "pstree_entry")):
+        try:
+            entries = _read_image(image_path, name, magic)
+            if not entries:
+                raise _Broken("truncated: it holds no entry")
+            for i, payload in enumerate(entries if cls == "pstree_entry" else entries[:1]):
+                _decode(cls, payload, i)
+        except _Broken as e:
+            problems.append((name, str(e)))
+    try:
+        names = sorted(os.listdir(image_path))
+    except OSError as e:
+        raise ImageDirError(f"cannot read image directory {image_path}: {e.strerror}", errno=e.errno) from None
+    stored: Dict[int, List[Tuple[str, int]]] = {}  # pages id -> [(pagemap, pages)]
+    for name in names:
+        if not (name.startswith("pagemap-") and name.endswith(".img")):
+            continue
+        try:
+            pages_id, n = pagemap_pages(_read_image(image_path, name, PAGEMAP_MAGIC))
+        except _Broken as e:
+            problems.append((name, str(e)))
+            continue
+        stored.setdefault(pages_id, []).append((name, n))
+    for pages_id, maps in sorted(stored.items()):
+        pages = f"pages-{pages_id}.img"
+        n = sum(k for _, k in maps)
+        want = n * page_size
+        by = " and ".join(m for m, _ in maps)
+        try:
+            st = os.stat(os.path.join(image_path, pages))
+            size = st.st_size
+        except FileNotFoundError:
+            problems.append((pages, f"missing ({by} says it holds {n} pages, {want} bytes)"))
+            continue
+        except OSError as e:
+            problems.append((pages, f"unreadable: {e.strerror}"))
+            continue
+        if size < want:
+            problems.append((pages, f"truncated: {size} of {want} bytes ({by} says it holds {n} pages "
+                                    f"of {page_size} bytes)"))
+        elif size > want:
+            problems.append((pages, f"altered: {size} bytes, but {by} says it holds {n} pages of "
+                                    f"{page_size} bytes ({want} bytes)"))
+    if problems:
+        raise _damaged(image_path, problems)
