@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from . import _criu, criu_proc, kdat, locks, runc, signals
+from . import _criu, criu_proc, kdat, locks, manifest, runc, signals
 from .constants import MIN_CRIU_VERSION, Namespace
 from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, DiskFull, Error,
                      ImageDirError, Interrupted, PermissionDenied, UsageError, log_errors)
@@ -424,6 +424,17 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
         raise Interrupted(f"interrupted: nothing was checkpointed; {what} {running}") from None
     if ret < 0:
         raise_criu_failure("dump", ret, err, log_path, image_path)
+    state = f"{what} was left running" if options.leave_running else f"{what} was checkpointed and is gone"
+    try:
+        with signals.deferred():  # the sizes and checksums that restore checks before CRIU runs
+            manifest.write(image_path)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted after the checkpoint completed: images in {image_path}; {state}") \
+            from None
+    except Error as e:
+        raise ImageDirError(f"the checkpoint completed (images in {image_path}; {state}), but its manifest "
+                            f"could not be written: {e}; a restore can check only the images' structure",
+                            errno=e.errno) from e
     return CheckpointResult(
         image_path=image_path, work_path=work_path, log_path=log_path, pid=target_pid,
         container_id=container_id, leave_running=options.leave_running,
@@ -487,7 +498,8 @@ def _discard_partial_images(image_path: str) -> None:
     except OSError:
         return
     for name in names:
-        if name.endswith(".img") or name in (META_FILE, runc.DESCRIPTORS_FILE, "stats-dump"):
+        if name.endswith(".img") or name in (META_FILE, runc.DESCRIPTORS_FILE, "stats-dump",
+                                             manifest.MANIFEST_FILE):
             try:
                 os.unlink(os.path.join(image_path, name))
             except OSError:

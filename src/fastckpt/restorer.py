@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from . import _libc, cgroups, engine, locks, runc, signals
+from . import _libc, cgroups, engine, locks, manifest, runc, signals
 from .errors import ContainerStateError, Error, ImageDirError, Interrupted, UsageError
 from .constants import CgroupMode, Namespace
 from .options import RestoreOptions
@@ -286,6 +286,8 @@ def restore(container_id: Optional[str] = None, options: Optional[RestoreOptions
     engine.require_privileges("restore")
     image_path = options.resolved_image_path()
     kind, meta = image_kind(image_path)
+    # a damaged checkpoint is refused before anything is made (CRIU may loop on a cut-short pages image)
+    manifest.verify(image_path)
     if container_id is None:
         if kind == "container":
             who = f" of container {meta['id']!r}" if meta and meta.get("id") else " of a container"
