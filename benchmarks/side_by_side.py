@@ -459,6 +459,10 @@ def build_report(b: Bench, meta: dict) -> dict:
         summ = bl.summarize(xs)
         row = {"section": section, "tool": tool, "group": group, "label": label, "unit": "s", "samples": xs, **summ,
                "criu_median": med(f"{section}-criu", tool)}
+        cr = s.get(f"{section}-criu", {}).get(tool)
+        if cr and len(cr) == len(xs) and all(cr):
+            # the tool's own time: wall time minus CRIU's, round by round
+            row["outside_criu_median"] = bl.summarize([w - c for w, c in zip(xs, cr)])["median"]
         if pair:
             num, den = med(section, pair[0]), med(section, pair[1])
             row["ratio"] = num / den if num and den else None
@@ -518,7 +522,8 @@ def render_markdown(rep: dict) -> str:
                f"discarded); 1 GiB rows: {m['big_rounds']} rounds. Times in ms, wall time of the whole command "
                f"(or API call). Ratio = fastckpt's median / this row's median "
                "(for the Session row: its median / pycriu's). CRIU's own = the last timestamp of CRIU's log "
-               "(median), i.e. CRIU's time from its start to its end.")
+               "(median), i.e. CRIU's time from its start to its end; outside CRIU = the median of wall time minus "
+               "that, round by round (interpreter start, imports, the tool's own work, process spawn and exit).")
     out.append("")
     out.append(f"Machine: {m['cpus']} CPUs, kernel {m['kernel']}; CRIU {m['criu']}; {m['runc']}; "
                f"fastckpt {m['fastckpt']} (commit {m.get('git_commit', '?')}"
@@ -527,12 +532,12 @@ def render_markdown(rep: dict) -> str:
                f"{m['duration_s']:.0f} s.")
     out.append("")
     if rep["rows"]:
-        out.append("| benchmark | tool | median | min | max | CRIU's own (log) | ratio | target | met |")
-        out.append("|---|---|---:|---:|---:|---:|---:|---|---|")
+        out.append("| benchmark | tool | median | min | max | CRIU's own (log) | outside CRIU | ratio | target | met |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---|---|")
     for row in rep["rows"]:
         ratio = row.get("ratio")
         out.append(f"| {row['group']} | {row['label']} | {_ms(row['median'])} | {_ms(row['min'])} | "
-                   f"{_ms(row['max'])} | {_ms(row.get('criu_median'))} | "
+                   f"{_ms(row['max'])} | {_ms(row.get('criu_median'))} | {_ms(row.get('outside_criu_median'))} | "
                    f"{'' if ratio is None else f'{ratio:.2f}'} | {_target(row.get('target'))} | "
                    f"{row.get('met', '')} |")
     big = rep["big"]
@@ -542,7 +547,9 @@ def render_markdown(rep: dict) -> str:
         out.append("")
         out.append("Throughput = bytes of pages-*.img / wall time of the command (GB = 10⁹ bytes); dd: "
                    f"`dd if=/dev/zero of=<fresh tmpfs>/x bs=1M count={BIG_MIB}`, its wall time. "
-                   "Frozen = CRIU's frozen_time from stats-dump.")
+                   "Frozen = CRIU's frozen_time from stats-dump (or dump.log): from CRIU's freeze to the end of "
+                   "the dump.  fastckpt freezes the container's cgroup itself just before it starts CRIU, so for "
+                   "fastckpt the container is frozen a little longer than that (CRIU's start).")
         out.append("")
         out.append("| tool | wall median (min–max) ms | GB/s median (min–max) | CRIU's own (log) ms | "
                    "CRIU frozen ms | memdump / memwrite ms | fastckpt/this GB/s | target | met |")
@@ -559,6 +566,10 @@ def render_markdown(rep: dict) -> str:
                        f"{g['median']:.2f} ({g['min']:.2f}–{g['max']:.2f}) | {crlog} | {frozen} | {mm} | "
                        f"{'' if ratio is None else f'{ratio:.2f}'} | {_target(d.get('target'))} | "
                        f"{d.get('met', '')} |")
+    srcs = sorted({d["stats_source"] for d in big.values() if d.get("stats_source")})
+    if srcs:
+        out.append("")
+        out.append(f"CRIU's statistics read through: {', '.join(srcs)}.")
     out.append("")
     sl = m.get("sections_load") or {}
     if sl:
