@@ -16,12 +16,13 @@ ratio fastckpt/other of the medians.
      again and again into fresh image directories)
   3  restore -d of a fresh checkpoint (made untimed by the same tool)
   4  from Python: fastckpt.checkpoint(pid=..., leave_running=True) vs pycriu
-     vs the `criu dump` CLI, of one running process
+     vs the `criu dump` CLI, of one running process (informational: through
+     fastckpt.Session); 3N rounds, like row 6, as each takes milliseconds
   5  a container holding 1 GiB of non-zero memory, images on a fresh tmpfs:
      wall time, throughput (bytes of pages-*.img / wall time), CRIU's frozen
      time; beside `dd if=/dev/zero` into a fresh tmpfs (BENCH_BIG_ROUNDS,
      default 5)
-  6  `fastckpt --version` vs `python -c pass`
+  6  `fastckpt --version` vs `python -c pass` (3N rounds)
 
 Results: a markdown table on stdout and benchmarks/results/latest.{md,json}
 plus a timestamped copy.  BENCH_ONLY=tiny,leave,restore,api,big,version runs
@@ -136,6 +137,9 @@ class Bench:
     def __init__(self, rounds: int, big_rounds: int):
         self.rounds = rounds
         self.big_rounds = big_rounds
+        # the rows that take milliseconds get 3x the rounds: a burst of load elsewhere on the
+        # machine lasting a second would otherwise cover most of them
+        self.fast_rounds = 3 * rounds
         self.jan = bl.Janitor()
         self.samples: Dict[str, Dict[str, List[float]]] = {}  # section -> tool -> values
         self.notes: List[str] = []
@@ -314,7 +318,7 @@ class Bench:
 
             fns["fastckpt-session"] = ses
             tools.append("fastckpt-session")
-        for r in range(-1, self.rounds):
+        for r in range(-1, self.fast_rounds):
             for t in rotate(tools, r):
                 img = self.image_dir()
                 dt = fns[t](img)
@@ -323,7 +327,7 @@ class Bench:
                 self.record("api", t, dt, r >= 0)
                 self.record("api-criu", t, dump_log_seconds(os.path.join(img, bl.DUMP_LOG)) or 0.0, r >= 0)
                 self.jan.release_dir(img)
-            self.progress("api", r)
+            self.progress("api", r, self.fast_rounds)
         if proc.poll() is not None:
             raise RuntimeError("the process died during the --leave-running checkpoints")
         if session is not None:
@@ -385,16 +389,16 @@ class Bench:
     def sec_version(self) -> None:
         tools = ["fastckpt --version", "python -c pass"]
         cmds = {"fastckpt --version": [bl.FASTCKPT, "--version"], "python -c pass": [bl.PYTHON, "-c", "pass"]}
-        for r in range(-1, self.rounds):
+        for r in range(-1, self.fast_rounds):
             for t in rotate(tools, r):
                 self.record("version", t, bl.run_timed(cmds[t], errfile=self.errfile("version")), r >= 0)
-            self.progress("version", r)
+            self.progress("version", r, self.fast_rounds)
 
     def progress(self, section: str, r: int, total: Optional[int] = None) -> None:
         total = total or self.rounds
         if r < 0:
             log(f"  [{section}] warm-up round done")
-        elif r + 1 == total or (r + 1) % 5 == 0:
+        elif r + 1 == total or (r + 1) % (5 if total < 30 else 15) == 0:
             log(f"  [{section}] {r + 1}/{total} rounds")
 
 
@@ -519,7 +523,8 @@ def render_markdown(rep: dict) -> str:
     m = rep["meta"]
     out = [f"# fastckpt side by side — {m['date']}", ""]
     out.append(f"{m['rounds']} interleaved rounds per row (first tool rotated each round, one warm-up round "
-               f"discarded); 1 GiB rows: {m['big_rounds']} rounds. Times in ms, wall time of the whole command "
+               f"discarded); rows 4 and 6 (milliseconds each): {3 * m['rounds']} rounds; 1 GiB rows: "
+               f"{m['big_rounds']} rounds (no warm-up). Times in ms, wall time of the whole command "
                f"(or API call). Ratio = fastckpt's median / this row's median "
                "(for the Session row: its median / pycriu's). CRIU's own = the last timestamp of CRIU's log "
                "(median), i.e. CRIU's time from its start to its end; outside CRIU = the median of wall time minus "
