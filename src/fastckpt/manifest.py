@@ -90,13 +90,15 @@ def _chunk_crc(image_path: str, name: str, offset: int, length: int, buf: bytear
     return crc
 
 
-def checksums(image_path: str, sizes: Dict[str, int], chunk_size: int = CHUNK_SIZE,
-              threads: int = THREADS) -> Dict[str, List[int]]:
+def checksums(image_path: str, sizes: Dict[str, int], chunk_size: Optional[int] = None,
+              threads: Optional[int] = None) -> Dict[str, List[int]]:
     """The CRC32 of each CHUNK_SIZE bytes of each file NAME -> SIZE (its first SIZE bytes).
 
     OSError (file gone, unreadable) and :class:`_Short` (the file holds fewer
     bytes) propagate.
     """
+    chunk_size = chunk_size or CHUNK_SIZE
+    threads = threads or THREADS
     items: List[Tuple[str, int, int, int]] = []  # (name, chunk index, offset, length)
     for name, size in sizes.items():
         for i, off in enumerate(range(0, size, chunk_size)):
@@ -165,14 +167,15 @@ def write(image_path: str) -> str:
         _unlink(path)  # a stale one must not outlive a failure below
         sizes = _checkpoint_files(image_path)
         try:
-            sums = checksums(image_path, sizes)
+            chunk_size = CHUNK_SIZE
+            sums = checksums(image_path, sizes, chunk_size)
         except _Short as e:
             raise ImageDirError(f"{e.name} in {image_path} changed while its checksum was computed "
                                 f"({e.got} of {e.expected} bytes)", errno=errno.EIO) from None
         manifest = {
             "format": FORMAT,
             "algorithm": ALGORITHM,
-            "chunk_size": CHUNK_SIZE,
+            "chunk_size": chunk_size,
             "files": {name: {"size": size, ALGORITHM: _hex(sums[name])} for name, size in sizes.items()},
         }
         data = _format(manifest)
@@ -317,7 +320,8 @@ def verify(image_path: str) -> Optional[dict]:
         name = os.path.basename(e.filename) if e.filename else "a file"
         raise _damaged(image_path, [(name, f"unreadable: {e.strerror}")]) from None
     for name in sorted(files):
-        bad = [i for i, (got, want) in enumerate(zip(_hex(sums[name]), files[name][ALGORITHM])) if got != want.lower()]
+        want = [w.lower() for w in files[name][ALGORITHM]]
+        bad = [i for i, got in enumerate(_hex(sums[name])) if got != want[i]]
         if bad:
             i = bad[0]
             end = min((i + 1) * cs, sizes[name]) - 1

@@ -1,0 +1,553 @@
+"""Damaged checkpoints are refused before CRIU runs: fastckpt-manifest.json and the structural checks.
+
+Unit tests work on crafted image directories (CRIU images written with
+pycriu, an encoder independent of fastckpt's decoder); integration tests
+(real CRIU and runc) damage real checkpoints of a process tree and of a
+runc container and check that `fastckpt restore` refuses them at once,
+naming the file, without running CRIU and leaving nothing behind, while an
+intact checkpoint still restores.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import sys
+import time
+import zlib
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import ckpt_support as cs  # noqa: E402
+import restore_support as rs  # noqa: E402
+
+from fastckpt import engine, manifest  # noqa: E402
+from fastckpt.errors import DamagedImage, ImageDirError, ImageError  # noqa: E402
+
+pycriu = pytest.importorskip("pycriu")
+
+PAGE = 4096
+PE_PARENT, PE_LAZY, PE_PRESENT = 1, 2, 4
+QUICK = 15.0  # seconds: a refusal takes well under a second; the restore watchdog's bound is >= 60 s
+
+
+# --- crafted image directories -------------------------------------------------------------
+
+def _img(path, magic, entries):
+    with open(path, "wb") as f:
+        pycriu.images.dump({"magic": magic, "entries": entries}, f)
+
+
+def _pages(path, n, seed=0):
+    data = bytes((seed + i) % 251 for i in range(n * PAGE))
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def make_images(d, *, with_manifest=True, runc_style=False):
+    """A small checkpoint in D: two tasks, a pagemap each (with parent, lazy and present entries)."""
+    os.makedirs(d, exist_ok=True)
+    _img(os.path.join(d, "inventory.img"), "INVENTORY", [{"img_version": 2, "fdinfo_per_id": True}])
+    _img(os.path.join(d, "pstree.img"), "PSTREE", [{"pid": 10, "ppid": 0, "pgid": 10, "sid": 10, "threads": [10]},
+                                                   {"pid": 11, "ppid": 10, "pgid": 10, "sid": 10, "threads": [11]}])
+    # task 10: 3 + 2 present pages, 4 in the parent, 5 lazy (not in the file)
+    _img(os.path.join(d, "pagemap-10.img"), "PAGEMAP", [
+        {"pages_id": 1},
+        {"vaddr": 0x400000, "compat_nr_pages": 0, "flags": PE_PRESENT, "nr_pages": 3},
+        {"vaddr": 0x500000, "compat_nr_pages": 0, "flags": PE_PARENT, "nr_pages": 4},
+        {"vaddr": 0x600000, "compat_nr_pages": 0, "flags": PE_LAZY, "nr_pages": 5},
+        {"vaddr": 0x700000, "compat_nr_pages": 0, "flags": PE_PRESENT | PE_LAZY, "nr_pages": 2},
+    ])
+    _pages(os.path.join(d, "pages-1.img"), 5, seed=1)
+    # task 11, an old CRIU's entries: no flags means present, in_parent means in the parent
+    _img(os.path.join(d, "pagemap-11.img"), "PAGEMAP", [
+        {"pages_id": 2},
+        {"vaddr": 0x400000, "compat_nr_pages": 2},
+        {"vaddr": 0x500000, "compat_nr_pages": 6, "in_parent": True},
+    ])
+    _pages(os.path.join(d, "pages-2.img"), 2, seed=2)
+    for name in ("core-10.img", "core-11.img", "mm-10.img"):
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(name.encode() * 50)
+    with open(os.path.join(d, "descriptors.json"), "w") as f:
+        json.dump(["/dev/null"] * 3, f)
+    if not runc_style:
+        with open(os.path.join(d, "fastckpt.json"), "w") as f:
+            json.dump({"format": 1, "kind": "process"}, f)
+    with open(os.path.join(d, "stats-dump"), "wb") as f:
+        f.write(b"\x40\x59\x10\x55\x06\x33\x09\x57\x00\x00\x00\x00")
+    with open(os.path.join(d, "dump.log"), "w") as f:
+        f.write("(00.000001) dump log\n")
+    if with_manifest:
+        manifest.write(str(d))
+    return str(d)
+
+
+CHECKPOINT_FILES = ["core-10.img", "core-11.img", "descriptors.json", "fastckpt.json", "inventory.img",
+                    "mm-10.img", "pagemap-10.img", "pagemap-11.img", "pages-1.img", "pages-2.img",
+                    "pstree.img", "stats-dump"]
+
+
+def truncate(path, size):
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+def flip(path, offset, bit=0x01):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ bit]))
+
+
+def damaged(image_path, *needles) -> DamagedImage:
+    with pytest.raises(DamagedImage) as ei:
+        manifest.verify(image_path)
+    e = ei.value
+    assert isinstance(e, ImageError) and isinstance(e, OSError)
+    assert e.errno == errno.EBADMSG
+    for n in needles:
+        assert n in str(e), f"{n!r} not in {str(e)!r}"
+    return e
+
+
+# --- the manifest -------------------------------------------------------------------------------
+
+def test_manifest_lists_the_checkpoint_files(tmp_path):
+    d = make_images(tmp_path / "img")
+    path = os.path.join(d, manifest.MANIFEST_FILE)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    with open(path) as f:
+        m = json.load(f)
+    assert m["format"] == 1 and m["algorithm"] == "crc32" and m["chunk_size"] == 64 << 20
+    # every file of the checkpoint; not the log, not the manifest itself
+    assert sorted(m["files"]) == CHECKPOINT_FILES
+    for name, entry in m["files"].items():
+        with open(os.path.join(d, name), "rb") as f:
+            data = f.read()
+        assert entry["size"] == len(data)
+        assert entry["crc32"] == [f"{zlib.crc32(data):08x}"], name
+    assert manifest.verify(d) == m
+
+
+def test_chunks_and_threads(tmp_path, monkeypatch):
+    """Small chunks, computed in parallel: each chunk's CRC32 is the CRC32 of its bytes."""
+    monkeypatch.setattr(manifest, "CHUNK_SIZE", 3 * PAGE)
+    monkeypatch.setattr(manifest, "_PARALLEL_MIN", 0)
+    d = make_images(tmp_path / "img")
+    with open(os.path.join(d, manifest.MANIFEST_FILE)) as f:
+        m = json.load(f)
+    assert m["chunk_size"] == 3 * PAGE
+    with open(os.path.join(d, "pages-1.img"), "rb") as f:
+        data = f.read()
+    want = [f"{zlib.crc32(data[i:i + 3 * PAGE]):08x}" for i in range(0, len(data), 3 * PAGE)]
+    assert len(want) == 2 and m["files"]["pages-1.img"]["crc32"] == want
+    manifest.verify(d)
+    # the chunk size is the manifest's, not the module's
+    monkeypatch.setattr(manifest, "CHUNK_SIZE", 64 << 20)
+    manifest.verify(d)
+    flip(os.path.join(d, "pages-1.img"), 4 * PAGE + 7)
+    e = damaged(d, "pages-1.img", "altered: checksum mismatch", f"bytes {3 * PAGE}-{5 * PAGE - 1}")
+    assert e.path == os.path.join(d, "pages-1.img")
+
+
+def test_truncated_file(tmp_path):
+    d = make_images(tmp_path / "img")
+    truncate(os.path.join(d, "pages-1.img"), PAGE)
+    e = damaged(d, "pages-1.img", f"truncated: {PAGE} of {5 * PAGE} bytes", d)
+    assert e.problems == [("pages-1.img", f"truncated: {PAGE} of {5 * PAGE} bytes")]
+
+
+def test_bit_flipped_file(tmp_path):
+    d = make_images(tmp_path / "img")
+    flip(os.path.join(d, "core-11.img"), 100, 0x80)
+    damaged(d, "core-11.img", "altered: checksum mismatch")
+
+
+def test_missing_file(tmp_path):
+    d = make_images(tmp_path / "img")
+    os.unlink(os.path.join(d, "core-10.img"))
+    e = damaged(d, "core-10.img is missing")
+    assert e.path == os.path.join(d, "core-10.img")
+
+
+def test_grown_file(tmp_path):
+    d = make_images(tmp_path / "img")
+    with open(os.path.join(d, "pages-2.img"), "ab") as f:
+        f.write(b"\0" * PAGE)
+    damaged(d, "pages-2.img", f"{3 * PAGE} bytes, {2 * PAGE} expected")
+
+
+def test_several_damaged_files(tmp_path):
+    d = make_images(tmp_path / "img")
+    os.unlink(os.path.join(d, "mm-10.img"))
+    truncate(os.path.join(d, "core-10.img"), 3)
+    e = damaged(d, "core-10.img is truncated: 3 of", "and 1 more damaged file: mm-10.img")
+    assert [n for n, _ in e.problems] == ["core-10.img", "mm-10.img"]
+
+
+def test_extra_files_and_logs_are_fine(tmp_path):
+    d = make_images(tmp_path / "img")
+    with open(os.path.join(d, "dump.log"), "a") as f:
+        f.write("more\n")
+    for name in ("restore.log", "stats-restore", "notes.txt", "extra.img"):
+        with open(os.path.join(d, name), "w") as f:
+            f.write("x")
+    manifest.verify(d)
+
+
+def test_damaged_manifest(tmp_path):
+    d = make_images(tmp_path / "img")
+    path = os.path.join(d, manifest.MANIFEST_FILE)
+    with open(path, "r+b") as f:
+        f.truncate(40)
+    e = damaged(d, manifest.MANIFEST_FILE, "not JSON")
+    assert e.path == path
+    with open(path, "w") as f:
+        json.dump({"format": 1, "algorithm": "crc32", "chunk_size": 4096,
+                   "files": {"../etc/passwd": {"size": 1, "crc32": ["00000000"]}}}, f)
+    damaged(d, manifest.MANIFEST_FILE, "file name")
+
+
+def test_unknown_algorithm_checks_sizes_and_structure(tmp_path):
+    d = make_images(tmp_path / "img")
+    path = os.path.join(d, manifest.MANIFEST_FILE)
+    with open(path) as f:
+        m = json.load(f)
+    m["algorithm"] = "blake9"
+    with open(path, "w") as f:
+        json.dump(m, f)
+    flip(os.path.join(d, "core-10.img"), 5)  # a checksum this fastckpt cannot check
+    assert manifest.verify(d)["algorithm"] == "blake9"
+    truncate(os.path.join(d, "pages-2.img"), PAGE)
+    damaged(d, "pages-2.img", f"truncated: {PAGE} of {2 * PAGE} bytes")
+
+
+def test_write_replaces_a_stale_manifest_and_leaves_none_on_failure(tmp_path, monkeypatch):
+    d = make_images(tmp_path / "img")
+    path = os.path.join(d, manifest.MANIFEST_FILE)
+    with open(os.path.join(d, "core-10.img"), "ab") as f:
+        f.write(b"new dump")
+    manifest.write(d)
+    manifest.verify(d)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(manifest, "checksums", full)
+    with pytest.raises(ImageDirError) as ei:
+        manifest.write(d)
+    assert ei.value.errno == errno.ENOSPC
+    assert manifest.MANIFEST_FILE in str(ei.value) and "No space left" in str(ei.value)
+    assert not os.path.exists(path)
+    assert not [n for n in os.listdir(d) if "manifest" in n]
+
+
+def test_failed_dump_discards_the_manifest(tmp_path):
+    d = make_images(tmp_path / "img")
+    engine._discard_partial_images(d)
+    assert sorted(os.listdir(d)) == ["dump.log"]
+
+
+# --- images without a manifest: the structure --------------------------------------------------
+
+def test_structure_of_a_consistent_dir(tmp_path):
+    d = make_images(tmp_path / "img", with_manifest=False, runc_style=True)
+    assert manifest.verify(d) is None
+    manifest.check_structure(d)
+
+
+def test_pagemap_decoder_agrees_with_pycriu(tmp_path):
+    d = make_images(tmp_path / "img", with_manifest=False)
+    for name, want_id, want_pages in (("pagemap-10.img", 1, 5), ("pagemap-11.img", 2, 2)):
+        entries = manifest._read_image(d, name, manifest.PAGEMAP_MAGIC)
+        assert manifest.pagemap_pages(entries) == (want_id, want_pages)
+        assert _pycriu_present_pages(os.path.join(d, name)) == (want_id, want_pages)
+
+
+def _pycriu_present_pages(path):
+    """(pages_id, present pages) of a pagemap as pycriu decodes it, CRIU's rules for old entries applied."""
+    with open(path, "rb") as f:
+        img = pycriu.images.load(f)
+    head, entries = img["entries"][0], img["entries"][1:]
+    n = 0
+    for e in entries:
+        if e.get("in_parent"):
+            flags = e.get("flags", 0) | PE_PARENT
+        else:
+            flags = e.get("flags", PE_PRESENT)
+        if flags & PE_PRESENT:
+            n += e.get("nr_pages", e["compat_nr_pages"])
+    return head["pages_id"], n
+
+
+@pytest.mark.parametrize("size, needles", [
+    (4 * PAGE, ["pages-1.img", f"truncated: {4 * PAGE} of {5 * PAGE} bytes", "pagemap-10.img", "5 pages"]),
+    (5 * PAGE - 100, ["pages-1.img", f"truncated: {5 * PAGE - 100} of {5 * PAGE} bytes"]),
+    (0, ["pages-1.img", f"truncated: 0 of {5 * PAGE} bytes"]),
+    (6 * PAGE, ["pages-1.img", f"{6 * PAGE} bytes", "5 pages", f"({5 * PAGE} bytes)"]),
+], ids=["one-page-short", "cut-in-a-page", "empty", "one-page-more"])
+def test_structure_pages_size_mismatch(tmp_path, size, needles):
+    d = make_images(tmp_path / "img", with_manifest=False, runc_style=True)
+    truncate(os.path.join(d, "pages-1.img"), size)
+    e = damaged(d, *needles)
+    assert e.path == os.path.join(d, "pages-1.img")
+
+
+def test_structure_pages_file_missing(tmp_path):
+    d = make_images(tmp_path / "img", with_manifest=False)
+    os.unlink(os.path.join(d, "pages-2.img"))
+    damaged(d, "pages-2.img is missing", "pagemap-11.img says it holds 2 pages")
+
+
+def test_structure_truncated_pagemap(tmp_path):
+    d = make_images(tmp_path / "img", with_manifest=False)
+    path = os.path.join(d, "pagemap-10.img")
+    truncate(path, os.path.getsize(path) - 3)
+    damaged(d, "pagemap-10.img is truncated")
+
+
+@pytest.mark.parametrize("name", ["inventory.img", "pstree.img"])
+def test_structure_inventory_and_pstree(tmp_path, name):
+    d = make_images(tmp_path / "img", with_manifest=False)
+    path = os.path.join(d, name)
+    size = os.path.getsize(path)
+    truncate(path, size - 2)
+    damaged(d, name, "truncated")
+    truncate(path, 0)
+    damaged(d, name, "truncated")
+    with open(path, "wb") as f:  # a pagemap under the wrong name: its magic says so
+        pycriu.images.dump({"magic": "PAGEMAP", "entries": [{"pages_id": 1}]}, f)
+    damaged(d, name, "magic")
+    os.unlink(path)
+    damaged(d, f"{name} is missing")
+
+
+def test_structure_undecodable_entry(tmp_path):
+    d = make_images(tmp_path / "img", with_manifest=False)
+    # a pstree entry without its required fields: framing fine, the message is not
+    with open(os.path.join(d, "pstree.img"), "wb") as f:
+        f.write(bytes.fromhex("19435654" "30302750") + (2).to_bytes(4, "little") + bytes.fromhex("0801"))
+    damaged(d, "pstree.img", "undecodable", "ppid")
+
+
+# --- real checkpoints --------------------------------------------------------------------------
+
+def run_fastckpt(root, *args, workdir):
+    t0 = time.monotonic()
+    r = rs.run(rs.fastckpt_cmd(*(["--root", root] if root else []), *args), workdir)
+    return r, time.monotonic() - t0
+
+
+def assert_refused(r, elapsed, images, *needles):
+    """`fastckpt restore` exited 1 at once with one line naming the file; CRIU never ran."""
+    rs.assert_error(r, 1, "is damaged", *needles)
+    assert elapsed < QUICK, f"the refusal took {elapsed:.1f}s"
+    assert not os.path.exists(os.path.join(images, "restore.log")), "CRIU ran"
+    assert not os.path.exists(os.path.join(images, "stats-restore")), "CRIU ran"
+
+
+def _truncate_pages(images):
+    path = os.path.join(images, "pages-1.img")
+    size = os.path.getsize(path)
+    assert size >= 2 * PAGE
+    truncate(path, size // PAGE // 2 * PAGE)
+    return ["pages-1.img", f"truncated: {size // PAGE // 2 * PAGE} of {size} bytes"]
+
+
+def _flip_pages(images):
+    name = sorted(n for n in os.listdir(images) if n.startswith("pages-"))[-1]
+    flip(os.path.join(images, name), os.path.getsize(os.path.join(images, name)) // 2)
+    return [name, "altered: checksum mismatch"]
+
+
+def _delete_core(images):
+    name = sorted(n for n in os.listdir(images) if n.startswith("core-"))[0]
+    os.unlink(os.path.join(images, name))
+    return [f"{name} is missing"]
+
+
+DAMAGE = [_truncate_pages, _flip_pages, _delete_core]
+DAMAGE_IDS = ["truncated-pages", "flipped-pages", "deleted-core"]
+
+
+def copy_images(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def assert_real_manifest(images):
+    """The manifest of a real dump lists every checkpoint file; pycriu agrees with the pagemap check."""
+    with open(os.path.join(images, manifest.MANIFEST_FILE)) as f:
+        m = json.load(f)
+    names = sorted(n for n in os.listdir(images)
+                   if n.endswith(".img") or n in ("descriptors.json", "fastckpt.json", "stats-dump"))
+    assert sorted(m["files"]) == names
+    assert "dump.log" not in m["files"] and manifest.MANIFEST_FILE not in m["files"]
+    for n in names:
+        assert m["files"][n]["size"] == os.path.getsize(os.path.join(images, n))
+    pagemaps = [n for n in names if n.startswith("pagemap-")]
+    assert pagemaps
+    for n in pagemaps:
+        pages_id, present = _pycriu_present_pages(os.path.join(images, n))
+        assert present * PAGE == os.path.getsize(os.path.join(images, f"pages-{pages_id}.img"))
+        assert manifest.pagemap_pages(manifest._read_image(images, n, manifest.PAGEMAP_MAGIC)) == \
+            (pages_id, present)
+    manifest.verify(images)
+    manifest.check_structure(images)
+
+
+@pytest.fixture
+def restored_trees():
+    """Pids of process trees that a test restored (sessions of their own): killed and reaped afterwards."""
+    pids = []
+    yield pids
+    left = []
+    for pid in pids:
+        rs.kill_tree(pid)
+        left += rs.reap_session(pid, timeout=10)
+    assert not left, f"restored processes left: {left}"
+
+
+def checkpoint_tree(proc_tree, tmp_path, images):
+    count = str(tmp_path / "count")
+    tree = proc_tree.counter(count)
+    tree.wait_advancing()
+    r = rs.run(rs.fastckpt_cmd("checkpoint", "--pid", str(tree.pid), "--image-path", images), str(tmp_path))
+    assert r.returncode == 0, str(r)
+    assert tree.wait_gone() == -9  # CRIU killed the tree after dumping it
+    # its pid, group and session must be free for a restore: the shell's `sleep` too
+    assert not rs.reap_session(tree.pid), f"pid {tree.pid} still in use"
+    return tree
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("damage", DAMAGE, ids=DAMAGE_IDS)
+def test_process_tree_damaged_checkpoint_refused(proc_tree, tmp_path, damage):
+    images = str(tmp_path / "images")
+    tree = checkpoint_tree(proc_tree, tmp_path, images)
+    assert_real_manifest(images)
+    needles = damage(images)
+    r, elapsed = run_fastckpt(None, "restore", "--image-path", images, workdir=str(tmp_path))
+    assert_refused(r, elapsed, images, images, *needles)
+    assert not rs.pids_using(tree.pid), "a process of the tree was restored"
+    assert not rs.criu_pids_in(str(tmp_path))
+
+
+@pytest.mark.integration
+def test_process_tree_intact_checkpoint_restores(proc_tree, tmp_path, restored_trees):
+    images = str(tmp_path / "images")
+    tree = checkpoint_tree(proc_tree, tmp_path, images)
+    spare = copy_images(images, str(tmp_path / "spare"))
+    # logs may change (a failed restore writes one): the checkpoint is still intact
+    with open(os.path.join(images, "dump.log"), "a") as f:
+        f.write("appended\n")
+    stopped = tree.count()
+    pid_file = str(tmp_path / "restored.pid")
+    restored_trees.append(tree.pid)
+    r, _ = run_fastckpt(None, "restore", "--image-path", images, "--pid-file", pid_file,
+                        workdir=str(tmp_path))
+    assert r.returncode == 0, str(r)
+    with open(pid_file) as f:
+        assert int(f.read()) == tree.pid
+    cs.wait_until(lambda: (tree.count() or 0) > stopped, "the restored counter to go on")
+    assert os.path.isfile(os.path.join(images, "restore.log"))
+    manifest.verify(spare)
+
+
+@pytest.mark.integration
+def test_checkpoint_reports_a_manifest_failure(proc_tree, tmp_path, monkeypatch):
+    """In-process API: the dump succeeded, the manifest could not be written: said clearly, target named."""
+    import fastckpt
+
+    tree = proc_tree.counter(str(tmp_path / "count"))
+    images = str(tmp_path / "images")
+
+    def full(path):
+        raise ImageDirError(f"cannot write {manifest.MANIFEST_FILE} in {path}: No space left on device",
+                            errno=errno.ENOSPC)
+
+    monkeypatch.setattr(manifest, "write", full)
+    with pytest.raises(ImageDirError) as ei:
+        fastckpt.checkpoint(pid=tree.pid, image_path=images, leave_running=True)
+    msg = str(ei.value)
+    assert ei.value.errno == errno.ENOSPC
+    for needle in ("checkpoint completed", images, f"process {tree.pid} was left running",
+                   "manifest could not be written", "No space left"):
+        assert needle in msg, msg
+    assert tree.alive()
+    assert os.path.exists(os.path.join(images, "pstree.img"))
+    assert not os.path.exists(os.path.join(images, manifest.MANIFEST_FILE))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("damage", DAMAGE, ids=DAMAGE_IDS)
+def test_container_damaged_checkpoint_refused(container, runc_root, tmp_path, damage):
+    ct = container()
+    images = str(tmp_path / "images")
+    r = cs.run_cli("--root", runc_root, "checkpoint", "--image-path", images, ct.id)
+    cs.assert_ok(r)
+    assert ct.runc_state() is None
+    assert_real_manifest(images)
+    needles = damage(images)
+    r, elapsed = run_fastckpt(runc_root, "restore", "-d", "--image-path", images, "-b", ct.bundle, ct.id,
+                              workdir=str(tmp_path))
+    assert_refused(r, elapsed, images, *needles)
+    rs.assert_nothing_left(ct.id, runc_root, str(tmp_path))
+    assert ct.runc_state() is None
+
+
+@pytest.mark.integration
+def test_container_intact_checkpoint_restores(container, runc_root, tmp_path):
+    ct = container()
+    images = str(tmp_path / "images")
+    cs.assert_ok(cs.run_cli("--root", runc_root, "checkpoint", "--image-path", images, ct.id))
+    stopped = ct.count()
+    r, _ = run_fastckpt(runc_root, "restore", "-d", "--image-path", images, "-b", ct.bundle, ct.id,
+                        workdir=str(tmp_path))
+    assert r.returncode == 0, str(r)
+    assert ct.status() == "running"
+    ct.wait_count(stopped + 2)
+    manifest.verify(images)  # a restore changes nothing of the checkpoint
+
+
+@pytest.mark.integration
+def test_runc_checkpoint_truncated_pages_refused(container, runc_root, tmp_path):
+    """Images of `runc checkpoint` have no manifest: the pagemap/pages check catches the truncation."""
+    ct = container()
+    images = str(tmp_path / "images")
+    rc = cs.run_quiet(["runc", "--root", runc_root, "checkpoint", "--image-path", images, ct.id])
+    assert rc == 0, f"runc checkpoint failed (exit {rc})"
+    assert not os.path.exists(os.path.join(images, manifest.MANIFEST_FILE))
+    assert manifest.verify(images) is None  # intact: the structure checks pass
+    for n in os.listdir(images):
+        if n.startswith("pagemap-"):
+            pages_id, present = _pycriu_present_pages(os.path.join(images, n))
+            assert present * PAGE == os.path.getsize(os.path.join(images, f"pages-{pages_id}.img"))
+    size = os.path.getsize(os.path.join(images, "pages-1.img"))
+    needles = _truncate_pages(images)
+    r, elapsed = run_fastckpt(runc_root, "restore", "-d", "--image-path", images, "-b", ct.bundle, ct.id,
+                              workdir=str(tmp_path))
+    assert_refused(r, elapsed, images, *needles, f"pages of {PAGE} bytes", "pagemap-")
+    assert f"{size // PAGE} pages" in r.stderr
+    rs.assert_nothing_left(ct.id, runc_root, str(tmp_path))
+
+
+@pytest.mark.integration
+def test_api_raises_damaged_image(tmp_path, proc_tree):
+    import fastckpt
+
+    images = str(tmp_path / "images")
+    checkpoint_tree(proc_tree, tmp_path, images)
+    truncate(os.path.join(images, "pages-1.img"), 0)
+    with pytest.raises(fastckpt.ImageError) as ei:
+        fastckpt.restore(image_path=images)
+    assert isinstance(ei.value, DamagedImage)
+    assert ei.value.path == os.path.join(images, "pages-1.img")
+    assert not os.path.exists(os.path.join(images, "restore.log"))
