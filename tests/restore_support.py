@@ -25,11 +25,11 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 WAIT = 20.0  # seconds: the deadline of every wait (a noisy 2-core machine)
 CLI_TIMEOUT = 90.0
-CGROUP_ROOT = "/sys/fs/cgroup"
+LOCK_DIR = "/run/fastckpt/locks"  # fastckpt.locks.LOCK_DIR
 
 # A counter ten times a second: /tmp/count holds the last value, /tmp/count.log all of them.
 COUNTER = ("i=0; while true; do i=$((i+1)); echo $i > {dir}/count; echo $i >> {dir}/count.log; "
@@ -657,7 +657,23 @@ class Env:
         for p in criu_pids_in(self.workdir):
             found.append(f"criu process {p}")
             kill_tree(p, group=False)
+        for cid in self.containers:
+            remove_lock_files(cid)
         return found
+
+
+def remove_lock_files(cid: str) -> None:
+    """fastckpt's lock files of container CID (one per runc root and id, kept after the operation).
+
+    Only ids of the tests (uuid-based) are passed: no one else can hold them.
+    """
+    import glob
+
+    for path in glob.glob(os.path.join(LOCK_DIR, f"ct-*-{glob.escape(cid)}.lock")):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def runc_known(root: str) -> List[str]:
