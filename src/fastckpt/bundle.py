@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 APPLETS = ("sh", "sleep", "cat", "echo", "ip", "nc", "ls", "ps", "kill", "true", "flock", "mkdir", "rm", "wc",
@@ -41,7 +41,7 @@ def make_rootfs(rootfs: str) -> None:
 
 
 def make_bundle(path: str, args: Sequence[str] = ("sh", "-c", COUNTER_SCRIPT), *,
-                network_ns: Optional[str] = "", mounts: Sequence[dict] = (), runc: str = "runc") -> str:
+                network_ns: str | None = "", mounts: Sequence[dict] = (), runc: str = "runc") -> str:
     """Write an OCI bundle at PATH running ARGS; returns PATH.
 
     ``network_ns``: "" for a new network namespace, a path to join one, None
@@ -60,7 +60,7 @@ def make_bundle(path: str, args: Sequence[str] = ("sh", "-c", COUNTER_SCRIPT), *
     cfg["process"]["args"] = list(args)
     cfg["root"]["readonly"] = False
     cfg["hostname"] = "fastckpt"
-    ns: List[dict] = [n for n in cfg["linux"]["namespaces"] if n["type"] != "network"]
+    ns: list[dict] = [n for n in cfg["linux"]["namespaces"] if n["type"] != "network"]
     if network_ns is not None:
         ns.append({"type": "network", "path": network_ns} if network_ns else {"type": "network"})
     cfg["linux"]["namespaces"] = ns
@@ -70,7 +70,7 @@ def make_bundle(path: str, args: Sequence[str] = ("sh", "-c", COUNTER_SCRIPT), *
     return path
 
 
-def run_detached(container_id: str, bundle: str, *, root: Optional[str] = None, runc: str = "runc") -> None:
+def run_detached(container_id: str, bundle: str, *, root: str | None = None, runc: str = "runc") -> None:
     """`runc run -d` with the container's stdio on /dev/null.
 
     runc's own errors go to a log file (a pipe as stderr would be inherited by

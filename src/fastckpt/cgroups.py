@@ -7,14 +7,13 @@ config gives no path, ``<mount>/<path>`` when it does.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Tuple
 
 from .errors import Error
 
 
-def mounts() -> Dict[str, str]:
+def mounts() -> dict[str, str]:
     """cgroup hierarchy key (runc's: controller name, 'name=systemd', '' for v2) -> mount point."""
-    out: Dict[str, str] = {}
+    out: dict[str, str] = {}
     with open("/proc/self/mountinfo") as f:
         for line in f:
             parts = line.split()
@@ -32,9 +31,9 @@ def mounts() -> Dict[str, str]:
     return out
 
 
-def own() -> Dict[str, str]:
+def own() -> dict[str, str]:
     """This process's cgroup per hierarchy key (from /proc/self/cgroup)."""
-    out: Dict[str, str] = {}
+    out: dict[str, str] = {}
     with open("/proc/self/cgroup") as f:
         for line in f:
             _, ctrls, path = line.rstrip("\n").split(":", 2)
@@ -43,13 +42,13 @@ def own() -> Dict[str, str]:
     return out
 
 
-def paths_for(cg_config: dict) -> Dict[str, str]:
+def paths_for(cg_config: dict) -> dict[str, str]:
     """The cgroup directories runc would give a container with this cgroups config."""
     path = cg_config.get("path") or ""
     name = cg_config.get("name") or ""
     parent = cg_config.get("parent") or ""
     mine = own()
-    out: Dict[str, str] = {}
+    out: dict[str, str] = {}
     for key, mnt in mounts().items():
         if path:
             rel = path
@@ -79,13 +78,13 @@ def _device_rule(d: dict) -> str:
     return f"{kind} {major}:{minor} {d.get('permissions', 'rwm')}"
 
 
-def create(paths: Dict[str, str], resources: dict) -> List[str]:
+def create(paths: dict[str, str], resources: dict) -> list[str]:
     """Make the cgroup directories and apply the config's resources; returns what was made.
 
     cpuset is seeded from its parent (a v1 cpuset cgroup is empty when made),
     devices gets the config's allow/deny list; other limits when set.
     """
-    made: List[str] = []
+    made: list[str] = []
     try:
         for key, path in paths.items():
             todo = []
@@ -108,12 +107,12 @@ def create(paths: Dict[str, str], resources: dict) -> List[str]:
     return made
 
 
-def _apply(paths: Dict[str, str], r: dict) -> None:
+def _apply(paths: dict[str, str], r: dict) -> None:
     dev = paths.get("devices")
     if dev and r.get("devices"):
         for d in r["devices"]:
             _write(os.path.join(dev, "devices.allow" if d.get("allow") else "devices.deny"), _device_rule(d))
-    settings: List[Tuple[str, str, object]] = [
+    settings: list[tuple[str, str, object]] = [
         ("memory", "memory.limit_in_bytes", r.get("memory")),
         ("memory", "memory.soft_limit_in_bytes", r.get("memory_reservation")),
         ("pids", "pids.max", r.get("pids_limit")),
@@ -128,13 +127,13 @@ def _apply(paths: Dict[str, str], r: dict) -> None:
             _write(os.path.join(paths[key], fname), str(value))
 
 
-def enter(paths: Dict[str, str], pid: int) -> None:
+def enter(paths: dict[str, str], pid: int) -> None:
     """Move process PID into these cgroups (all of its threads)."""
     for key, path in paths.items():
         _write(os.path.join(path, "cgroup.procs"), str(pid))
 
 
-def remove(dirs: List[str]) -> None:
+def remove(dirs: list[str]) -> None:
     for d in sorted(dirs, key=len, reverse=True):
         try:
             os.rmdir(d)

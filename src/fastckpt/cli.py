@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import List, Optional
 
 from ._version import __version__
 
@@ -155,7 +154,7 @@ def _cmd_check(args) -> int:
     return 0 if info["version_ok"] and info["check_ok"] else EXIT_ERROR
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -14,7 +14,6 @@ import os
 import signal
 import threading
 import time
-from typing import Optional, Tuple
 
 # A log that grows past this is a CRIU gone wrong (a restore of a damaged
 # pages image can loop writing ~25 MB/s of log); a normal one is < 10 MiB.
@@ -22,10 +21,10 @@ LOG_LIMIT = 256 << 20
 
 
 class Watchdog(threading.Thread):
-    def __init__(self, pid: int, log_path: Optional[str], timeout: Optional[float], log_limit: int):
+    def __init__(self, pid: int, log_path: str | None, timeout: float | None, log_limit: int):
         super().__init__(name="fastckpt-criu-watchdog", daemon=True)
         self.pid, self.log_path, self.timeout, self.log_limit = pid, log_path, timeout, log_limit
-        self.reason: Optional[str] = None
+        self.reason: str | None = None
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -58,7 +57,7 @@ class Watchdog(threading.Thread):
         self.join()
 
 
-def run(opts, op: str, binary: str, *, log_path: Optional[str] = None, timeout: Optional[float] = None,
+def run(opts, op: str, binary: str, *, log_path: str | None = None, timeout: float | None = None,
         log_limit: int = LOG_LIMIT, setup=None):
     """Run OP ("dump", "restore", "check", ...) of OPTS in a fresh ``criu swrk``.
 

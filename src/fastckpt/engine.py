@@ -13,7 +13,6 @@ import shutil
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
 
 from . import _criu, criu_proc, kdat, locks, manifest, runc, signals
 from .constants import MIN_CRIU_VERSION, Namespace
@@ -34,12 +33,12 @@ class CheckpointResult:
     work_path: str
     log_path: str
     pid: int
-    container_id: Optional[str] = None
+    container_id: str | None = None
     leave_running: bool = False
     wall_time: float = 0.0  # seconds, from the call to its return
-    files: Dict[str, int] = field(default_factory=dict)  # image file -> size in bytes
+    files: dict[str, int] = field(default_factory=dict)  # image file -> size in bytes
 
-    def stats(self) -> Dict[str, object]:
+    def stats(self) -> dict[str, object]:
         """CRIU's statistics of this dump and fastckpt's wall time, as ``--print-stats`` prints them:
         ``{"criu": {...}, "wall_time_ms": ...}`` (CRIU's times in microseconds, counts in pages).
 
@@ -76,8 +75,8 @@ def new_opts(session=None) -> "_criu.Opts":
     return opts
 
 
-def run_op(opts, op: str, session=None, *, log_path: Optional[str] = None,
-           timeout: Optional[float] = None, setup=None) -> Tuple[int, int]:
+def run_op(opts, op: str, session=None, *, log_path: str | None = None,
+           timeout: float | None = None, setup=None) -> tuple[int, int]:
     """Run one CRIU operation: in a session's warm service, or in a criu of our own
     spawning (its own session, under a watchdog); a watchdog stop is a CriuError."""
     if session is not None:
@@ -91,10 +90,10 @@ def run_op(opts, op: str, session=None, *, log_path: Optional[str] = None,
     return ret, err
 
 
-_version_cache: Dict[str, Tuple[int, int, int]] = {}
+_version_cache: dict[str, tuple[int, int, int]] = {}
 
 
-def criu_version() -> Tuple[int, int, int]:
+def criu_version() -> tuple[int, int, int]:
     """The version of the criu binary, asked once per process (and binary)."""
     path = criu_binary()
     if path not in _version_cache:
@@ -105,7 +104,7 @@ def criu_version() -> Tuple[int, int, int]:
     return _version_cache[path]
 
 
-def require_version() -> Tuple[int, int, int]:
+def require_version() -> tuple[int, int, int]:
     v = criu_version()
     if v < MIN_CRIU_VERSION:
         raise CriuVersionError(
@@ -115,14 +114,14 @@ def require_version() -> Tuple[int, int, int]:
     return v
 
 
-def features() -> Dict[str, bool]:
+def features() -> dict[str, bool]:
     r = run_op(new_opts(), "feature_check")
     if isinstance(r, tuple):
         raise CriuError("feature-check", *r)
     return r
 
 
-def check() -> Dict[str, object]:
+def check() -> dict[str, object]:
     """What `fastckpt check` reports: CRIU's path, version, `criu check` and kernel features."""
     path = criu_binary()
     version = criu_version()
@@ -137,8 +136,8 @@ def check() -> Dict[str, object]:
     }
 
 
-def raise_criu_failure(op: str, ret: int, err: int, log_path: Optional[str],
-                       image_path: Optional[str] = None) -> None:
+def raise_criu_failure(op: str, ret: int, err: int, log_path: str | None,
+                       image_path: str | None = None) -> None:
     lines = log_errors(log_path)
     detail = ""
     # CRIU's message may be cut short ("No space lef"): its start is enough
@@ -184,7 +183,7 @@ def make_private_dir(path: str, what: str) -> None:
         os.chmod(path, 0o700)
 
 
-def check_private_dir(path: str, what: str, st: Optional[os.stat_result] = None) -> None:
+def check_private_dir(path: str, what: str, st: os.stat_result | None = None) -> None:
     st = st or os.stat(path)
     if st.st_uid != os.geteuid():
         raise ImageDirError(f"{what} {path} belongs to uid {st.st_uid}, not to the user running fastckpt "
@@ -237,7 +236,7 @@ def _write_private(path: str, data: bytes) -> None:
 META_FILE = "fastckpt.json"
 
 
-def write_meta(image_path: str, ct: Optional[runc.Container]) -> None:
+def write_meta(image_path: str, ct: runc.Container | None) -> None:
     """What fastckpt keeps beside CRIU's images: the kind of checkpoint and,
     for a container, runc's state (its config) so that restore needs no conversion."""
     meta = {"format": 1, "kind": "container" if ct else "process"}
@@ -247,7 +246,7 @@ def write_meta(image_path: str, ct: Optional[runc.Container]) -> None:
     _write_private(os.path.join(image_path, META_FILE), json.dumps(meta).encode())
 
 
-def read_meta(image_path: str) -> Optional[dict]:
+def read_meta(image_path: str) -> dict | None:
     try:
         with open(os.path.join(image_path, META_FILE), "rb") as f:
             return json.load(f)
@@ -257,7 +256,7 @@ def read_meta(image_path: str) -> Optional[dict]:
         raise Error(f"cannot read {META_FILE} in {image_path}: {e}") from e
 
 
-def list_images(path: str) -> Dict[str, int]:
+def list_images(path: str) -> dict[str, int]:
     out = {}
     with os.scandir(path) as it:
         for e in it:
@@ -268,7 +267,7 @@ def list_images(path: str) -> Dict[str, int]:
 
 # --- containers --------------------------------------------------------------
 
-def _cgroup_bind_mounts(pid: int, dest: str) -> List[str]:
+def _cgroup_bind_mounts(pid: int, dest: str) -> list[str]:
     """Mount points below DEST (the container's cgroup mount) seen in its mountinfo."""
     prefix = dest.rstrip("/") + "/"
     out = []
@@ -285,11 +284,11 @@ def _cgroup_bind_mounts(pid: int, dest: str) -> List[str]:
     return out
 
 
-def container_external_mounts(ct: runc.Container) -> List[Tuple[str, str]]:
+def container_external_mounts(ct: runc.Container) -> list[tuple[str, str]]:
     """(key, value) pairs of the container's external mounts, as runc gives them to CRIU."""
     cfg = ct.config
     pid = ct.init_pid
-    ext: Dict[str, str] = {}
+    ext: dict[str, str] = {}
     cgroupns = ct.has_namespace("NEWCGROUP")
     for m in cfg.get("mounts") or []:
         dest = m["destination"]
@@ -308,7 +307,7 @@ def container_external_mounts(ct: runc.Container) -> List[Tuple[str, str]]:
     return list(ext.items())
 
 
-def container_externals(ct: runc.Container) -> List[str]:
+def container_externals(ct: runc.Container) -> list[str]:
     out = []
     for ns_type, (name, key) in _EXTERNAL_NS.items():
         path = ct.namespace_path(ns_type)
@@ -321,7 +320,7 @@ def container_externals(ct: runc.Container) -> List[str]:
     return out
 
 
-def load_checkpointable(container_id: str, root: str) -> Tuple[runc.Container, str]:
+def load_checkpointable(container_id: str, root: str) -> tuple[runc.Container, str]:
     ct = runc.load(container_id, root)
     status = ct.status()
     if status == runc.CREATED:
@@ -360,8 +359,8 @@ def apply_common(opts: "_criu.Opts", o: CheckpointOptions, own_netns: bool = Fal
         opts.add_external(key)
 
 
-def checkpoint(container_id: Optional[str] = None, options: Optional[CheckpointOptions] = None, *,
-               pid: Optional[int] = None, root: str = runc.DEFAULT_ROOT, session=None,
+def checkpoint(container_id: str | None = None, options: CheckpointOptions | None = None, *,
+               pid: int | None = None, root: str = runc.DEFAULT_ROOT, session=None,
                **kwargs) -> CheckpointResult:
     """Checkpoint a runc container (by id) or a process tree (by ``pid``).
 
@@ -388,7 +387,7 @@ def checkpoint(container_id: Optional[str] = None, options: Optional[CheckpointO
 
 
 def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, session, t0) -> CheckpointResult:
-    ct: Optional[runc.Container] = None
+    ct: runc.Container | None = None
     was_paused = False
     if container_id is not None:
         ct, status = load_checkpointable(container_id, root)
@@ -442,8 +441,8 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
     )
 
 
-def _dump(opts, options: CheckpointOptions, ct: Optional[runc.Container], was_paused: bool, target_pid: int,
-          image_path: str, work_path: str, session=None) -> Tuple[int, int]:
+def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_paused: bool, target_pid: int,
+          image_path: str, work_path: str, session=None) -> tuple[int, int]:
     """Configure OPTS and run CRIU's dump; the container is thawed again whatever happens."""
     fds = [open_dir_fd(image_path, "image directory")]
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import re
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 # CRIU prints this on every run in a VM without CAP_SYS_RESOURCE; it never
 # causes a failure, so it is never shown as one.
@@ -31,7 +31,7 @@ class Error(OSError):
 
     default_errno = _errno.EIO
 
-    def __init__(self, message: str, *, errno: Optional[int] = None):
+    def __init__(self, message: str, *, errno: int | None = None):
         super().__init__(errno if errno is not None else self.default_errno, message)
         self.message = message
 
@@ -103,7 +103,7 @@ class ImageError(Error):
 
     default_errno = _errno.EBADMSG
 
-    def __init__(self, message: str, *, path: Optional[str] = None, errno: Optional[int] = None):
+    def __init__(self, message: str, *, path: str | None = None, errno: int | None = None):
         super().__init__(message, errno=errno)
         self.path = path
 
@@ -115,7 +115,7 @@ class DamagedImage(ImageError):
     what is wrong) pair found; errno is EBADMSG.
     """
 
-    def __init__(self, message: str, *, path: Optional[str] = None, errno: Optional[int] = None,
+    def __init__(self, message: str, *, path: str | None = None, errno: int | None = None,
                  problems: Sequence = ()):
         super().__init__(message, path=path, errno=errno)
         self.problems = list(problems)
@@ -128,7 +128,7 @@ class CriuError(Error):
     value, ``log_path`` CRIU's log and ``log_errors`` its error lines.
     """
 
-    def __init__(self, op: str, ret: int, err: int, log_path: Optional[str] = None,
+    def __init__(self, op: str, ret: int, err: int, log_path: str | None = None,
                  log_errors: Sequence[str] = (), detail: str = ""):
         self.op = op
         self.ret = ret
@@ -159,7 +159,7 @@ class CriuError(Error):
         return "\n".join(lines)
 
 
-def log_errors(path: Optional[str], limit: int = 20) -> list:
+def log_errors(path: str | None, limit: int = 20) -> list:
     """The error lines of a CRIU log, without their prefixes, harmless ones left out.
 
     CRIU reports some root causes (a refused connection, say) as plain lines

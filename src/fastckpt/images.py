@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from typing import Dict, Optional, Tuple
 
 from .errors import ImageError
 
@@ -36,7 +35,7 @@ _U32 = struct.Struct("<I")
 
 # The schema of CRIU's statistics (proto2): message -> (field, number, type, required).
 # Times are microseconds, counts are pages.
-_DUMP_FIELDS: Tuple[Tuple[str, int, str, bool], ...] = (
+_DUMP_FIELDS: tuple[tuple[str, int, str, bool], ...] = (
     ("freezing_time", 1, "uint32", True),
     ("frozen_time", 2, "uint32", True),
     ("memdump_time", 3, "uint32", True),
@@ -52,7 +51,7 @@ _DUMP_FIELDS: Tuple[Tuple[str, int, str, bool], ...] = (
     ("shpages_skipped_parent", 13, "uint64", False),
     ("shpages_written", 14, "uint64", False),
 )
-_RESTORE_FIELDS: Tuple[Tuple[str, int, str, bool], ...] = (
+_RESTORE_FIELDS: tuple[tuple[str, int, str, bool], ...] = (
     ("pages_compared", 1, "uint64", True),
     ("pages_skipped_cow", 2, "uint64", True),
     ("forking_time", 3, "uint32", True),
@@ -116,7 +115,7 @@ def _read(path: str) -> bytes:
         raise ImageError(f"cannot read CRIU image {path}: {e.strerror}", path=path, errno=e.errno) from None
 
 
-def _split_magic(data: bytes, path: str) -> Tuple[int, int]:
+def _split_magic(data: bytes, path: str) -> tuple[int, int]:
     """(type magic, offset of the first entry) of an image's bytes."""
     if len(data) < 4:
         raise ImageError(f"CRIU image {path} is damaged: {len(data)} bytes, too short for its magic",
@@ -166,7 +165,7 @@ def stats_path(work_dir: str, kind: str = "dump") -> str:
     return os.path.join(work_dir, STATS_FILE.format(kind=kind))
 
 
-def decode_stats(data: bytes, kind: str = "dump", path: str = "<bytes>") -> Dict[str, int]:
+def decode_stats(data: bytes, kind: str = "dump", path: str = "<bytes>") -> dict[str, int]:
     """The statistics in DATA, the bytes of a ``stats-KIND`` image (PATH names it in errors)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
@@ -200,7 +199,7 @@ def decode_stats(data: bytes, kind: str = "dump", path: str = "<bytes>") -> Dict
     return {name: getattr(stats, name) for name, _, _, _ in fields if stats.HasField(name)}
 
 
-def read_stats(work_dir: str, kind: str = "dump") -> Dict[str, int]:
+def read_stats(work_dir: str, kind: str = "dump") -> dict[str, int]:
     """CRIU's statistics of its last dump (KIND "dump") or restore ("restore") in WORK_DIR.
 
     Keys are CRIU's field names: times (``*_time``) in microseconds, the
@@ -211,12 +210,12 @@ def read_stats(work_dir: str, kind: str = "dump") -> Dict[str, int]:
     return decode_stats(_read(path), kind, path)
 
 
-def stats_report(work_dir: str, kind: str, wall_time: float) -> Dict[str, object]:
+def stats_report(work_dir: str, kind: str, wall_time: float) -> dict[str, object]:
     """What ``--print-stats`` prints: CRIU's statistics and fastckpt's wall time (WALL_TIME seconds)."""
     return {"criu": read_stats(work_dir, kind), "wall_time_ms": round(wall_time * 1000.0, 3)}
 
 
-def encode_stats(values: Dict[str, int], kind: str = "dump", *, head_magic: Optional[int] = IMG_SERVICE_MAGIC
+def encode_stats(values: dict[str, int], kind: str = "dump", *, head_magic: int | None = IMG_SERVICE_MAGIC
                  ) -> bytes:
     """The bytes of a ``stats-KIND`` image holding VALUES (for tests and tools)."""
     cls = _build_stats_entry_class()

@@ -13,14 +13,13 @@ cache is used and nothing here runs.
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 RUN = "/run"
 KDAT = os.path.join(RUN, "criu.kdat")
 STAMP = os.path.join(RUN, "criu.kdat.fastckpt")
 ENV = "FASTCKPT_KDAT_CACHE"
 
-_ready: Optional[str] = None  # the key this process already checked
+_ready: str | None = None  # the key this process already checked
 
 
 def _run_is_tmpfs() -> bool:
@@ -40,7 +39,7 @@ def _key(criu: str) -> str:
     return f"{boot} {criu} {st.st_mtime_ns} {st.st_size}\n"
 
 
-def _read(path: str) -> Optional[str]:
+def _read(path: str) -> str | None:
     try:
         with open(path) as f:
             return f.read()

@@ -30,7 +30,7 @@ import os
 import stat
 import struct
 import zlib
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 from .errors import DamagedImage, ImageDirError
 
@@ -52,7 +52,7 @@ def is_checkpoint_file(name: str) -> bool:
     return name.endswith(".img") or name in _CHECKPOINT_FILES
 
 
-def _checkpoint_files(image_path: str) -> Dict[str, int]:
+def _checkpoint_files(image_path: str) -> dict[str, int]:
     out = {}
     with os.scandir(image_path) as it:
         for e in it:
@@ -90,8 +90,8 @@ def _chunk_crc(image_path: str, name: str, offset: int, length: int, buf: bytear
     return crc
 
 
-def checksums(image_path: str, sizes: Dict[str, int], chunk_size: Optional[int] = None,
-              threads: Optional[int] = None) -> Dict[str, List[int]]:
+def checksums(image_path: str, sizes: dict[str, int], chunk_size: int | None = None,
+              threads: int | None = None) -> dict[str, list[int]]:
     """The CRC32 of each CHUNK_SIZE bytes of each file NAME -> SIZE (its first SIZE bytes).
 
     OSError (file gone, unreadable) and :class:`_Short` (the file holds fewer
@@ -99,17 +99,17 @@ def checksums(image_path: str, sizes: Dict[str, int], chunk_size: Optional[int] 
     """
     chunk_size = chunk_size or CHUNK_SIZE
     threads = threads or THREADS
-    items: List[Tuple[str, int, int, int]] = []  # (name, chunk index, offset, length)
+    items: list[tuple[str, int, int, int]] = []  # (name, chunk index, offset, length)
     for name, size in sizes.items():
         for i, off in enumerate(range(0, size, chunk_size)):
             items.append((name, i, off, min(chunk_size, size - off)))
     items.sort(key=lambda it: -it[3])  # longest first: the two threads finish together
-    out: Dict[str, List[int]] = {name: [0] * (-(-size // chunk_size)) for name, size in sizes.items()}
+    out: dict[str, list[int]] = {name: [0] * (-(-size // chunk_size)) for name, size in sizes.items()}
     total = sum(sizes.values())
     n_threads = max(1, min(threads, len(items))) if total >= _PARALLEL_MIN else 1
 
     pending = iter(items)  # next() on a list iterator is atomic under the GIL
-    errors: List[BaseException] = []
+    errors: list[BaseException] = []
     stop = [False]
     slice_size = min(_READ_SLICE, chunk_size)
 
@@ -149,7 +149,7 @@ def checksums(image_path: str, sizes: Dict[str, int], chunk_size: Optional[int] 
     return out
 
 
-def _hex(crcs: Sequence[int]) -> List[str]:
+def _hex(crcs: Sequence[int]) -> list[str]:
     return [f"{c:08x}" for c in crcs]
 
 
@@ -221,7 +221,7 @@ def _unlink(path: str) -> None:
 
 # --- verify ----------------------------------------------------------------------------
 
-def _damaged(image_path: str, problems: List[Tuple[str, str]]) -> DamagedImage:
+def _damaged(image_path: str, problems: list[tuple[str, str]]) -> DamagedImage:
     """One error for PROBLEMS, (file name, what is wrong) pairs: the first named, the others counted."""
     name, what = problems[0]
     msg = f"the checkpoint in {image_path} is damaged: {name} is {what}"
@@ -231,7 +231,7 @@ def _damaged(image_path: str, problems: List[Tuple[str, str]]) -> DamagedImage:
     return DamagedImage(msg, path=os.path.join(image_path, name), problems=problems)
 
 
-def read_manifest(image_path: str) -> Optional[dict]:
+def read_manifest(image_path: str) -> dict | None:
     """The manifest of IMAGE_PATH (checked for form), or None if there is none."""
     path = os.path.join(image_path, MANIFEST_FILE)
     try:
@@ -274,7 +274,7 @@ def read_manifest(image_path: str) -> Optional[dict]:
     return m
 
 
-def verify(image_path: str) -> Optional[dict]:
+def verify(image_path: str) -> dict | None:
     """Check the checkpoint in IMAGE_PATH before CRIU restores it; returns its manifest (None: had none).
 
     With a manifest: every file it lists exists with its size and checksums.
@@ -286,7 +286,7 @@ def verify(image_path: str) -> Optional[dict]:
         check_structure(image_path)
         return None
     files = m["files"]
-    problems: List[Tuple[str, str]] = []
+    problems: list[tuple[str, str]] = []
     for name in sorted(files):
         expected = files[name]["size"]
         try:
@@ -360,10 +360,10 @@ _SCHEMA = {
                       ("in_parent", 3, "bool", "optional"), ("flags", 4, "uint32", "optional"),
                       ("nr_pages", 5, "uint64", "optional")),
 }
-_classes: Dict[str, type] = {}
+_classes: dict[str, type] = {}
 
 
-def _message_classes() -> Dict[str, type]:
+def _message_classes() -> dict[str, type]:
     if _classes:
         return _classes
     try:
@@ -391,7 +391,7 @@ class _Broken(Exception):
     """What is wrong with one file (its name is the caller's)."""
 
 
-def _read_image(image_path: str, name: str, magic: int) -> List[bytes]:
+def _read_image(image_path: str, name: str, magic: int) -> list[bytes]:
     """The entries of CRIU image NAME, after checking its magic (the inventory has no head magic)."""
     try:
         with open(os.path.join(image_path, name), "rb") as f:
@@ -442,7 +442,7 @@ def _decode(cls_name: str, payload: bytes, index: int):
     return msg
 
 
-def pagemap_pages(entries: Sequence[bytes]) -> Tuple[int, int]:
+def pagemap_pages(entries: Sequence[bytes]) -> tuple[int, int]:
     """(pages_id, the number of pages stored in pages-<pages_id>.img) of a pagemap's entries."""
     if not entries:
         raise _Broken("truncated: no pagemap head")
@@ -463,14 +463,14 @@ def pagemap_pages(entries: Sequence[bytes]) -> Tuple[int, int]:
     return pages_id, stored
 
 
-def check_structure(image_path: str, page_size: Optional[int] = None) -> None:
+def check_structure(image_path: str, page_size: int | None = None) -> None:
     """What can be checked of images without a manifest: ``inventory.img`` and ``pstree.img`` decode;
     each ``pages-<id>.img`` holds exactly the pages its pagemap says it holds.
 
     Raises :class:`~fastckpt.errors.DamagedImage` naming the file and the numbers.
     """
     page_size = page_size or os.sysconf("SC_PAGE_SIZE")
-    problems: List[Tuple[str, str]] = []
+    problems: list[tuple[str, str]] = []
     for name, magic, cls in (("inventory.img", INVENTORY_MAGIC, "inventory_entry"),
                              ("pstree.img", PSTREE_MAGIC, "pstree_entry")):
         try:
@@ -485,7 +485,7 @@ def check_structure(image_path: str, page_size: Optional[int] = None) -> None:
         names = sorted(os.listdir(image_path))
     except OSError as e:
         raise ImageDirError(f"cannot read image directory {image_path}: {e.strerror}", errno=e.errno) from None
-    stored: Dict[int, List[Tuple[str, int]]] = {}  # pages id -> [(pagemap, pages)]
+    stored: dict[int, list[tuple[str, int]]] = {}  # pages id -> [(pagemap, pages)]
     for name in names:
         if not (name.startswith("pagemap-") and name.endswith(".img")):
             continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Union
+from collections.abc import Iterable
 
 from .constants import CgroupMode, Namespace, NetworkLock
 from .errors import UsageError
@@ -66,7 +66,7 @@ class PageServer:
         return f"{self.address}:{self.port}"
 
 
-def parse_cgroup_mode(value: Union[str, int, CgroupMode, None]) -> Optional[CgroupMode]:
+def parse_cgroup_mode(value: str | int | CgroupMode | None) -> CgroupMode | None:
     if value is None or value == "":
         return None
     if isinstance(value, str):
@@ -82,7 +82,7 @@ def parse_cgroup_mode(value: Union[str, int, CgroupMode, None]) -> Optional[Cgro
         raise UsageError(f"Invalid manage cgroups mode {value!r}") from None
 
 
-def parse_empty_ns(value: Union[Iterable[str], int, Namespace, None]) -> Namespace:
+def parse_empty_ns(value: Iterable[str] | int | Namespace | None) -> Namespace:
     if value is None:
         return Namespace(0)
     if isinstance(value, int):
@@ -102,7 +102,7 @@ def parse_empty_ns(value: Union[Iterable[str], int, Namespace, None]) -> Namespa
     return mask
 
 
-def auto_network_lock(own_netns: bool, empty_ns: Namespace) -> Optional[NetworkLock]:
+def auto_network_lock(own_netns: bool, empty_ns: Namespace) -> NetworkLock | None:
     """fastckpt's default network lock.
 
     - a network namespace restored empty (--empty-ns network) needs no lock: skip;
@@ -120,7 +120,7 @@ def auto_network_lock(own_netns: bool, empty_ns: Namespace) -> Optional[NetworkL
     return None
 
 
-def parse_network_lock(value: Union[str, int, NetworkLock, None]) -> Optional[NetworkLock]:
+def parse_network_lock(value: str | int | NetworkLock | None) -> NetworkLock | None:
     if value is None or value in ("", "auto"):
         return None
     if isinstance(value, str):
@@ -138,8 +138,8 @@ def parse_network_lock(value: Union[str, int, NetworkLock, None]) -> Optional[Ne
 class _ImagePaths:
     """Where images and logs go; shared by checkpoint and restore options."""
 
-    image_path: Optional[str]
-    work_path: Optional[str]
+    image_path: str | None
+    work_path: str | None
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -160,17 +160,17 @@ class CheckpointOptions(_ImagePaths):
     validated and converted on construction.
     """
 
-    image_path: Optional[str] = None  # default: ./checkpoint
-    work_path: Optional[str] = None  # default: the image path
+    image_path: str | None = None  # default: ./checkpoint
+    work_path: str | None = None  # default: the image path
     leave_running: bool = False
     tcp_established: bool = False
     ext_unix_sk: bool = False
     shell_job: bool = False
     file_locks: bool = False
-    page_server: Optional[PageServer] = None
-    manage_cgroups_mode: Optional[CgroupMode] = None
+    page_server: PageServer | None = None
+    manage_cgroups_mode: CgroupMode | None = None
     empty_ns: Namespace = Namespace(0)
-    network_lock: Optional[NetworkLock] = DEFAULT_NETWORK_LOCK
+    network_lock: NetworkLock | None = DEFAULT_NETWORK_LOCK
     log_level: int = 4
     extra_externals: tuple = field(default=())  # --external KEY strings handed to CRIU
 
@@ -196,20 +196,20 @@ class CheckpointOptions(_ImagePaths):
 class RestoreOptions(_ImagePaths):
     """What ``runc restore``'s flags say, as one value (strings accepted as in CheckpointOptions)."""
 
-    image_path: Optional[str] = None  # default: ./checkpoint
-    work_path: Optional[str] = None  # default: the image path
-    bundle: Optional[str] = None  # default: the current directory (containers only)
+    image_path: str | None = None  # default: ./checkpoint
+    work_path: str | None = None  # default: the image path
+    bundle: str | None = None  # default: the current directory (containers only)
     detach: bool = False
-    pid_file: Optional[str] = None
+    pid_file: str | None = None
     tcp_established: bool = False
     ext_unix_sk: bool = False
     shell_job: bool = False
     file_locks: bool = False
-    manage_cgroups_mode: Optional[CgroupMode] = None
+    manage_cgroups_mode: CgroupMode | None = None
     empty_ns: Namespace = Namespace(0)
     no_subreaper: bool = False
     no_pivot: bool = False
-    network_lock: Optional[NetworkLock] = DEFAULT_NETWORK_LOCK
+    network_lock: NetworkLock | None = DEFAULT_NETWORK_LOCK
     log_level: int = 4
     extra_externals: tuple = field(default=())
 

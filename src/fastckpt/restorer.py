@@ -7,7 +7,6 @@ undone when the restore fails.
 """
 from __future__ import annotations
 
-import datetime
 import errno
 import json
 import os
@@ -15,7 +14,6 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
 
 from . import _libc, cgroups, engine, locks, manifest, runc, signals
 from .errors import ContainerStateError, Error, ImageDirError, Interrupted, UsageError
@@ -36,12 +34,12 @@ class RestoreResult:
     image_path: str
     work_path: str
     log_path: str
-    container_id: Optional[str] = None
-    bundle: Optional[str] = None
+    container_id: str | None = None
+    bundle: str | None = None
     wall_time: float = 0.0
-    exit_status: Optional[int] = None  # when not detached: how the container ended
+    exit_status: int | None = None  # when not detached: how the container ended
 
-    def stats(self) -> Dict[str, object]:
+    def stats(self) -> dict[str, object]:
         """CRIU's statistics of this restore and fastckpt's wall time, as ``--print-stats`` prints them:
         ``{"criu": {...}, "wall_time_ms": ...}`` (CRIU's times in microseconds, counts in pages).
 
@@ -54,7 +52,7 @@ class RestoreResult:
 
 # --- what the images are -------------------------------------------------------
 
-def image_kind(image_path: str) -> Tuple[str, Optional[dict]]:
+def image_kind(image_path: str) -> tuple[str, dict | None]:
     """('container' | 'process', fastckpt metadata or None) for an image directory."""
     if not os.path.isdir(image_path):
         raise ImageDirError(f"image directory {image_path} does not exist", errno=errno.ENOENT)
@@ -121,7 +119,7 @@ def config_from_bundle(bundle: str) -> dict:
     return cfg
 
 
-def container_config(container_id: str, bundle: str, meta: Optional[dict]) -> dict:
+def container_config(container_id: str, bundle: str, meta: dict | None) -> dict:
     rootfs = _spec_rootfs(bundle)
     if meta and meta.get("state"):
         cfg = json.loads(json.dumps(meta["state"]["config"]))
@@ -155,8 +153,8 @@ def _prepare_mountpoints(cfg: dict) -> None:
             open(target, "a").close()
 
 
-def _restore_ext_mounts(cfg: dict, cg_paths: Dict[str, str]) -> List[Tuple[str, str]]:
-    ext: Dict[str, str] = {}
+def _restore_ext_mounts(cfg: dict, cg_paths: dict[str, str]) -> list[tuple[str, str]]:
+    ext: dict[str, str] = {}
     for m in cfg.get("mounts") or []:
         if m.get("device") == "bind":
             ext[m["destination"]] = m["source"]
@@ -175,9 +173,9 @@ def _restore_ext_mounts(cfg: dict, cg_paths: Dict[str, str]) -> List[Tuple[str, 
 # --- state.json -------------------------------------------------------------------
 
 def _rfc3339_now() -> str:
+    """Now, as runc writes `created` (RFC 3339, nanoseconds, UTC)."""
     ns = time.time_ns()
-    t = datetime.datetime.fromtimestamp(ns // 10**9, datetime.timezone.utc)
-    return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % 10**9:09d}Z"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
 
 
 def _write_state(state_dir: str, state: dict) -> None:
@@ -188,7 +186,7 @@ def _write_state(state_dir: str, state: dict) -> None:
     os.rename(tmp, os.path.join(state_dir, runc.STATE_FILE))
 
 
-def _descriptors(image_path: str) -> List[str]:
+def _descriptors(image_path: str) -> list[str]:
     try:
         with open(os.path.join(image_path, runc.DESCRIPTORS_FILE)) as f:
             d = json.load(f)
@@ -207,7 +205,7 @@ def ensure_loopback_up(pid: int) -> None:
     import threading
 
     SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-    errors: List[BaseException] = []
+    errors: list[BaseException] = []
 
     def work():
         # setns() changes only this thread's namespace; the thread ends right after
@@ -246,7 +244,7 @@ def _new_opts(options: RestoreOptions, image_fd: int, work_fd: int, own_netns: b
     return opts
 
 
-def _open_dirs(options: RestoreOptions) -> Tuple[str, str, List[int]]:
+def _open_dirs(options: RestoreOptions) -> tuple[str, str, list[int]]:
     image_path = options.resolved_image_path()
     work_path = options.resolved_work_path()
     if work_path != image_path:
@@ -266,7 +264,7 @@ def restore_bound(image_path: str) -> float:
     return 60.0 + size / 50e6
 
 
-def _write_pid_file(path: Optional[str], pid: int) -> None:
+def _write_pid_file(path: str | None, pid: int) -> None:
     if not path:
         return
     tmp = f"{path}.tmp{os.getpid()}"
@@ -275,7 +273,7 @@ def _write_pid_file(path: Optional[str], pid: int) -> None:
     os.rename(tmp, path)
 
 
-def restore(container_id: Optional[str] = None, options: Optional[RestoreOptions] = None, *,
+def restore(container_id: str | None = None, options: RestoreOptions | None = None, *,
             root: str = runc.DEFAULT_ROOT, session=None, **kwargs) -> RestoreResult:
     """Restore a container (given its id: runc's restore) or a process tree (no id)."""
     t0 = time.monotonic()
@@ -337,7 +335,7 @@ def _restore_process(options: RestoreOptions, t0: float, session=None) -> Restor
                          wall_time=time.monotonic() - t0)
 
 
-def _restore_container(cid: str, options: RestoreOptions, root: str, meta: Optional[dict],
+def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict | None,
                        t0: float) -> RestoreResult:
     bundle = options.resolved_bundle()
     state_dir = os.path.join(root, cid)
@@ -350,7 +348,7 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: Optio
     log_path = os.path.join(work_path, RESTORE_LOG)
 
     undo: List = []  # what to take back on failure, last first
-    ns_fds: List[int] = []
+    ns_fds: list[int] = []
     pid = 0
     # CRIU's root: the rootfs bind-mounted, as runc does (the rootfs need not be a mount)
     criu_root = os.path.join(state_dir, CRIU_ROOT)

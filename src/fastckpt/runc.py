@@ -12,7 +12,6 @@ import re
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
 
 from .errors import ContainerNotFound, Error, UsageError
 
@@ -35,7 +34,7 @@ def validate_id(container_id: str) -> str:
     return container_id
 
 
-def proc_start_time(pid: int) -> Optional[int]:
+def proc_start_time(pid: int) -> int | None:
     """The start time (field 22 of /proc/PID/stat), or None if there is no such live process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -73,21 +72,21 @@ class Container:
         return self.config["rootfs"]
 
     @property
-    def cgroup_paths(self) -> Dict[str, str]:
+    def cgroup_paths(self) -> dict[str, str]:
         return self.state.get("cgroup_paths") or {}
 
     @property
-    def external_descriptors(self) -> List[str]:
+    def external_descriptors(self) -> list[str]:
         return self.state.get("external_descriptors") or []
 
     @property
-    def bundle(self) -> Optional[str]:
+    def bundle(self) -> str | None:
         for label in self.config.get("labels") or []:
             if label.startswith("bundle="):
                 return label[len("bundle="):]
         return None
 
-    def namespace_path(self, ns_type: str) -> Optional[str]:
+    def namespace_path(self, ns_type: str) -> str | None:
         """The path given in the config for a namespace (external), or None."""
         for ns in self.config.get("namespaces") or []:
             if ns.get("type") == ns_type and ns.get("path"):
@@ -102,7 +101,7 @@ class Container:
         return any(ns.get("type") == ns_type for ns in self.config.get("namespaces") or [])
 
     @property
-    def freezer_state_file(self) -> Optional[str]:
+    def freezer_state_file(self) -> str | None:
         """The file that freezes the container's cgroup (v1 freezer.state or v2 cgroup.freeze)."""
         paths = self.cgroup_paths
         if paths.get("freezer"):
@@ -114,7 +113,7 @@ class Container:
         return None
 
     @property
-    def freeze_cgroup(self) -> Optional[str]:
+    def freeze_cgroup(self) -> str | None:
         """What CRIU's freeze_cgroup option wants: the v1 freezer dir or v2's cgroup.freeze."""
         paths = self.cgroup_paths
         if paths.get("freezer"):
@@ -212,7 +211,7 @@ class Container:
         remove_state_dir(self.state_dir)
 
 
-def _mounts_under(path: str) -> List[str]:
+def _mounts_under(path: str) -> list[str]:
     prefix = path.rstrip("/") + "/"
     out = []
     with open("/proc/self/mountinfo") as f:
@@ -262,7 +261,7 @@ def load(container_id: str, root: str = DEFAULT_ROOT) -> Container:
     return Container(container_id, root, state)
 
 
-def list_ids(root: str = DEFAULT_ROOT) -> List[str]:
+def list_ids(root: str = DEFAULT_ROOT) -> list[str]:
     try:
         names = os.listdir(root)
     except FileNotFoundError:

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import tempfile
 import time
-from typing import Optional
 
 from . import engine, runc
 from .errors import CriuError
@@ -40,7 +39,7 @@ class Session:
                                 "-W", self._dir, "-o", "service.log", "-v2"],
                                stdin=null, stdout=null, stderr=subprocess.PIPE, timeout=start_timeout,
                                preexec_fn=lambda: os.umask(0o077))
-        self.pid: Optional[int] = None
+        self.pid: int | None = None
         if r.returncode == 0:
             deadline = time.monotonic() + start_timeout
             while time.monotonic() < deadline and not os.path.exists(self.address):
@@ -55,11 +54,11 @@ class Session:
             raise CriuError("service", -1, 0, self.log_path, detail=(r.stderr or b"").decode(errors="replace")
                             .strip() or "criu service did not start")
 
-    def checkpoint(self, container_id: Optional[str] = None, options=None, **kwargs):
+    def checkpoint(self, container_id: str | None = None, options=None, **kwargs):
         kwargs.setdefault("root", self.root)
         return engine.checkpoint(container_id, options, session=self, **kwargs)
 
-    def restore(self, container_id: Optional[str] = None, options=None, **kwargs):
+    def restore(self, container_id: str | None = None, options=None, **kwargs):
         from .restorer import restore
 
         kwargs.setdefault("root", self.root)
