@@ -27,7 +27,8 @@ ratio fastckpt/other of the medians.
 Results: a markdown table on stdout and benchmarks/results/latest.{md,json}
 plus a timestamped copy.  BENCH_ONLY=tiny,leave,restore,api,big,version runs
 a subset (for development: printed, and saved only in /tmp).  BENCH_WAIT_QUIET=S
-first waits up to S seconds for the machine to be quiet (CPUs < 15% busy).
+first waits up to S seconds for the machine to be quiet (CPUs < 15% busy), and
+then, before each round, while other work keeps it busy (S seconds in all).
 
 Everything it starts is taken down again (containers in a private runc root,
 processes by pid, tmpfs mounts, temporary directories), also on failure,
@@ -95,6 +96,33 @@ def _cpu_snapshot():
     return sum(v), v[3] + v[4]  # total, idle + iowait
 
 
+def _own_cpu() -> float:
+    """CPU seconds used by this process and its reaped children (the tools it ran, CRIU under them)."""
+    import resource
+
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+class LoadMeter:
+    """How busy the machine was over a stretch of time, and how much of that was not us.
+
+    ``other``: CPU time of everything else (the machine's busy time minus what this process and
+    the children it reaped used) as a fraction of all CPUs; containers' own processes, which are
+    not our children, count as "other" but only run a counter."""
+
+    def __init__(self):
+        self.t0, self.s0, self.own0 = time.monotonic(), _cpu_snapshot(), _own_cpu()
+
+    def result(self) -> dict:
+        t, s, own = time.monotonic() - self.t0, _cpu_snapshot(), _own_cpu() - self.own0
+        hz = os.sysconf("SC_CLK_TCK")
+        busy_s = ((s[0] - self.s0[0]) - (s[1] - self.s0[1])) / hz
+        cap = max(1e-9, t * (os.cpu_count() or 1))
+        return {"cpu_busy": round(busy_s / cap, 3), "other": round(max(0.0, busy_s - own) / cap, 3),
+                "seconds": round(t, 1), "loadavg": " ".join(open("/proc/loadavg").read().split()[:3])}
+
+
 def _cpu_fraction(a, b) -> float:
     return 1.0 - (b[1] - a[1]) / max(1, b[0] - a[0])
 
@@ -148,6 +176,28 @@ class Bench:
         self.bundle = ""
         self.errdir = ""
         self.pycriu_ok = False
+        self.quiet_budget = 0.0  # BENCH_WAIT_QUIET: seconds we may wait for quiet between rounds
+        self.quiet_waited = 0.0
+        self.busy_rounds = 0  # rounds that started on a busy machine all the same
+
+    # --- quiet
+    def gate(self) -> None:
+        """With BENCH_WAIT_QUIET=S: before a round, wait while other work keeps the machine busy
+        (CPUs >= 25% busy over 0.25 s, when nothing of ours but idle containers runs), up to
+        20 s per round and S seconds in all; then go on regardless (counted in the report)."""
+        if self.quiet_budget <= 0:
+            return
+        waited_here = 0.0
+        while True:
+            busy = cpu_busy(0.25)
+            if busy < 0.25:
+                return
+            if waited_here >= 20 or self.quiet_waited >= self.quiet_budget:
+                self.busy_rounds += 1
+                return
+            time.sleep(0.75)
+            waited_here += 1.0
+            self.quiet_waited += 1.0
 
     # --- bookkeeping
     def record(self, section: str, tool: str, value: float, counted: bool = True) -> None:
@@ -199,6 +249,7 @@ class Bench:
     def sec_tiny(self) -> None:
         tools = ["fastckpt", "runc", "runc-nokdat", "unshare-overhead"]
         for r in range(-1, self.rounds):
+            self.gate()
             ids = {t: bl.start_container(self.jan, self.root, self.bundle) for t in tools if t != "unshare-overhead"}
             time.sleep(0.05)
             for t in rotate(tools, r):
@@ -224,6 +275,7 @@ class Bench:
         ids = {t: bl.start_container(self.jan, self.root, self.bundle) for t in tools}
         time.sleep(0.05)
         for r in range(-1, self.rounds):
+            self.gate()
             for t in rotate(tools, r):
                 img = self.image_dir()
                 log_path = os.path.join(img, bl.DUMP_LOG)
@@ -242,6 +294,7 @@ class Bench:
     def sec_restore(self) -> None:
         tools = ["fastckpt", "runc"]
         for r in range(-1, self.rounds):
+            self.gate()
             imgs, restored = {}, {}
             for t in tools:  # untimed: each tool checkpoints a fresh container of its own
                 cid = bl.start_container(self.jan, self.root, self.bundle)
@@ -319,6 +372,8 @@ class Bench:
             fns["fastckpt-session"] = ses
             tools.append("fastckpt-session")
         for r in range(-1, self.fast_rounds):
+            if r % 5 == 0:
+                self.gate()
             for t in rotate(tools, r):
                 img = self.image_dir()
                 dt = fns[t](img)
@@ -344,6 +399,7 @@ class Bench:
         tools = ["fastckpt", "runc", "dd"]
         self.samples["big-meta"] = {"pages_bytes": {}, "stats_source": {}}
         for r in range(self.big_rounds):
+            self.gate()
             for t in rotate(tools, r):
                 if t == "dd":
                     tm = self.jan.mount_tmpfs("2g", self.base)
@@ -390,6 +446,8 @@ class Bench:
         tools = ["fastckpt --version", "python -c pass"]
         cmds = {"fastckpt --version": [bl.FASTCKPT, "--version"], "python -c pass": [bl.PYTHON, "-c", "pass"]}
         for r in range(-1, self.fast_rounds):
+            if r % 5 == 0:
+                self.gate()
             for t in rotate(tools, r):
                 self.record("version", t, bl.run_timed(cmds[t], errfile=self.errfile("version")), r >= 0)
             self.progress("version", r, self.fast_rounds)
@@ -578,9 +636,15 @@ def render_markdown(rep: dict) -> str:
     out.append("")
     sl = m.get("sections_load") or {}
     if sl:
-        out.append(f"CPU busy (all CPUs, whole machine) before the run: {m.get('cpu_busy_before', 0):.0%}; during each "
-                   "section (the benchmark itself included): " +
-                   ", ".join(f"{k} {v['cpu_busy']:.0%} (load {v['loadavg']})" for k, v in sl.items()) + ".")
+        if m.get("quiet_wait_s") is not None and os.environ.get("BENCH_WAIT_QUIET"):
+            out.append(f"Between rounds the run waited {m['quiet_wait_s']:.0f} s in all for other work on the machine "
+                       f"to calm down (BENCH_WAIT_QUIET); {m.get('rounds_started_busy', 0)} round(s) started on a busy "
+                       "machine all the same.")
+            out.append("")
+        out.append(f"CPU busy (all CPUs, whole machine) before the run: {m.get('cpu_busy_before', 0):.0%}. During each "
+                   "section, busy in all / used by processes other than the benchmark and the tools it ran "
+                   "(other work on the machine: noise): " +
+                   ", ".join(f"{k} {v['cpu_busy']:.0%} / {v['other']:.0%}" for k, v in sl.items()) + ".")
         out.append("")
     kd = m.get("kdat_loaded_per_tool") or {}
     if kd:
@@ -661,14 +725,14 @@ def main() -> int:
         quiet = env_int("BENCH_WAIT_QUIET", 0, 0)
         meta = collect_meta(rounds, big_rounds)
         meta["cpu_busy_before"] = round(wait_quiet(quiet) if quiet else cpu_busy(1.0), 3)
+        b.quiet_budget = float(quiet)
         meta["sections_load"] = {}
         b.setup()
         for sec in sections:
             log(f"side_by_side: {sec} ({time.monotonic() - t0:.0f} s)")
-            st0 = _cpu_snapshot()
+            meter = LoadMeter()
             getattr(b, f"sec_{sec}")()
-            meta["sections_load"][sec] = {"cpu_busy": round(_cpu_fraction(st0, _cpu_snapshot()), 3),
-                                          "loadavg": " ".join(open("/proc/loadavg").read().split()[:3])}
+            meta["sections_load"][sec] = meter.result()
     except KeyboardInterrupt:
         failed = "interrupted"
     except Exception as e:
@@ -689,6 +753,8 @@ def main() -> int:
     meta["duration_s"] = time.monotonic() - t0
     meta["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
     meta["sections"] = sections
+    meta["quiet_wait_s"] = b.quiet_waited
+    meta["rounds_started_busy"] = b.busy_rounds
     rep = build_report(b, meta)
     md = render_markdown(rep)
     print(md)
