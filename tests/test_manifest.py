@@ -404,15 +404,20 @@ def assert_real_manifest(images):
 
 
 @pytest.fixture
-def restored_trees():
-    """Pids of process trees that a test restored (sessions of their own): killed and reaped afterwards."""
+def restored_trees(tmp_path):
+    """Pids of process trees that a test restored, or whose restore it refused (sessions of their own):
+    killed and reaped afterwards, and so are CRIUs still working in the test's directory (a CRIU
+    looping on a damaged image that was not refused: its restoring tasks survive its watchdog)."""
     pids = []
     yield pids
     left = []
     for pid in pids:
         rs.kill_tree(pid)
         left += rs.reap_session(pid, timeout=10)
-    assert not left, f"restored processes left: {left}"
+    criu = rs.criu_pids_in(str(tmp_path))
+    for pid in criu:
+        rs.kill_tree(pid, group=False)
+    assert not left and not criu, f"left behind: processes {left}, criu {criu}"
 
 
 def checkpoint_tree(proc_tree, tmp_path, images):
@@ -429,9 +434,10 @@ def checkpoint_tree(proc_tree, tmp_path, images):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("damage", DAMAGE, ids=DAMAGE_IDS)
-def test_process_tree_damaged_checkpoint_refused(proc_tree, tmp_path, damage):
+def test_process_tree_damaged_checkpoint_refused(proc_tree, tmp_path, damage, restored_trees):
     images = str(tmp_path / "images")
     tree = checkpoint_tree(proc_tree, tmp_path, images)
+    restored_trees.append(tree.pid)  # killed at the end should a restore happen after all
     assert_real_manifest(images)
     needles = damage(images)
     r, elapsed = run_fastckpt(None, "restore", "--image-path", images, workdir=str(tmp_path))
@@ -488,7 +494,7 @@ def test_checkpoint_reports_a_manifest_failure(proc_tree, tmp_path, monkeypatch)
 
 @pytest.mark.integration
 @pytest.mark.parametrize("damage", DAMAGE, ids=DAMAGE_IDS)
-def test_container_damaged_checkpoint_refused(container, runc_root, tmp_path, damage):
+def test_container_damaged_checkpoint_refused(container, runc_root, tmp_path, damage, restored_trees):
     ct = container()
     images = str(tmp_path / "images")
     r = cs.run_cli("--root", runc_root, "checkpoint", "--image-path", images, ct.id)
@@ -518,7 +524,7 @@ def test_container_intact_checkpoint_restores(container, runc_root, tmp_path):
 
 
 @pytest.mark.integration
-def test_runc_checkpoint_truncated_pages_refused(container, runc_root, tmp_path):
+def test_runc_checkpoint_truncated_pages_refused(container, runc_root, tmp_path, restored_trees):
     """Images of `runc checkpoint` have no manifest: the pagemap/pages check catches the truncation."""
     ct = container()
     images = str(tmp_path / "images")
@@ -540,11 +546,11 @@ def test_runc_checkpoint_truncated_pages_refused(container, runc_root, tmp_path)
 
 
 @pytest.mark.integration
-def test_api_raises_damaged_image(tmp_path, proc_tree):
+def test_api_raises_damaged_image(tmp_path, proc_tree, restored_trees):
     import fastckpt
 
     images = str(tmp_path / "images")
-    checkpoint_tree(proc_tree, tmp_path, images)
+    restored_trees.append(checkpoint_tree(proc_tree, tmp_path, images).pid)
     truncate(os.path.join(images, "pages-1.img"), 0)
     with pytest.raises(fastckpt.ImageError) as ei:
         fastckpt.restore(image_path=images)
