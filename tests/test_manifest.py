@@ -554,6 +554,6 @@ def test_api_raises_damaged_image(tmp_path, proc_tree, restored_trees):
     truncate(os.path.join(images, "pages-1.img"), 0)
     with pytest.raises(fastckpt.ImageError) as ei:
         fastckpt.restore(image_path=images)
-    assert isinstance(ei.value, DamagedImage)
+    assert isinstance(ei.value, fastckpt.DamagedImage) and isinstance(ei.value, DamagedImage)
     assert ei.value.path == os.path.join(images, "pages-1.img")
     assert not os.path.exists(os.path.join(images, "restore.log"))

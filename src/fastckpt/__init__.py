@@ -19,7 +19,7 @@ _EXPORTS = {
     "Error": "errors", "UsageError": "errors", "ContainerNotFound": "errors", "ContainerStateError": "errors",
     "CriuError": "errors", "CriuNotFound": "errors", "CriuVersionError": "errors",
     "FeatureUnavailable": "errors", "ImageDirError": "errors", "DiskFull": "errors", "Interrupted": "errors",
-    "PermissionDenied": "errors", "ImageError": "errors",
+    "PermissionDenied": "errors", "ImageError": "errors", "DamagedImage": "errors",
     "read_stats": "images",
 }
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .constants import CgroupMode, LogLevel, Namespace, NetworkLock
     from .engine import CheckpointResult, check, checkpoint, criu_version, features
     from .errors import (ContainerNotFound, ContainerStateError, CriuError, CriuNotFound, CriuVersionError,
-                         Error, FeatureUnavailable, ImageDirError, ImageError, UsageError)
+                         DamagedImage, Error, FeatureUnavailable, ImageDirError, ImageError, UsageError)
     from .images import read_stats
     from .options import CheckpointOptions, PageServer, RestoreOptions
     from .restorer import RestoreResult, restore
