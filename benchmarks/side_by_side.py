@@ -644,7 +644,10 @@ def render_markdown(rep: dict) -> str:
         out.append(f"CPU busy (all CPUs, whole machine) before the run: {m.get('cpu_busy_before', 0):.0%}. During each "
                    "section, busy in all / used by processes other than the benchmark and the tools it ran "
                    "(other work on the machine: noise): " +
-                   ", ".join(f"{k} {v['cpu_busy']:.0%} / {v['other']:.0%}" for k, v in sl.items()) + ".")
+                   ", ".join(f"{k} {v['cpu_busy']:.0%} / {v['other']:.0%}" for k, v in sl.items()) +
+                   ". \"Other\" also counts what runs outside our process tree on our behalf: the containers' "
+                   "processes (in big: the 1 GiB processes filling their memory, and the kernel freeing it), "
+                   "and fastckpt.Session's `criu service` (in api).")
         out.append("")
     kd = m.get("kdat_loaded_per_tool") or {}
     if kd:
