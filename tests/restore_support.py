@@ -37,6 +37,22 @@ COUNTER = ("i=0; while true; do i=$((i+1)); echo $i > {dir}/count; echo $i >> {d
 CONTAINER_COUNTER = COUNTER.format(dir="/tmp")
 
 
+def skip_reason() -> Optional[str]:
+    """Why these tests cannot run here (they need root, criu, runc and busybox), or None."""
+    if os.geteuid() != 0:
+        return "restore tests need root (CRIU and runc)"
+    for tool in ("criu", "runc"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed"
+    try:
+        from fastckpt import bundle
+
+        bundle.busybox()
+    except (ImportError, FileNotFoundError) as e:
+        return f"cannot build test bundles: {e}"
+    return None
+
+
 # --- waiting and reading -----------------------------------------------------------
 
 def wait_until(predicate: Callable[[], object], what: str, timeout: float = WAIT, interval: float = 0.02):
@@ -235,6 +251,14 @@ def cgroup_dirs(cid: str) -> List[str]:
     return sorted(out)
 
 
+def _cgroup_procs(d: str) -> List[int]:
+    try:
+        with open(os.path.join(d, "cgroup.procs")) as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
 def frozen_cgroups(cid: str) -> List[str]:
     out = []
     for d in cgroup_dirs(cid):
@@ -302,7 +326,10 @@ def leftovers(cid: str, root: str, workdir: Optional[str] = None) -> List[str]:
     state_dir = os.path.join(root, cid)
     if os.path.lexists(state_dir):
         out.append(f"state dir {state_dir} ({sorted(os.listdir(state_dir)) if os.path.isdir(state_dir) else ''})")
-    out += [f"cgroup {d}" for d in cgroup_dirs(cid)]
+    dirs = cgroup_dirs(cid)
+    if dirs:
+        tasks = sorted({t for d in dirs for t in _cgroup_procs(d)})
+        out.append(f"{len(dirs)} cgroup dirs named {cid} ({dirs[0]}, ...; tasks in them: {tasks or 'none'})")
     out += [f"process {p} in cgroup {cid}" for p in pids_in_cgroup_named(cid)]
     out += [f"mount {m}" for m in mounts_under(root)]
     if workdir:

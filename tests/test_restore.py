@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import restore_support as rs  # noqa: E402
 
-pytestmark = pytest.mark.integration
+SKIP = rs.skip_reason()
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(SKIP is not None, reason=SKIP or "")]
 
 KEEP_TMP = os.environ.get("FASTCKPT_TEST_KEEP_TMP") == "1"  # keep images and logs of the tests for a look
 CRIU_FAILURE_ATTEMPTS = 4
