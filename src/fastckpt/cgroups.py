@@ -139,3 +139,81 @@ def remove(dirs: list[str]) -> None:
             os.rmdir(d)
         except OSError:
             pass  # gone already, or still busy: nothing more to do here
+
+
+def kill_all(path: str, timeout: float = 5.0) -> None:
+    """Kill every process in the cgroup at PATH (a v1 freezer or a v2 cgroup) and wait for them to go.
+
+    v1: freeze it (nothing can fork meanwhile), SIGKILL each task, thaw so they die.
+    v2: cgroup.kill.
+    """
+    import signal
+    import time
+
+    procs = os.path.join(path, "cgroup.procs")
+    if not os.path.exists(procs):
+        return
+    kill_file = os.path.join(path, "cgroup.kill")
+    state = os.path.join(path, "freezer.state")
+    if os.path.exists(kill_file):
+        _write(kill_file, "1")
+    elif os.path.exists(state):
+        _write(state, "FROZEN")
+        try:
+            for pid in _pids(procs):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        finally:
+            _write(state, "THAWED")
+    deadline = time.monotonic() + timeout
+    while _pids(procs) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _pids(procs_file: str) -> list[int]:
+    try:
+        with open(procs_file) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+class Containment:
+    """A cgroup of its own for a CRIU run, so that all it starts can be found and killed.
+
+    In the v1 freezer hierarchy when there is one (else v2), below this
+    process's own cgroup.  After a successful run, release() moves what is
+    left (the restored processes) back to the parent and removes the cgroup.
+    """
+
+    def __init__(self, name: str):
+        ms = mounts()
+        key = "freezer" if "freezer" in ms else ""
+        if key not in ms:
+            raise Error("no freezer cgroup hierarchy to contain CRIU in")
+        self.parent = os.path.normpath(os.path.join(ms[key], own().get(key, "/").lstrip("/")))
+        self.path = os.path.join(self.parent, name)
+        os.mkdir(self.path, 0o700)
+
+    def enter(self, pid: int) -> None:
+        _write(os.path.join(self.path, "cgroup.procs"), str(pid))
+
+    def kill_all(self) -> None:
+        kill_all(self.path)
+        self._remove()
+
+    def release(self) -> None:
+        for pid in _pids(os.path.join(self.path, "cgroup.procs")):
+            try:
+                _write(os.path.join(self.parent, "cgroup.procs"), str(pid))
+            except OSError:
+                pass  # it exited meanwhile
+        self._remove()
+
+    def _remove(self) -> None:
+        try:
+            os.rmdir(self.path)
+        except OSError:
+            pass

@@ -404,36 +404,34 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
     log_path = os.path.join(work_path, DUMP_LOG)
     opts = new_opts(session)
     what = f"container {container_id!r}" if ct is not None else f"process {target_pid}"
+    state = f"{what} was left running" if options.leave_running else f"{what} was checkpointed and is gone"
     done = False
+    manifest_error: Error | None = None
     try:
         with signals.deferred():
             ret, err = _dump(opts, options, ct, was_paused, target_pid, image_path, work_path, session)
             if ret < 0:
                 _discard_partial_images(image_path)
-            elif ct is not None and not options.leave_running:
-                ct.destroy()
-            done = ret >= 0
+            else:
+                done = True
+                if ct is not None and not options.leave_running:
+                    ct.destroy()
+                try:  # the sizes and checksums that restore checks before CRIU runs
+                    manifest.write(image_path)
+                except Error as e:
+                    manifest_error = e
     except KeyboardInterrupt:
         if done:
-            state = (f"{what} was left running" if options.leave_running
-                     else f"{what} was checkpointed and is gone")
             raise Interrupted(f"interrupted after the checkpoint completed: images in {image_path}; {state}") \
                 from None
         running = "is running" if not was_paused else "is paused, as it was"
         raise Interrupted(f"interrupted: nothing was checkpointed; {what} {running}") from None
     if ret < 0:
         raise_criu_failure("dump", ret, err, log_path, image_path)
-    state = f"{what} was left running" if options.leave_running else f"{what} was checkpointed and is gone"
-    try:
-        with signals.deferred():  # the sizes and checksums that restore checks before CRIU runs
-            manifest.write(image_path)
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted after the checkpoint completed: images in {image_path}; {state}") \
-            from None
-    except Error as e:
+    if manifest_error is not None:
         raise ImageDirError(f"the checkpoint completed (images in {image_path}; {state}), but its manifest "
-                            f"could not be written: {e}; a restore can check only the images' structure",
-                            errno=e.errno) from e
+                            f"could not be written: {manifest_error}; a restore can check only the images' "
+                            "structure", errno=manifest_error.errno) from manifest_error
     return CheckpointResult(
         image_path=image_path, work_path=work_path, log_path=log_path, pid=target_pid,
         container_id=container_id, leave_running=options.leave_running,

@@ -322,8 +322,18 @@ def _restore_process(options: RestoreOptions, t0: float, session=None) -> Restor
     image_path, work_path, fds = _open_dirs(options)
     try:
         opts = _new_opts(options, fds[0], fds[1], session=session)
-        ret, err = engine.run_op(opts, "restore", session, log_path=os.path.join(work_path, RESTORE_LOG),
-                                 timeout=restore_bound(image_path))
+        # CRIU and all it forks run in a cgroup of their own: if it fails or is
+        # stopped, nothing it started half-way can outlive it
+        box = None if session is not None else cgroups.Containment(f"fastckpt-restore-{os.getpid()}")
+        try:
+            ret, err = engine.run_op(opts, "restore", session, log_path=os.path.join(work_path, RESTORE_LOG),
+                                     timeout=restore_bound(image_path), setup=box.enter if box else None)
+        except BaseException:
+            if box:
+                box.kill_all()
+            raise
+        if box:
+            box.kill_all() if ret <= 0 else box.release()
     finally:
         for fd in set(fds):
             os.close(fd)
@@ -364,7 +374,7 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
 
         cg_paths = cgroups.paths_for(cfg.get("cgroups") or {})
         made = cgroups.create(cg_paths, cfg.get("cgroups") or {})
-        undo.append(lambda: cgroups.remove(made))
+        undo.append(lambda: _remove_cgroups(cg_paths, made))
 
         os.mkdir(criu_root, 0o755)
         _libc.bind_mount(cfg["rootfs"], criu_root)
@@ -382,7 +392,10 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
             opts.set_manage_cgroups_mode(int(CgroupMode.IGNORE))
             enter_cgroups = lambda criu_pid: cgroups.enter(cg_paths, criu_pid)  # noqa: E731
         else:
-            enter_cgroups = None
+            # CRIU places the tasks; CRIU itself goes into the container's freezer
+            # cgroup only, so that a failure can kill all it started
+            freezer = {k: v for k, v in cg_paths.items() if k == "freezer"}
+            enter_cgroups = lambda criu_pid: cgroups.enter(freezer, criu_pid)  # noqa: E731
             for key, path in cg_paths.items():
                 # per v1 controller; the v2 hierarchy ("") is CRIU's global cgroup root
                 opts.add_cg_root(key or None, cgroups.relative(key, path))
@@ -449,6 +462,15 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
 
     return RestoreResult(pid=pid, image_path=image_path, work_path=work_path, log_path=log_path,
                          container_id=cid, bundle=bundle, wall_time=time.monotonic() - t0)
+
+
+def _remove_cgroups(paths: dict[str, str], made: list[str]) -> None:
+    """Kill whatever a failed restore left in the container's cgroups, then remove them."""
+    for key in ("freezer", ""):
+        if key in paths:
+            cgroups.kill_all(paths[key])
+            break
+    cgroups.remove(made)
 
 
 def _kill(pid: int) -> None:
