@@ -112,15 +112,31 @@ class LoadMeter:
     not our children, count as "other" but only run a counter."""
 
     def __init__(self):
-        self.t0, self.s0, self.own0 = time.monotonic(), _cpu_snapshot(), _own_cpu()
+        self.t = self.busy = self.own = 0.0  # accumulated over the measured stretches
+        self.resume()
+
+    def _now(self):
+        s = _cpu_snapshot()
+        return time.monotonic(), (s[0] - s[1]) / os.sysconf("SC_CLK_TCK"), _own_cpu()
+
+    def resume(self) -> None:
+        self._start = self._now()
+
+    def pause(self) -> None:
+        """Stop counting (while the run waits for quiet: that time is not measured)."""
+        if self._start is None:
+            return
+        end = self._now()
+        self.t += end[0] - self._start[0]
+        self.busy += end[1] - self._start[1]
+        self.own += end[2] - self._start[2]
+        self._start = None
 
     def result(self) -> dict:
-        t, s, own = time.monotonic() - self.t0, _cpu_snapshot(), _own_cpu() - self.own0
-        hz = os.sysconf("SC_CLK_TCK")
-        busy_s = ((s[0] - self.s0[0]) - (s[1] - self.s0[1])) / hz
-        cap = max(1e-9, t * (os.cpu_count() or 1))
-        return {"cpu_busy": round(busy_s / cap, 3), "other": round(max(0.0, busy_s - own) / cap, 3),
-                "seconds": round(t, 1), "loadavg": " ".join(open("/proc/loadavg").read().split()[:3])}
+        self.pause()
+        cap = max(1e-9, self.t * (os.cpu_count() or 1))
+        return {"cpu_busy": round(self.busy / cap, 3), "other": round(max(0.0, self.busy - self.own) / cap, 3),
+                "seconds": round(self.t, 1), "loadavg": " ".join(open("/proc/loadavg").read().split()[:3])}
 
 
 def _cpu_fraction(a, b) -> float:
@@ -179,6 +195,7 @@ class Bench:
         self.quiet_budget = 0.0  # BENCH_WAIT_QUIET: seconds we may wait for quiet between rounds
         self.quiet_waited = 0.0
         self.busy_rounds = 0  # rounds that started on a busy machine all the same
+        self.meter: Optional["LoadMeter"] = None  # the current section's
 
     # --- quiet
     def gate(self) -> None:
@@ -187,6 +204,15 @@ class Bench:
         20 s per round and S seconds in all; then go on regardless (counted in the report)."""
         if self.quiet_budget <= 0:
             return
+        if self.meter is not None:
+            self.meter.pause()
+        try:
+            self._wait_quiet_round()
+        finally:
+            if self.meter is not None:
+                self.meter.resume()
+
+    def _wait_quiet_round(self) -> None:
         waited_here = 0.0
         while True:
             busy = cpu_busy(0.25)
@@ -642,7 +668,8 @@ def render_markdown(rep: dict) -> str:
                        "machine all the same.")
             out.append("")
         out.append(f"CPU busy (all CPUs, whole machine) before the run: {m.get('cpu_busy_before', 0):.0%}. During each "
-                   "section, busy in all / used by processes other than the benchmark and the tools it ran "
+                   "section (its rounds, not the waits for quiet), busy in all / used by processes other than the "
+                   "benchmark and the tools it ran "
                    "(other work on the machine: noise): " +
                    ", ".join(f"{k} {v['cpu_busy']:.0%} / {v['other']:.0%}" for k, v in sl.items()) +
                    ". \"Other\" also counts what runs outside our process tree on our behalf: the containers' "
@@ -733,9 +760,9 @@ def main() -> int:
         b.setup()
         for sec in sections:
             log(f"side_by_side: {sec} ({time.monotonic() - t0:.0f} s)")
-            meter = LoadMeter()
+            b.meter = LoadMeter()
             getattr(b, f"sec_{sec}")()
-            meta["sections_load"][sec] = meter.result()
+            meta["sections_load"][sec] = b.meter.result()
     except KeyboardInterrupt:
         failed = "interrupted"
     except Exception as e:
