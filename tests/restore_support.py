@@ -393,6 +393,7 @@ class Result:
     returncode: int
     stdout: str
     stderr: str
+    pid: int = 0  # of the command's process
 
     def __str__(self) -> str:
         return f"{' '.join(self.args)}: exit {self.returncode}\nstdout: {self.stdout}\nstderr: {self.stderr}"
@@ -417,7 +418,7 @@ def run(cmd: Sequence[str], workdir: str, timeout: float = CLI_TIMEOUT) -> Resul
             raise AssertionError(f"{' '.join(cmd)} did not finish in {timeout:.0f}s") from None
         out.seek(0)
         err.seek(0)
-        res = Result(list(cmd), rc, out.read(), err.read())
+        res = Result(list(cmd), rc, out.read(), err.read(), p.pid)
     os.unlink(out_path)
     os.unlink(err_path)
     return res

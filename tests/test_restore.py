@@ -250,6 +250,10 @@ def test_process_tree(env):
         pid = int(f.read())
     assert pid == tree.pid  # CRIU gives the tree its pids back
     assert rs.proc_alive(pid)
+    # back in the cgroups it was checkpointed in (ours); the cgroup fastckpt ran CRIU in is gone
+    with open(f"/proc/{pid}/cgroup") as f, open("/proc/self/cgroup") as mine:
+        assert f.read() == mine.read()
+    assert not rs.cgroup_dirs(f"fastckpt-restore-{r.pid}"), rs.cgroup_dirs(f"fastckpt-restore-{r.pid}")
     counter.assert_continued(at)
     assert rs.proc_alive(pid)
     # env kills the tree by its pid (and group) at teardown
