@@ -602,10 +602,11 @@ class Env:
         return copy_bundle(src, os.path.join(self.workdir, name or f"bundle-{uuid.uuid4().hex[:8]}"))
 
     def track(self, cid: str, bundle: str) -> Container:
-        ct = self.containers.get(cid)
-        if ct is None or ct.bundle != bundle:
-            ct = self.containers[cid] = Container(cid, bundle, self.root)
-        return ct
+        """A container CID with BUNDLE; the id is cleaned up at the end (ids are what cleanup needs)."""
+        if cid not in self.containers:
+            self.containers[cid] = Container(cid, bundle, self.root)
+        ct = self.containers[cid]
+        return ct if ct.bundle == bundle else Container(cid, bundle, self.root)
 
     def start(self, bundle: Optional[str] = None, cid: Optional[str] = None, count_to: int = 3) -> Container:
         """`runc run -d` a container (stdio /dev/null) and wait until its counter reaches COUNT_TO."""
