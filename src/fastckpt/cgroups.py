@@ -6,6 +6,7 @@ config gives no path, ``<mount>/<path>`` when it does.
 """
 from __future__ import annotations
 
+import errno
 import os
 
 from .errors import Error
@@ -133,12 +134,22 @@ def enter(paths: dict[str, str], pid: int) -> None:
         _write(os.path.join(path, "cgroup.procs"), str(pid))
 
 
-def remove(dirs: list[str]) -> None:
+def remove(dirs: list[str], timeout: float = 2.0) -> None:
+    """Remove cgroup directories, deepest first, waiting briefly for exiting tasks (EBUSY)."""
+    import time
+
+    deadline = time.monotonic() + timeout
     for d in sorted(dirs, key=len, reverse=True):
-        try:
-            os.rmdir(d)
-        except OSError:
-            pass  # gone already, or still busy: nothing more to do here
+        while True:
+            try:
+                os.rmdir(d)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as e:
+                if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                    break  # nothing more to do here
+                time.sleep(0.005)
 
 
 def kill_all(path: str, timeout: float = 5.0) -> None:
@@ -213,7 +224,4 @@ class Containment:
         self._remove()
 
     def _remove(self) -> None:
-        try:
-            os.rmdir(self.path)
-        except OSError:
-            pass
+        remove([self.path])

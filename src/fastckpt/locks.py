@@ -18,23 +18,38 @@ LOCK_DIR = "/run/fastckpt/locks"
 
 
 class Lock:
-    __slots__ = ("fd", "what")
+    __slots__ = ("fd", "what", "path")
 
     def __init__(self, key: str, what: str):
         self.what = what
+        self.path = os.path.join(LOCK_DIR, key + ".lock")
         os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
-        self.fd = os.open(os.path.join(LOCK_DIR, key + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
+        while True:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(self.fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise ContainerStateError(
+                        f"{what} is busy: another fastckpt checkpoint or restore is working on it") from None
+                raise
+            # the holder before us removes the file when it is done: make sure
+            # the file we locked is still the one at the path
+            try:
+                same = _same(self.fd, self.path)
+            except FileNotFoundError:
+                same = False
+            if same:
+                return
             os.close(self.fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise ContainerStateError(
-                    f"{what} is busy: another fastckpt checkpoint or restore is working on it") from None
-            raise
 
     def release(self) -> None:
         if self.fd >= 0:
+            try:
+                os.unlink(self.path)  # while still held: no lock files pile up
+            except FileNotFoundError:
+                pass
             os.close(self.fd)
             self.fd = -1
 
@@ -43,6 +58,11 @@ class Lock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _same(fd: int, path: str) -> bool:
+    a, b = os.fstat(fd), os.stat(path)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def container(root: str, container_id: str) -> Lock:
