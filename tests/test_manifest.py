@@ -123,7 +123,7 @@ def test_manifest_lists_the_checkpoint_files(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     with open(path) as f:
         m = json.load(f)
-    assert m["format"] == 1 and m["algorithm"] == "crc32" and m["chunk_size"] == 64 << 20
+    assert m["format"] == 1 and m["algorithm"] == "crc32" and m["chunk_size"] == manifest.CHUNK_SIZE
     # every file of the checkpoint; not the log, not the manifest itself
     assert sorted(m["files"]) == CHECKPOINT_FILES
     for name, entry in m["files"].items():
@@ -475,7 +475,7 @@ def test_checkpoint_reports_a_manifest_failure(proc_tree, tmp_path, monkeypatch)
     tree = proc_tree.counter(str(tmp_path / "count"))
     images = str(tmp_path / "images")
 
-    def full(path):
+    def full(path, known=None):
         raise ImageDirError(f"cannot write {manifest.MANIFEST_FILE} in {path}: No space left on device",
                             errno=errno.ENOSPC)
 

@@ -409,7 +409,7 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
     manifest_error: Error | None = None
     try:
         with signals.deferred():
-            ret, err = _dump(opts, options, ct, was_paused, target_pid, image_path, work_path, session)
+            ret, err, known = _dump(opts, options, ct, was_paused, target_pid, image_path, work_path, session)
             if ret < 0:
                 _discard_partial_images(image_path)
             else:
@@ -417,7 +417,7 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
                 if ct is not None and not options.leave_running:
                     ct.destroy()
                 try:  # the sizes and checksums that restore checks before CRIU runs
-                    manifest.write(image_path)
+                    manifest.write(image_path, known)
                 except Error as e:
                     manifest_error = e
     except KeyboardInterrupt:
@@ -440,8 +440,10 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
 
 
 def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_paused: bool, target_pid: int,
-          image_path: str, work_path: str, session=None) -> tuple[int, int]:
-    """Configure OPTS and run CRIU's dump; the container is thawed again whatever happens."""
+          image_path: str, work_path: str, session=None) -> tuple[int, int, dict | None]:
+    """Configure OPTS and run CRIU's dump; the container is thawed again whatever happens.
+
+    Returns CRIU's (ret, errno) and the pages checksums computed meanwhile."""
     fds = [open_dir_fd(image_path, "image directory")]
     try:
         opts.set_images_dir_fd(fds[0])
@@ -469,11 +471,23 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
                            json.dumps(ct.external_descriptors).encode())
         write_meta(image_path, ct)
         ret = -1
-        try:
+
+        def freeze(criu_pid=None):
+            # frozen here in ~1 ms (CRIU's own freeze polls every 100 ms), once criu
+            # is up and about to get its request: its start is not frozen time
             if ct is not None and not was_paused and ct.freezer_state_file:
-                # frozen here in ~1 ms: CRIU's own freeze polls every 100 ms
                 ct.freeze_and_wait()
-            ret, err = run_op(opts, "dump", session, log_path=os.path.join(work_path, DUMP_LOG))
+
+        try:
+            if session is not None:
+                freeze()
+            # checksum the pages images for the manifest while CRIU writes them
+            follower = manifest.Follower(image_path) if options.page_server is None else None
+            try:
+                ret, err = run_op(opts, "dump", session, log_path=os.path.join(work_path, DUMP_LOG),
+                                  setup=freeze if session is None else None)
+            finally:
+                known = follower.stop() if follower else None
         finally:
             if ct is not None and ct.is_frozen():
                 # CRIU leaves a cgroup it found frozen frozen: thaw what we froze, and a
@@ -481,7 +495,7 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
                 # a paused container that is still there stays paused
                 if not was_paused or (ret >= 0 and not options.leave_running):
                     ct.thaw()
-        return ret, err
+        return ret, err, known
     finally:
         for fd in fds:
             os.close(fd)

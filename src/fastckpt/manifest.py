@@ -9,9 +9,10 @@ restore:
   ``fastckpt-manifest.json`` (mode 0600) beside the images: the size and the
   checksums of every file of the checkpoint (CRIU's ``*.img``,
   ``descriptors.json``, ``fastckpt.json``, ``stats-dump``; not the logs, not
-  the manifest).  Checksums are CRC32s (zlib's, ~7 GB/s with pclmul) of 64 MiB
-  chunks, computed by two threads (zlib and the reads release the GIL), so a
-  1 GiB checkpoint costs a fraction of a second more.  The manifest records
+  the manifest).  Checksums are CRC32s (zlib's, ~7 GB/s with pclmul) of 16 MiB
+  chunks: those of the pages images mostly while CRIU writes them (a
+  :class:`Follower` on the other core), the rest after the dump by two threads
+  (zlib and the reads release the GIL).  The manifest records
   its algorithm and chunk size, so both can change later.
 * :func:`verify`, before CRIU runs on a restore: with a manifest, every file
   it lists must be there with its size and checksums (extra files are fine);
@@ -37,7 +38,7 @@ from .errors import DamagedImage, ImageDirError
 MANIFEST_FILE = "fastckpt-manifest.json"
 FORMAT = 1
 ALGORITHM = "crc32"  # zlib.crc32 of each CHUNK_SIZE bytes of a file, as 8 hex digits
-CHUNK_SIZE = 64 << 20
+CHUNK_SIZE = 16 << 20
 THREADS = 2
 
 # fastckpt's and runc's files that belong to a checkpoint, besides CRIU's *.img
@@ -91,21 +92,29 @@ def _chunk_crc(image_path: str, name: str, offset: int, length: int, buf: bytear
 
 
 def checksums(image_path: str, sizes: dict[str, int], chunk_size: int | None = None,
-              threads: int | None = None) -> dict[str, list[int]]:
+              threads: int | None = None, known: dict[str, dict[int, int]] | None = None
+              ) -> dict[str, list[int]]:
     """The CRC32 of each CHUNK_SIZE bytes of each file NAME -> SIZE (its first SIZE bytes).
 
-    OSError (file gone, unreadable) and :class:`_Short` (the file holds fewer
-    bytes) propagate.
+    KNOWN: CRCs of whole chunks already computed (by a :class:`Follower`), by
+    file name and chunk index.  OSError (file gone, unreadable) and
+    :class:`_Short` (the file holds fewer bytes) propagate.
     """
     chunk_size = chunk_size or CHUNK_SIZE
     threads = threads or THREADS
+    known = known or {}
+    out: dict[str, list[int]] = {name: [0] * (-(-size // chunk_size)) for name, size in sizes.items()}
     items: list[tuple[str, int, int, int]] = []  # (name, chunk index, offset, length)
     for name, size in sizes.items():
+        done = known.get(name, {})
         for i, off in enumerate(range(0, size, chunk_size)):
-            items.append((name, i, off, min(chunk_size, size - off)))
+            length = min(chunk_size, size - off)
+            if length == chunk_size and i in done:
+                out[name][i] = done[i]
+            else:
+                items.append((name, i, off, length))
     items.sort(key=lambda it: -it[3])  # longest first: the two threads finish together
-    out: dict[str, list[int]] = {name: [0] * (-(-size // chunk_size)) for name, size in sizes.items()}
-    total = sum(sizes.values())
+    total = sum(it[3] for it in items)
     n_threads = max(1, min(threads, len(items))) if total >= _PARALLEL_MIN else 1
 
     pending = iter(items)  # next() on a list iterator is atomic under the GIL
@@ -155,8 +164,53 @@ def _hex(crcs: Sequence[int]) -> list[str]:
 
 # --- write -----------------------------------------------------------------------------
 
-def write(image_path: str) -> str:
+class Follower:
+    """Checksums CRIU's pages images while CRIU writes them.
+
+    CRIU writes each ``pages-*.img`` from start to end; every chunk that is
+    complete on disk is checksummed at once, on the other core, while the data
+    is still in the page cache, so that after the dump :func:`write` has only
+    the last partial chunks and the small files left to do.
+    """
+
+    def __init__(self, image_path: str, chunk_size: int = CHUNK_SIZE, interval: float = 0.01):
+        import threading
+
+        self.image_path, self.chunk_size, self.interval = image_path, chunk_size, interval
+        self.known: dict[str, dict[int, int]] = {}
+        # a file that is there already is an older checkpoint's, which CRIU will
+        # truncate and write again: only files CRIU creates are followed
+        self._old = set(os.listdir(image_path))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fastckpt-crc-follow", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        buf = bytearray(_READ_SLICE)
+        try:
+            while not self._stop.wait(self.interval):
+                with os.scandir(self.image_path) as it:
+                    files = [(e.name, e.stat().st_size) for e in it
+                             if e.name.startswith("pages-") and e.name.endswith(".img") and e.name not in self._old]
+                for name, size in files:
+                    done = self.known.setdefault(name, {})
+                    i = len(done)
+                    while (i + 1) * self.chunk_size <= size and not self._stop.is_set():
+                        done[i] = _chunk_crc(self.image_path, name, i * self.chunk_size, self.chunk_size, buf)
+                        i += 1
+        except (OSError, _Short):
+            self.known = {}  # whatever went wrong, write() computes it all again
+
+    def stop(self) -> dict[str, dict[int, int]]:
+        self._stop.set()
+        self._thread.join()
+        return self.known
+
+
+def write(image_path: str, known: dict[str, dict[int, int]] | None = None) -> str:
     """Write the manifest of the checkpoint in IMAGE_PATH (after a successful dump); returns its path.
+
+    KNOWN: chunk CRCs a :class:`Follower` computed during the dump.
 
     Raises :class:`~fastckpt.errors.ImageDirError` when a file cannot be read
     or the manifest cannot be written; no manifest is left then.
@@ -168,7 +222,7 @@ def write(image_path: str) -> str:
         sizes = _checkpoint_files(image_path)
         try:
             chunk_size = CHUNK_SIZE
-            sums = checksums(image_path, sizes, chunk_size)
+            sums = checksums(image_path, sizes, chunk_size, known=known)
         except _Short as e:
             raise ImageDirError(f"{e.name} in {image_path} changed while its checksum was computed "
                                 f"({e.got} of {e.expected} bytes)", errno=errno.EIO) from None
