@@ -179,6 +179,23 @@ class MemContainers(cs.ContainerFactory):
         return ct
 
 
+@pytest.fixture
+def containers(runc_root, tmp_path, mem_binary):
+    """Factory of MemContainers in the test's private runc root; all killed, deleted and checked at the end
+    (and no criu may be left working in the test's directory)."""
+    factory = MemContainers(runc_root, str(tmp_path), mem_binary)
+    yield factory
+    ids = [ct.id for ct in factory.containers]
+    problems = factory.cleanup()
+    criu = criu_left(str(tmp_path))
+    for p in criu:
+        rs.kill_tree(p, group=False)
+    for cid in ids:
+        rs.remove_lock_files(cid)
+    if problems or criu:
+        pytest.fail(f"cleanup: {problems}; criu processes left: {criu}")
+
+
 # --- the CLI in a session of its own ------------------------------------------------------------
 
 HOOKED_MAIN = """
@@ -279,6 +296,27 @@ def assert_failed(res: rs.Result, code: int, *needles: str) -> str:
         assert n in lines[0], f"{n!r} not in {lines[0]!r}"
     assert res.stdout == "", f"unexpected stdout {res.stdout!r}"
     return lines[0]
+
+
+@pytest.fixture
+def slow_criu(tmp_path):
+    """Factory: slow_criu(mark, delay=1.0) -> environment variables that make fastckpt run a `criu` that
+    creates MARK, waits DELAY seconds, then execs the real criu.  It runs in CRIU's session: a signal to
+    fastckpt's process group does not reach it.  While it waits, fastckpt holds its lock and a container
+    being checkpointed is frozen."""
+    real = shutil.which("criu")
+    assert real, "criu is not installed"
+    made = []
+
+    def make(mark: str, delay: float = 1.0) -> Dict[str, str]:
+        wrapper = tmp_path / f"criu-wrapper-{len(made)}"
+        wrapper.write_text(f'#!/bin/sh\n: > "{mark}"\nsleep {delay}\nexec "{real}" "$@"\n')
+        wrapper.chmod(0o755)
+        made.append(wrapper)
+        # no kernel-probe cache for this "criu": fastckpt would key /run/criu.kdat to it
+        return {"FASTCKPT_CRIU": str(wrapper), "FASTCKPT_KDAT_CACHE": "0"}
+
+    return make
 
 
 # --- what may be left -------------------------------------------------------------------------------

@@ -14,22 +14,11 @@ import pytest
 
 import restore_support as rs
 import robust_support as rb
-from robust_support import mem_binary, small_tmpfs  # noqa: F401 (fixtures)
+from robust_support import containers, mem_binary, small_tmpfs  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
 
 MIB = 256  # the container's memory; the tmpfs holds 64 MiB
-
-
-@pytest.fixture
-def containers(runc_root, tmp_path, mem_binary):  # noqa: F811
-    factory = rb.MemContainers(runc_root, str(tmp_path), mem_binary)
-    yield factory
-    problems = factory.cleanup()
-    for ct in factory.containers:
-        rs.remove_lock_files(ct.id)
-    if problems:
-        pytest.fail(f"cleanup: {problems}")
 
 
 def assert_nothing_like_a_checkpoint(images: str) -> None:

@@ -22,7 +22,6 @@ function in the CLI process (robust_support.HOOKED_MAIN).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 
 import pytest
@@ -30,7 +29,7 @@ import pytest
 import ckpt_support as cs
 import restore_support as rs
 import robust_support as rb
-from robust_support import mem_binary, small_tmpfs  # noqa: F401 (fixtures)
+from robust_support import containers, mem_binary, slow_criu, small_tmpfs  # noqa: F401 (fixtures)
 
 from fastckpt import manifest
 
@@ -41,20 +40,6 @@ MEDIUM = 256
 
 COMPLETED = "interrupted after the checkpoint completed: images in "
 NOTHING = "interrupted: nothing was checkpointed; "
-
-
-@pytest.fixture
-def containers(runc_root, tmp_path, mem_binary):  # noqa: F811
-    factory = rb.MemContainers(runc_root, str(tmp_path), mem_binary)
-    yield factory
-    problems = factory.cleanup()
-    criu = rb.criu_left(str(tmp_path))
-    for p in criu:
-        rs.kill_tree(p, group=False)
-    for ct in factory.containers:
-        rs.remove_lock_files(ct.id)
-    if problems or criu:
-        pytest.fail(f"cleanup: {problems}; criu processes left: {criu}")
 
 
 # --- the two allowed outcomes -----------------------------------------------------------------------
@@ -169,23 +154,6 @@ def test_ctrl_c_leave_running(containers, tmp_path):
 
 
 # --- before CRIU runs: the container is frozen, CRIU not started yet ---------------------------------------
-
-@pytest.fixture
-def slow_criu(tmp_path):
-    """Factory: slow_criu(mark) -> env making fastckpt run a `criu` that creates MARK, waits 1 s, then
-    execs the real criu (in CRIU's session: the signal to fastckpt's group does not reach it)."""
-    real = shutil.which("criu")
-    assert real
-
-    def make(mark: str) -> dict:
-        wrapper = tmp_path / "criu-wrapper"
-        wrapper.write_text(f'#!/bin/sh\n: > "{mark}"\nsleep 1\nexec "{real}" "$@"\n')
-        wrapper.chmod(0o755)
-        # no kernel-probe cache for this "criu": fastckpt would key /run/criu.kdat to it
-        return {"FASTCKPT_CRIU": str(wrapper), "FASTCKPT_KDAT_CACHE": "0"}
-
-    return make
-
 
 def test_ctrl_c_while_frozen_before_criu_starts(containers, tmp_path, slow_criu):
     ct = containers(MEDIUM)
