@@ -137,11 +137,12 @@ def check() -> dict[str, object]:
 
 
 def raise_criu_failure(op: str, ret: int, err: int, log_path: str | None,
-                       image_path: str | None = None) -> None:
+                       image_path: str | None = None, disk_full: bool = False) -> None:
     lines = log_errors(log_path)
     detail = ""
-    # CRIU's message may be cut short ("No space lef"): its start is enough
-    if image_path and (err == errno.ENOSPC or any("No space le" in l for l in lines)):
+    # CRIU's message may be cut short ("No space lef"), or missing when its log
+    # had no room either: the free space measured after the failure decides then
+    if image_path and (disk_full or err == errno.ENOSPC or any("No space le" in l for l in lines)):
         raise DiskFull(f"criu {op} failed: no space left on the disk holding {image_path}; the partial "
                        f"images were removed ({_free_bytes(image_path) >> 20} MiB free now)"
                        + (f" (log: {log_path})" if log_path else ""), errno=errno.ENOSPC)
@@ -389,28 +390,28 @@ def checkpoint(container_id: str | None = None, options: CheckpointOptions | Non
 def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, session, t0) -> CheckpointResult:
     ct: runc.Container | None = None
     was_paused = False
-    if container_id is not None:
-        ct, status = load_checkpointable(container_id, root)
-        was_paused = status == runc.PAUSED
-        target_pid = ct.init_pid
-    else:
-        target_pid = int(pid)
-
+    what = f"container {container_id!r}" if container_id is not None else f"process {pid}"
     image_path = options.resolved_image_path()
-    work_path = options.resolved_work_path()
-    make_private_dir(image_path, "image directory")
-    if work_path != image_path:
-        make_private_dir(work_path, "work directory")
-    log_path = os.path.join(work_path, DUMP_LOG)
-    opts = new_opts(session)
-    what = f"container {container_id!r}" if ct is not None else f"process {target_pid}"
-    state = f"{what} was left running" if options.leave_running else f"{what} was checkpointed and is gone"
-    done = False
-    manifest_error: Error | None = None
+    done = False  # the checkpoint is complete: from here on an interruption changes nothing
     try:
+        if container_id is not None:
+            ct, status = load_checkpointable(container_id, root)
+            was_paused = status == runc.PAUSED
+            target_pid = ct.init_pid
+        else:
+            target_pid = int(pid)
+        work_path = options.resolved_work_path()
+        make_private_dir(image_path, "image directory")
+        if work_path != image_path:
+            make_private_dir(work_path, "work directory")
+        log_path = os.path.join(work_path, DUMP_LOG)
+        opts = new_opts(session)
+        state = f"{what} was left running" if options.leave_running else f"{what} was checkpointed and is gone"
+        manifest_error: Error | None = None
         with signals.deferred():
             ret, err, known = _dump(opts, options, ct, was_paused, target_pid, image_path, work_path, session)
             if ret < 0:
+                full = _disk_full(image_path, work_path)  # before the partial images go
                 _discard_partial_images(image_path)
             else:
                 done = True
@@ -420,23 +421,28 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
                     manifest.write(image_path, known)
                 except Error as e:
                     manifest_error = e
+        if ret < 0:
+            raise_criu_failure("dump", ret, err, log_path, image_path, disk_full=full)
+        if manifest_error is not None:
+            raise ImageDirError(f"the checkpoint completed (images in {image_path}; {state}), but its manifest "
+                                f"could not be written: {manifest_error}; a restore can check only the images' "
+                                "structure", errno=manifest_error.errno) from manifest_error
+        return CheckpointResult(
+            image_path=image_path, work_path=work_path, log_path=log_path, pid=target_pid,
+            container_id=container_id, leave_running=options.leave_running,
+            wall_time=time.monotonic() - t0, files=list_images(image_path),
+        )
     except KeyboardInterrupt:
         if done:
             raise Interrupted(f"interrupted after the checkpoint completed: images in {image_path}; {state}") \
                 from None
         running = "is running" if not was_paused else "is paused, as it was"
         raise Interrupted(f"interrupted: nothing was checkpointed; {what} {running}") from None
-    if ret < 0:
-        raise_criu_failure("dump", ret, err, log_path, image_path)
-    if manifest_error is not None:
-        raise ImageDirError(f"the checkpoint completed (images in {image_path}; {state}), but its manifest "
-                            f"could not be written: {manifest_error}; a restore can check only the images' "
-                            "structure", errno=manifest_error.errno) from manifest_error
-    return CheckpointResult(
-        image_path=image_path, work_path=work_path, log_path=log_path, pid=target_pid,
-        container_id=container_id, leave_running=options.leave_running,
-        wall_time=time.monotonic() - t0, files=list_images(image_path),
-    )
+
+
+def _disk_full(*paths: str) -> bool:
+    """Less room left than one of CRIU's page pipes holds: a dump that failed here ran out of disk."""
+    return any(0 <= _free_bytes(p) < (4 << 20) for p in paths)
 
 
 def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_paused: bool, target_pid: int,
@@ -466,10 +472,19 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
                 opts.add_ext_mount(key, val)
             for key in container_externals(ct):
                 opts.add_external(key)
-            # runc restore reads how the container's stdio was connected from here
-            _write_private(os.path.join(image_path, runc.DESCRIPTORS_FILE),
-                           json.dumps(ct.external_descriptors).encode())
-        write_meta(image_path, ct)
+        try:
+            if ct is not None:
+                # runc restore reads how the container's stdio was connected from here
+                _write_private(os.path.join(image_path, runc.DESCRIPTORS_FILE),
+                               json.dumps(ct.external_descriptors).encode())
+            write_meta(image_path, ct)
+        except OSError as e:
+            _discard_partial_images(image_path)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(f"no space left on the disk holding {image_path}: nothing was checkpointed",
+                               errno=e.errno) from None
+            raise ImageDirError(f"cannot write in image directory {image_path}: {e.strerror}",
+                                errno=e.errno) from None
         ret = -1
 
         def freeze(criu_pid=None):
