@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps build demo test bench clean
+.PHONY: deps build demo test soak bench clean
 
 deps:
 	@bash scripts/provision.sh
@@ -15,6 +15,10 @@ demo: deps
 
 test: deps
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+# 100 checkpoint/restore cycles of one container: nothing may pile up (the default suite runs 10)
+soak: deps
+	@FASTCKPT_SOAK=$${FASTCKPT_SOAK:-100} $(PY) -m pytest tests/test_robust_soak.py $(PYTEST_ARGS)
 
 bench: deps
 	@$(PY) benchmarks/side_by_side.py

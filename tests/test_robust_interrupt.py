@@ -162,7 +162,8 @@ def test_ctrl_c_while_frozen_before_criu_starts(containers, tmp_path, slow_criu)
     cli = rb.Cli(["--root", ct.root, "checkpoint", "--image-path", images, ct.id], str(tmp_path),
                  env=slow_criu(mark))
     signal_at(cli, signal.SIGINT, lambda: os.path.exists(mark), "criu to be started")
-    assert ct.freezer_state() == "FROZEN"  # fastckpt froze it; CRIU has not run yet
+    # fastckpt freezes the container once criu is up, before CRIU gets its request
+    rb.wait_for(lambda: ct.freezer_state() == "FROZEN", f"{ct.id} to be frozen", timeout=10)
     res = cli.wait()
     assert check_outcome(res, ct, images, str(tmp_path)) == "completed", res.stderr
 
