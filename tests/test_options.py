@@ -1,7 +1,6 @@
 """Unit tests of the options model (no root, no CRIU run)."""
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import pytest
@@ -198,7 +197,7 @@ def test_page_server_forms():
 
 def test_options_are_frozen_and_replace_revalidates():
     o = CheckpointOptions(manage_cgroups_mode="full", page_server="h:1", empty_ns=["network"])
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):  # frozen
         o.leave_running = True
     o2 = o.replace(leave_running=True)
     assert o2.leave_running and not o.leave_running

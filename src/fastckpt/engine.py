@@ -12,8 +12,8 @@ import os
 import shutil
 import stat
 import time
-from dataclasses import dataclass, field
 
+from ._record import Record, factory
 from . import _criu, criu_proc, kdat, locks, manifest, runc, signals
 from .constants import MIN_CRIU_VERSION, Namespace
 from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, DiskFull, Error,
@@ -27,8 +27,7 @@ CRIU_ENV = "FASTCKPT_CRIU"  # the criu binary to run, instead of `criu` from PAT
 _EXTERNAL_NS = {"NEWNET": ("net", "extRootNetNS"), "NEWPID": ("pid", "extRootPidNS")}
 
 
-@dataclass
-class CheckpointResult:
+class CheckpointResult(Record):
     image_path: str
     work_path: str
     log_path: str
@@ -36,7 +35,7 @@ class CheckpointResult:
     container_id: str | None = None
     leave_running: bool = False
     wall_time: float = 0.0  # seconds, from the call to its return
-    files: dict[str, int] = field(default_factory=dict)  # image file -> size in bytes
+    files: dict[str, int] = factory(dict)  # image file -> size in bytes
 
     def stats(self) -> dict[str, object]:
         """CRIU's statistics of this dump and fastckpt's wall time, as ``--print-stats`` prints them:

@@ -1,16 +1,15 @@
 """The options model shared by the API and the CLI.
 
-A CLI flag is parsed once into the same frozen dataclass that
+A CLI flag is parsed once into the same frozen record that
 ``fastckpt.checkpoint(...)`` takes; validation lives here and only here.
 Messages follow runc's for the same mistakes.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass, field
 from collections.abc import Iterable
 
+from ._record import Record
 from .constants import CgroupMode, Namespace, NetworkLock
 from .errors import UsageError
 
@@ -35,8 +34,7 @@ NETWORK_LOCKS = {
 }
 
 
-@dataclass(frozen=True)
-class PageServer:
+class PageServer(Record, frozen=True):
     """Where memory pages go instead of the image directory."""
 
     address: str
@@ -141,9 +139,6 @@ class _ImagePaths:
     image_path: str | None
     work_path: str | None
 
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
-
     def resolved_image_path(self) -> str:
         return os.path.abspath(self.image_path or os.path.join(os.getcwd(), "checkpoint"))
 
@@ -151,8 +146,7 @@ class _ImagePaths:
         return os.path.abspath(self.work_path) if self.work_path else self.resolved_image_path()
 
 
-@dataclass(frozen=True)
-class CheckpointOptions(_ImagePaths):
+class CheckpointOptions(_ImagePaths, Record, frozen=True):
     """What ``runc checkpoint``'s flags say, as one value.
 
     Strings are accepted where the CLI has them (``page_server="host:port"``,
@@ -172,7 +166,7 @@ class CheckpointOptions(_ImagePaths):
     empty_ns: Namespace = Namespace(0)
     network_lock: NetworkLock | None = DEFAULT_NETWORK_LOCK
     log_level: int = 4
-    extra_externals: tuple = field(default=())  # --external KEY strings handed to CRIU
+    extra_externals: tuple = ()  # --external KEY strings handed to CRIU
 
     def __post_init__(self):
         ps = self.page_server
@@ -192,8 +186,7 @@ class CheckpointOptions(_ImagePaths):
 
 
 
-@dataclass(frozen=True)
-class RestoreOptions(_ImagePaths):
+class RestoreOptions(_ImagePaths, Record, frozen=True):
     """What ``runc restore``'s flags say, as one value (strings accepted as in CheckpointOptions)."""
 
     image_path: str | None = None  # default: ./checkpoint
@@ -211,7 +204,7 @@ class RestoreOptions(_ImagePaths):
     no_pivot: bool = False
     network_lock: NetworkLock | None = DEFAULT_NETWORK_LOCK
     log_level: int = 4
-    extra_externals: tuple = field(default=())
+    extra_externals: tuple = ()
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731

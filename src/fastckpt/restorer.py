@@ -13,8 +13,8 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 
+from ._record import Record
 from . import _libc, cgroups, engine, locks, manifest, runc, signals
 from .errors import ContainerStateError, Error, ImageDirError, Interrupted, UsageError
 from .constants import CgroupMode, Namespace
@@ -28,8 +28,7 @@ _NS_FILES = {"NEWCGROUP": "cgroup", "NEWIPC": "ipc", "NEWNET": "net", "NEWNS": "
 _INHERIT_NS = {"NEWNET": "extRootNetNS", "NEWPID": "extRootPidNS"}
 
 
-@dataclass
-class RestoreResult:
+class RestoreResult(Record):
     pid: int
     image_path: str
     work_path: str

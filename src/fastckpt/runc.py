@@ -11,8 +11,8 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass
 
+from ._record import Record
 from .errors import ContainerNotFound, Error, UsageError
 
 DEFAULT_ROOT = "/run/runc"
@@ -47,8 +47,7 @@ def proc_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-@dataclass
-class Container:
+class Container(Record):
     """A container as runc's state root describes it."""
 
     id: str
