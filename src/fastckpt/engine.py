@@ -35,17 +35,21 @@ class CheckpointResult(Record):
     container_id: str | None = None
     leave_running: bool = False
     wall_time: float = 0.0  # seconds, from the call to its return
+    # seconds the container spent frozen by fastckpt (from its freeze to its thaw, or
+    # to the end of the dump when CRIU killed it); None when fastckpt did not freeze it
+    frozen_time: float | None = None
     files: dict[str, int] = factory(dict)  # image file -> size in bytes
 
     def stats(self) -> dict[str, object]:
         """CRIU's statistics of this dump and fastckpt's wall time, as ``--print-stats`` prints them:
-        ``{"criu": {...}, "wall_time_ms": ...}`` (CRIU's times in microseconds, counts in pages).
+        ``{"criu": {...}, "wall_time_ms": ..., "frozen_time_ms": ...}`` (CRIU's times in microseconds,
+        counts in pages; frozen_time_ms only when fastckpt froze a container itself).
 
         Decoded from ``stats-dump`` in ``work_path`` at each call; nothing is paid until then.
         """
         from .images import stats_report
 
-        return stats_report(self.work_path, "dump", self.wall_time)
+        return stats_report(self.work_path, "dump", self.wall_time, self.frozen_time)
 
 
 # --- CRIU itself -----------------------------------------------------------
@@ -408,7 +412,8 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
         state = f"{what} was left running" if options.leave_running else f"{what} was checkpointed and is gone"
         manifest_error: Error | None = None
         with signals.deferred():
-            ret, err, known = _dump(opts, options, ct, was_paused, target_pid, image_path, work_path, session)
+            ret, err, known, frozen = _dump(opts, options, ct, was_paused, target_pid, image_path, work_path,
+                                            session)
             if ret < 0:
                 full = _disk_full(image_path, work_path)  # before the partial images go
                 _discard_partial_images(image_path)
@@ -429,7 +434,7 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
         return CheckpointResult(
             image_path=image_path, work_path=work_path, log_path=log_path, pid=target_pid,
             container_id=container_id, leave_running=options.leave_running,
-            wall_time=time.monotonic() - t0, files=list_images(image_path),
+            wall_time=time.monotonic() - t0, frozen_time=frozen, files=list_images(image_path),
         )
     except KeyboardInterrupt:
         if done:
@@ -445,10 +450,11 @@ def _disk_full(*paths: str) -> bool:
 
 
 def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_paused: bool, target_pid: int,
-          image_path: str, work_path: str, session=None) -> tuple[int, int, dict | None]:
+          image_path: str, work_path: str, session=None) -> tuple[int, int, dict | None, float | None]:
     """Configure OPTS and run CRIU's dump; the container is thawed again whatever happens.
 
-    Returns CRIU's (ret, errno) and the pages checksums computed meanwhile."""
+    Returns CRIU's (ret, errno), the pages checksums computed meanwhile and how
+    long fastckpt kept the container frozen (None: it did not freeze it)."""
     fds = [open_dir_fd(image_path, "image directory")]
     try:
         opts.set_images_dir_fd(fds[0])
@@ -486,10 +492,13 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
                                 errno=e.errno) from None
         ret = -1
 
+        frozen_at: list[float] = []
+
         def freeze(criu_pid=None):
             # frozen here in ~1 ms (CRIU's own freeze polls every 100 ms), once criu
             # is up and about to get its request: its start is not frozen time
             if ct is not None and not was_paused and ct.freezer_state_file:
+                frozen_at.append(time.monotonic())
                 ct.freeze_and_wait()
 
         try:
@@ -509,7 +518,8 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
                 # a paused container that is still there stays paused
                 if not was_paused or (ret >= 0 and not options.leave_running):
                     ct.thaw()
-        return ret, err, known
+        frozen = time.monotonic() - frozen_at[0] if frozen_at else None
+        return ret, err, known, frozen
     finally:
         for fd in fds:
             os.close(fd)

@@ -210,9 +210,14 @@ def read_stats(work_dir: str, kind: str = "dump") -> dict[str, int]:
     return decode_stats(_read(path), kind, path)
 
 
-def stats_report(work_dir: str, kind: str, wall_time: float) -> dict[str, object]:
-    """What ``--print-stats`` prints: CRIU's statistics and fastckpt's wall time (WALL_TIME seconds)."""
-    return {"criu": read_stats(work_dir, kind), "wall_time_ms": round(wall_time * 1000.0, 3)}
+def stats_report(work_dir: str, kind: str, wall_time: float, frozen_time: float | None = None
+                 ) -> dict[str, object]:
+    """What ``--print-stats`` prints: CRIU's statistics and fastckpt's wall time (WALL_TIME seconds),
+    and, when fastckpt froze the container itself, how long it was frozen (FROZEN_TIME seconds)."""
+    report: dict[str, object] = {"criu": read_stats(work_dir, kind), "wall_time_ms": round(wall_time * 1000.0, 3)}
+    if frozen_time is not None:
+        report["frozen_time_ms"] = round(frozen_time * 1000.0, 3)
+    return report
 
 
 def encode_stats(values: dict[str, int], kind: str = "dump", *, head_magic: int | None = IMG_SERVICE_MAGIC
