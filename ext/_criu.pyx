@@ -122,6 +122,7 @@ cdef class Opts:
     def set_evasive_devices(self, bint v): c.criu_local_set_evasive_devices(self._o, v)
     def set_weak_sysctls(self, bint v): c.criu_local_set_weak_sysctls(self._o, v)
     def set_skip_file_rwx_check(self, bint v): c.criu_local_set_skip_file_rwx_check(self._o, v)
+    def set_unprivileged(self, bint v): c.criu_local_set_unprivileged(self._o, v)
 
     # --- cgroups
     def set_manage_cgroups(self, bint v): c.criu_local_set_manage_cgroups(self._o, v)

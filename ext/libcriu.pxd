@@ -76,6 +76,7 @@ cdef extern from "criu.h" nogil:
     void criu_local_set_evasive_devices(criu_opts *opts, bint evasive_devices)
     void criu_local_set_shell_job(criu_opts *opts, bint shell_job)
     void criu_local_set_skip_file_rwx_check(criu_opts *opts, bint skip_file_rwx_check)
+    void criu_local_set_unprivileged(criu_opts *opts, bint unprivileged)
     void criu_local_set_orphan_pts_master(criu_opts *opts, bint orphan_pts_master)
     void criu_local_set_file_locks(criu_opts *opts, bint file_locks)
     void criu_local_set_track_mem(criu_opts *opts, bint track_mem)

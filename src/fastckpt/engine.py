@@ -71,6 +71,8 @@ def new_opts(session=None) -> "_criu.Opts":
     binary = criu_binary()
     kdat.ensure(binary)
     opts = _criu.Opts()
+    if os.geteuid() != 0:
+        opts.set_unprivileged(True)  # CRIU's mode for CAP_CHECKPOINT_RESTORE without root
     if session is not None:
         opts.set_service_address(session.address)
     else:

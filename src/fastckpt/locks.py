@@ -14,7 +14,24 @@ import os
 
 from .errors import ContainerStateError
 
-LOCK_DIR = "/run/fastckpt/locks"
+LOCK_DIR = "/run/fastckpt/locks"  # root's; another user's are in its own runtime directory
+
+
+def lock_dir() -> str:
+    if os.geteuid() == 0:
+        return LOCK_DIR
+    return os.path.join(user_run_dir(), "locks")
+
+
+def user_run_dir() -> str:
+    """A directory of this (non-root) user's own for fastckpt's run-time files."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/fastckpt-{os.geteuid()}"
+    path = os.path.join(base, "fastckpt") if os.environ.get("XDG_RUNTIME_DIR") else base
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise PermissionError(f"{path} is not private to uid {os.geteuid()}")
+    return path
 
 
 class Lock:
@@ -22,8 +39,9 @@ class Lock:
 
     def __init__(self, key: str, what: str):
         self.what = what
-        self.path = os.path.join(LOCK_DIR, key + ".lock")
-        os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
+        directory = lock_dir()
+        self.path = os.path.join(directory, key + ".lock")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
         while True:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
