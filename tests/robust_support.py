@@ -6,9 +6,9 @@ helpers make containers big enough for a dump to take a while, run the CLI in
 a session of its own (so that a test can Ctrl-C its process group), and check
 the two allowed outcomes.
 
-* ``mem`` -- a tiny static C program (built once per test session with
-  ``gcc -O2 -static``) that fills N MiB with a non-zero pattern, writes
-  /tmp/ready, then counts ten times a second into /tmp/count and
+* ``mem MIB [TICK_MS]`` -- a tiny static C program (built once per test
+  session with ``gcc -O2 -static``) that fills MIB MiB with a non-zero
+  pattern, writes /tmp/ready, then counts every TICK_MS (100) ms into /tmp/count and
   /tmp/count.log (as restore_support's counter does: a restored counter's
   log reads 1..n without a restart).  When /tmp/verify exists it re-checks
   all its memory and writes "ok 0" (or "bad <words>") to /tmp/verified, so a
@@ -65,18 +65,22 @@ static uint64_t pattern(size_t i) { return (i * 0x9E3779B97F4A7C15ull) | 1; } /*
 
 int main(int argc, char **argv)
 {
-	if (argc != 2)
+	if (argc != 2 && argc != 3)
 		return 2;
 	size_t size = (size_t)strtoull(argv[1], NULL, 10) << 20;
-	uint64_t *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
-		return 1;
+	long tick_ms = argc == 3 ? strtol(argv[2], NULL, 10) : 100;
+	uint64_t *p = NULL;
+	if (size) {
+		p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED)
+			return 1;
+	}
 	size_t n = size / sizeof(*p);
 	for (size_t i = 0; i < n; i++)
 		p[i] = pattern(i);
 	put("/tmp/ready", "1\n", 0);
 	char buf[64];
-	struct timespec tick = {0, 100000000};
+	struct timespec tick = {tick_ms / 1000, tick_ms % 1000 * 1000000};
 	for (unsigned long c = 1;; c++) {
 		snprintf(buf, sizeof buf, "%lu\n", c);
 		put("/tmp/count", buf, 0);
@@ -154,20 +158,23 @@ class MemContainer(cs.Container):
 
 
 class MemContainers(cs.ContainerFactory):
-    """Factory: containers(mib) runs ``mem MIB`` (MIB=0: the busybox counter with a count.log)."""
+    """Factory: containers(mib, tick_ms=None) runs ``mem MIB [TICK_MS]`` (neither: the busybox counter,
+    which writes a count.log too)."""
 
     def __init__(self, root: str, workdir: str, binary: Optional[str]):
         super().__init__(root, workdir)
         self.binary = binary
 
-    def __call__(self, mib: int = 0, *, network_ns: Optional[str] = "") -> MemContainer:  # type: ignore[override]
+    def __call__(self, mib: int = 0, *, tick_ms: Optional[int] = None,  # type: ignore[override]
+                 network_ns: Optional[str] = "") -> MemContainer:
         from fastckpt import bundle as fb
 
         cid = cs.new_id()
         path = os.path.join(self.workdir, f"bundle-{cid}")
-        if mib:
+        if mib or tick_ms:
             assert self.binary, "no mem binary"
-            fb.make_bundle(path, args=["/mem", str(mib)], network_ns=network_ns)
+            args = ["/mem", str(mib)] + ([str(tick_ms)] if tick_ms else [])
+            fb.make_bundle(path, args=args, network_ns=network_ns)
             shutil.copy2(self.binary, os.path.join(path, "rootfs", "mem"))
         else:
             fb.make_bundle(path, args=["sh", "-c", rs.CONTAINER_COUNTER], network_ns=network_ns)
@@ -223,12 +230,13 @@ class Cli:
     terminal's foreground job has, so that a signal to the group is a Ctrl-C (SIGINT is not
     ignored, as it would be for a job started with `&` by a non-interactive shell).
 
-    stdout/stderr go to files (no pipe a straggling criu could keep open).  SLOW: engine
+    stdout/stderr go to files (no pipe a straggling criu could keep open); it runs in CWD (default:
+    WORKDIR, so that a relative path it is given -- or wrongly takes -- lands there).  SLOW: engine
     functions to slow down (each writes a marker file, then sleeps until a signal comes).
     """
 
     def __init__(self, args: Sequence[str], workdir: str, env: Optional[Dict[str, str]] = None,
-                 slow: Optional[Dict[str, str]] = None):
+                 slow: Optional[Dict[str, str]] = None, cwd: Optional[str] = None):
         self.args = list(args)
         self.workdir = workdir
         tag = uuid.uuid4().hex[:8]
@@ -242,7 +250,7 @@ class Cli:
             cmd = [sys.executable, "-m", "fastckpt", *self.args]
         with open(os.devnull, "rb") as null, open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.popen = subprocess.Popen(cmd, stdin=null, stdout=out, stderr=err, env=full_env,
-                                          start_new_session=True)
+                                          start_new_session=True, cwd=cwd or workdir)
         self.pid = self.popen.pid
 
     def signal_group(self, sig: int) -> None:
