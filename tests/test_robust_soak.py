@@ -77,7 +77,7 @@ def test_soak_checkpoint_restore_cycles(env, tmp_path):
     assert not rs.mounts_under(env.root), rs.mounts_under(env.root)
     assert sorted(os.listdir(env.root)) == [ct.id], os.listdir(env.root)
     assert rs.runc_known(env.root) == [ct.id]
-    assert set(rs.cgroup_dirs(ct.id)) == own_cgroups(ct) == cgroups, (rs.cgroup_dirs(ct.id), cgroups)
+    assert set(rb.cgroup_dirs(ct.id)) == own_cgroups(ct) == cgroups, (rb.cgroup_dirs(ct.id), cgroups)
     assert not rb.restore_cgroups(os.getpid())
     assert not glob.glob(os.path.join(locks.LOCK_DIR, f"*-{ct.id}.lock")), "lock files pile up"
     assert rb.fd_count() == fds, f"fds: {fds} before, {rb.fd_count()} after {CYCLES} cycles: " \
