@@ -116,10 +116,11 @@ def test_capable_non_root_user_checkpoints_its_own_process(tmp_path, open_dir):
         sleeper.kill()
         sleeper.wait()
         if not had_lock_dir:
-            try:
-                os.rmdir(lock_dir)
-            except OSError:
-                pass
+            for d in (os.path.join(lock_dir, "locks"), lock_dir):
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
 
 
 # --- existing directories that are not private -----------------------------------------------
