@@ -19,6 +19,10 @@ EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # as runc: --pid is not --pid-file
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # one line, like every other error
         self.exit(EXIT_USAGE, f"fastckpt: {message} (see `{self.prog} --help`)\n")
 

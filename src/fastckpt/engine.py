@@ -171,12 +171,13 @@ def _free_bytes(path: str) -> int:
 
 # --- image and work directories ---------------------------------------------
 
-def make_private_dir(path: str, what: str) -> None:
-    """Create PATH (and parents) for process memory: the leaf is 0700.
+def make_private_dir(path: str, what: str) -> bool:
+    """Create PATH (and parents) for process memory: the leaf is 0700; True if it was made here.
 
     An existing directory must be ours and writable by nobody else (it will
     hold process memory, and a writable one could be swapped under us).
     """
+    made = not os.path.lexists(path)
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as e:
@@ -187,6 +188,23 @@ def make_private_dir(path: str, what: str) -> None:
     check_private_dir(path, what, st)
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)
+    return made
+
+
+def make_private_dirs(image_path: str, work_path: str) -> None:
+    """The image and work directories; when the second cannot be had, the first is not left made."""
+    made = make_private_dir(image_path, "image directory")
+    if work_path == image_path:
+        return
+    try:
+        make_private_dir(work_path, "work directory")
+    except Error:
+        if made:
+            try:
+                os.rmdir(image_path)
+            except OSError:
+                pass
+        raise
 
 
 def check_private_dir(path: str, what: str, st: os.stat_result | None = None) -> None:
@@ -406,9 +424,7 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
         else:
             target_pid = int(pid)
         work_path = options.resolved_work_path()
-        make_private_dir(image_path, "image directory")
-        if work_path != image_path:
-            make_private_dir(work_path, "work directory")
+        make_private_dirs(image_path, work_path)
         log_path = os.path.join(work_path, DUMP_LOG)
         opts = new_opts(session)
         state = f"{what} was left running" if options.leave_running else f"{what} was checkpointed and is gone"

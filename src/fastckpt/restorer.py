@@ -54,6 +54,8 @@ class RestoreResult(Record):
 def image_kind(image_path: str) -> tuple[str, dict | None]:
     """('container' | 'process', fastckpt metadata or None) for an image directory."""
     if not os.path.isdir(image_path):
+        if os.path.lexists(image_path):
+            raise ImageDirError(f"image directory {image_path} is not a directory", errno=errno.ENOTDIR)
         raise ImageDirError(f"image directory {image_path} does not exist", errno=errno.ENOENT)
     if not os.path.exists(os.path.join(image_path, "inventory.img")):
         raise ImageDirError(f"{image_path} holds no checkpoint (no inventory.img)", errno=errno.ENOENT)
@@ -263,13 +265,34 @@ def restore_bound(image_path: str) -> float:
     return 60.0 + size / 50e6
 
 
-def _write_pid_file(path: str | None, pid: int) -> None:
+def check_pid_file(path: str | None) -> None:
+    """A --pid-file that cannot be written is refused before anything is restored."""
     if not path:
         return
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(str(pid))
-    os.rename(tmp, path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise Error(f"--pid-file {path} is a directory", errno=errno.EISDIR)
+    if not os.path.isdir(parent):
+        raise Error(f"--pid-file {path}: its directory {parent} does not exist", errno=errno.ENOENT)
+    if not os.access(parent, os.W_OK):
+        raise Error(f"--pid-file {path}: its directory {parent} is not writable", errno=errno.EACCES)
+
+
+def _write_pid_file(path: str | None, pid: int) -> None:
+    """Write the pid, atomically (as runc does: a temporary file renamed into place)."""
+    if not path:
+        return
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(str(pid))
+        os.rename(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise Error(f"cannot write --pid-file {path}: {e.strerror}", errno=e.errno) from None
 
 
 def restore(container_id: str | None = None, options: RestoreOptions | None = None, *,
@@ -281,6 +304,7 @@ def restore(container_id: str | None = None, options: RestoreOptions | None = No
     elif kwargs:
         options = options.replace(**kwargs)
     engine.require_privileges("restore")
+    check_pid_file(options.pid_file)
     image_path = options.resolved_image_path()
     kind, meta = image_kind(image_path)
     # a damaged checkpoint is refused before anything is made (CRIU may loop on a cut-short pages image)
@@ -327,6 +351,8 @@ def _restore_process(options: RestoreOptions, t0: float, session=None) -> Restor
         try:
             ret, err = engine.run_op(opts, "restore", session, log_path=os.path.join(work_path, RESTORE_LOG),
                                      timeout=restore_bound(image_path), setup=box.enter if box else None)
+            if ret > 0:
+                _write_pid_file(options.pid_file, ret)
         except BaseException:
             if box:
                 box.kill_all()
@@ -339,7 +365,6 @@ def _restore_process(options: RestoreOptions, t0: float, session=None) -> Restor
     log_path = os.path.join(work_path, RESTORE_LOG)
     if ret <= 0:
         engine.raise_criu_failure("restore", ret, err, log_path)
-    _write_pid_file(options.pid_file, ret)
     return RestoreResult(pid=ret, image_path=image_path, work_path=work_path, log_path=log_path,
                          wall_time=time.monotonic() - t0)
 
@@ -363,6 +388,8 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
     criu_root = os.path.join(state_dir, CRIU_ROOT)
     mounted = False
     try:
+        if os.path.lexists(root) and not os.path.isdir(root):
+            raise Error(f"runc root {root} is not a directory", errno=errno.ENOTDIR)
         os.makedirs(root, mode=0o700, exist_ok=True)
         try:
             os.mkdir(state_dir, 0o711)
