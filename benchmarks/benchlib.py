@@ -29,6 +29,7 @@ PYTHON = sys.executable
 FASTCKPT = os.path.join(BIN, "fastckpt") if os.path.exists(os.path.join(BIN, "fastckpt")) \
     else (shutil.which("fastckpt") or os.path.join(BIN, "fastckpt"))
 KDAT = "/run/criu.kdat"
+KDAT_HIDDEN = KDAT + ".bench-hidden"  # where side_by_side.py keeps the cache while a tool runs "as shipped"
 DUMP_LOG = "dump.log"
 
 BIGMEM_C = os.path.join(HERE, "bigmem.c")
@@ -38,7 +39,7 @@ def why_not_runnable() -> Optional[str]:
     """Why the benchmarks cannot run on this machine, or None."""
     if os.geteuid() != 0:
         return "the benchmarks need root (CRIU dumps and runc containers)"
-    for tool in ("criu", "runc", "unshare", "mount", "umount"):
+    for tool in ("criu", "runc", "mount", "umount"):
         if not shutil.which(tool):
             return f"{tool} is not installed (not on PATH={os.environ.get('PATH', '')})"
     if not os.path.exists(FASTCKPT):
@@ -79,19 +80,20 @@ def criu_log_errors(path: str, n: int = 5) -> str:
 
 
 def run_timed(cmd: Sequence[str], *, errfile: Optional[str] = None, logs: Sequence[str] = (),
-              timeout: float = 300) -> float:
-    """Run CMD with stdin/stdout on /dev/null; returns its wall time in seconds.
+              timeout: float = 300, outfile: Optional[str] = None) -> float:
+    """Run CMD with stdin on /dev/null; returns its wall time in seconds.
 
-    Its stderr goes to ERRFILE (or /dev/null); a non-zero exit raises
-    CommandFailed with the end of ERRFILE and the errors of the CRIU LOGS.
+    Its stdout goes to OUTFILE (or /dev/null), its stderr to ERRFILE (or /dev/null); a non-zero
+    exit raises CommandFailed with the end of ERRFILE and the errors of the CRIU LOGS.
     """
     import threading
 
     with open(os.devnull, "r+b") as null:
         err = open(errfile, "wb") if errfile else null
+        out = open(outfile, "wb") if outfile else null
         try:
             t0 = time.perf_counter()
-            p = subprocess.Popen(list(cmd), stdin=null, stdout=null, stderr=err)
+            p = subprocess.Popen(list(cmd), stdin=null, stdout=out, stderr=err)
             # Not p.wait(timeout): with a timeout, Python polls waitpid with sleeps of up to
             # 50 ms, which would round every measurement up to the next poll.  A blocking
             # wait, and a timer that kills a command that hangs.
@@ -106,6 +108,8 @@ def run_timed(cmd: Sequence[str], *, errfile: Optional[str] = None, logs: Sequen
         finally:
             if errfile:
                 err.close()
+            if outfile:
+                out.close()
     if rc != 0:
         why = [x for x in [_tail(errfile)] + [criu_log_errors(l) for l in logs] if x]
         raise CommandFailed(f"{' '.join(cmd)}: exit {rc}" + (f": {' || '.join(why)}" if why else ""))
@@ -346,18 +350,83 @@ def pages_bytes(image_dir: str) -> int:
                and e.name.endswith(".img"))
 
 
-def kdat_loaded(log_path: str) -> Optional[bool]:
-    """Did CRIU load its kernel-probe cache (per its dump.log)?  None without a log."""
+def kdat_state(log_path: str) -> Optional[str]:
+    """What CRIU's log (dump.log, restore.log) says of its kernel-probe cache, /run/criu.kdat:
+    "loaded" (``Loaded kdat cache``), "absent" (``File /run/criu.kdat does not exist``: it probed the
+    kernel), "unknown" (neither line: another log level, or the cache was there and rejected);
+    None without a log.  CRIU says it among its first lines."""
     try:
         with open(log_path, errors="replace") as f:
-            for line in f:
+            for i, line in enumerate(f):
                 if "Loaded kdat cache" in line:
-                    return True
-                if "Dumping finished" in line:
+                    return "loaded"
+                if "criu.kdat does not exist" in line:
+                    return "absent"
+                if i > 200 or "Dumping finished" in line:
                     break
     except OSError:
         return None
-    return False
+    return "unknown"
+
+
+def kdat_loaded(log_path: str) -> Optional[bool]:
+    """Did CRIU load its kernel-probe cache (per its dump.log)?  None without a log."""
+    st = kdat_state(log_path)
+    return None if st is None else st == "loaded"
+
+
+# --- hiding CRIU's kernel-probe cache (a tool "as shipped" on this host) ----------------------------
+
+class KdatHider:
+    """Hides /run/criu.kdat for the length of one command by renaming it, and puts it back.
+
+    On a host whose /run is not a tmpfs, CRIU finds no cache of its own and probes the kernel at
+    every start; fastckpt writes /run/criu.kdat, which runc's and pycriu's CRIU then read as well.
+    ``with hider.hidden(): <tool as shipped>`` renames the cache to KDAT_HIDDEN (no wrapper around
+    the tool: it runs exactly as it would) and renames it back right after.  ``restore()`` is
+    idempotent and also runs at exit (atexit), from the caller's signal handlers and at the start of
+    the next run, should a run ever be killed (SIGKILL) while the cache is hidden.  Should someone
+    have made a new /run/criu.kdat meanwhile (another fastckpt), that one is kept and ours dropped.
+    """
+
+    def __init__(self):
+        import atexit
+
+        self.hides = 0
+        self.remade = 0  # times another process made a new /run/criu.kdat while ours was hidden
+        self.recovered = self.restore()  # a previous run killed while it held the cache hidden
+        atexit.register(self.restore)
+
+    def restore(self) -> Optional[str]:
+        """Put the cache back if we hid it; what was done (None: nothing was hidden)."""
+        if not os.path.exists(KDAT_HIDDEN):
+            return None
+        try:
+            if os.path.exists(KDAT):  # made anew meanwhile (fastckpt elsewhere): keep that one
+                os.unlink(KDAT_HIDDEN)
+                self.remade += 1
+                return "a new cache had been made meanwhile: the hidden copy was dropped"
+            os.rename(KDAT_HIDDEN, KDAT)
+        except FileNotFoundError:
+            return None
+        return "renamed back"
+
+    def hidden(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def cm():
+            try:
+                os.rename(KDAT, KDAT_HIDDEN)
+                self.hides += 1
+            except FileNotFoundError:
+                pass  # no cache to hide: CRIU probes anyway
+            try:
+                yield
+            finally:
+                self.restore()
+
+        return cm()
 
 
 def _stats_from_fastckpt_images(image_dir: str) -> Optional[dict]:
@@ -417,6 +486,54 @@ def dump_stats(image_dir: str, log_path: Optional[str] = None) -> Tuple[Optional
             return s, source
     s = _stats_from_log(log_path or os.path.join(image_dir, DUMP_LOG))
     return s, ("dump.log" if s else "none")
+
+
+# --- fastckpt.Session ----------------------------------------------------------------------
+
+def _pids_with_arg(arg: str) -> List[int]:
+    """Pids of processes one of whose arguments is exactly ARG (a path unique to what we started)."""
+    pids = []
+    for e in os.scandir("/proc"):
+        if not e.name.isdigit():
+            continue
+        try:
+            with open(os.path.join(e.path, "cmdline"), "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if arg.encode() in args:
+            pids.append(int(e.name))
+    return pids
+
+
+def start_session(attempts: int = 5):
+    """fastckpt.Session(), tried up to ATTEMPTS times; returns (session, seconds its start took, failures).
+
+    fastckpt 0.1.0's Session reads `criu service --daemon`'s pidfile as soon as the socket appears, which
+    on a loaded machine is often before the daemon has written it: the start then fails and leaves that
+    daemon running (its directory removed).  Such a daemon, ours, is found by its unique socket path and
+    killed by pid; then we try again.
+    """
+    import fastckpt
+    from fastckpt.errors import CriuError
+
+    failures: List[str] = []
+    while True:
+        t0 = time.perf_counter()
+        try:
+            return fastckpt.Session(), time.perf_counter() - t0, failures
+        except CriuError as e:
+            failures.append(str(e))
+            if e.log_path:
+                sock = os.path.join(os.path.dirname(e.log_path), "criu.sock")
+                time.sleep(0.2)  # let a daemon caught mid-start finish it
+                for pid in _pids_with_arg(sock):
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            if len(failures) >= attempts:
+                raise
 
 
 # --- the 1 GiB process ------------------------------------------------------------------

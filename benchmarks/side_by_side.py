@@ -8,20 +8,40 @@ falls on all of them alike.  Each section starts with one warm-up round that
 is not counted.  Reported: median, min and max of the wall time, and the
 ratio fastckpt/other of the medians.
 
+The other tools are measured twice, as two tools of their own:
+
+  as shipped (`*-shipped`)  CRIU's kernel-probe cache /run/criu.kdat is renamed
+      away (to /run/criu.kdat.bench-hidden) for just that one command and renamed
+      back right after: the tool runs as it does on this host without fastckpt
+      (/run is not a tmpfs here, so CRIU keeps no cache and re-probes the kernel
+      at every start).  Nothing wraps the command.
+  with the cache (`*-cache`)  the cache fastckpt wrote is left in place: the
+      conservative comparison (once fastckpt has run, runc and pycriu read it too).
+
+fastckpt always runs with its cache (one of its levers).  Per round, CRIU's log
+(dump.log / restore.log: "Loaded kdat cache" or "criu.kdat does not exist")
+must say the cache was used as the row says; a round where it was not (another
+fastckpt remade the cache meanwhile, say) is dropped and counted, and too many
+of them fail the run.  The cache is put back on any exit: finally, atexit,
+SIGTERM/SIGHUP/SIGQUIT/SIGINT, and at the next start should a run have been
+killed while it was hidden.
+
   1  checkpoint of a tiny runc container (a fresh one per tool and round):
-     `fastckpt checkpoint` vs `runc checkpoint`; informational: runc without
-     CRIU's kernel-probe cache (/run/criu.kdat hidden in a private mount
-     namespace) and the cost of that unshare+sh+mount wrapper alone
+     `fastckpt checkpoint` vs `runc checkpoint` as shipped and with the cache
   2  the same with --leave-running (one container per tool, checkpointed
      again and again into fresh image directories)
-  3  restore -d of a fresh checkpoint (made untimed by the same tool)
-  4  from Python: fastckpt.checkpoint(pid=..., leave_running=True) vs pycriu
-     vs the `criu dump` CLI, of one running process (informational: through
-     fastckpt.Session); 3N rounds, like row 6, as each takes milliseconds
+  3  restore -d of a fresh checkpoint (made untimed, with the cache, by
+     fastckpt for fastckpt's row and by runc for runc's)
+  4  from Python: fastckpt.checkpoint(pid=..., leave_running=True) and the same
+     through fastckpt.Session (a warm `criu service`, started once, untimed)
+     vs pycriu and vs the `criu dump` CLI, as shipped and with the cache, of
+     one running process; 3N rounds, like row 6, as each takes milliseconds
   5  a container holding 1 GiB of non-zero memory, images on a fresh tmpfs:
      wall time, throughput (bytes of pages-*.img / wall time), CRIU's frozen
-     time; beside `dd if=/dev/zero` into a fresh tmpfs (BENCH_BIG_ROUNDS,
-     default 5)
+     time and fastckpt's own (`--print-stats` frozen_time_ms, from a separate
+     `fastckpt checkpoint --print-stats` in each round: decoding the statistics
+     costs wall time); runc as shipped and with the cache; beside
+     `dd if=/dev/zero` into a fresh tmpfs (BENCH_BIG_ROUNDS, default 5)
   6  `fastckpt --version` vs `python -c pass` (3N rounds)
 
 Results: a markdown table on stdout and benchmarks/results/latest.{md,json}
@@ -66,9 +86,6 @@ TARGETS = {
     "big-dd": (">=", 0.70),
     "version-ms": ("<=", 40.0),
 }
-
-NOKDAT_SH = 'mount --bind /dev/null /run/criu.kdat && exec "$@"'
-
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -185,13 +202,17 @@ class Bench:
         # machine lasting a second would otherwise cover most of them
         self.fast_rounds = 3 * rounds
         self.jan = bl.Janitor()
+        self.hider: Optional[bl.KdatHider] = None  # set by main() before anything runs
         self.samples: Dict[str, Dict[str, List[float]]] = {}  # section -> tool -> values
+        self.kdat: Dict[str, Dict[str, Dict[str, int]]] = {}  # section -> tool -> CRIU log's cache state -> rounds
+        self.dropped: Dict[str, Dict[str, int]] = {}  # section -> tool -> rounds dropped (cache not as meant)
         self.notes: List[str] = []
         self.base = ""
         self.root = ""
         self.bundle = ""
         self.errdir = ""
         self.pycriu_ok = False
+        self.session_start: Optional[float] = None
         self.quiet_budget = 0.0  # BENCH_WAIT_QUIET: seconds we may wait for quiet between rounds
         self.quiet_waited = 0.0
         self.busy_rounds = 0  # rounds that started on a busy machine all the same
@@ -234,110 +255,140 @@ class Bench:
         return os.path.join(self.errdir, f"{name}.stderr")
 
     def setup(self) -> None:
+        from fastckpt import engine, kdat
+
         self.base = self.jan.mkdtemp("fastckpt-bench-")
         self.root = os.path.join(self.base, "runc-root")  # private runc root
         os.makedirs(self.root, mode=0o700)
         self.errdir = os.path.join(self.base, "stderr")
         os.makedirs(self.errdir)
         self.bundle = bl.make_bundle(os.path.join(self.base, "bundle-tiny"))
+        # fastckpt's cache, made now if need be (as fastckpt's first command would), and this process's
+        # once-per-process check of it done now, while it is in place: the API rows never re-check it
+        kdat.ensure(engine.criu_binary())
+        if not os.path.exists(bl.KDAT):
+            raise RuntimeError(f"fastckpt made no kernel-probe cache ({bl.KDAT}): the with-cache rows would "
+                               "not have one (FASTCKPT_KDAT_CACHE=0?)")
         try:
             import pycriu  # noqa: F401
             self.pycriu_ok = True
         except ImportError:
-            self.notes.append("pycriu is not installed: its row is missing")
+            self.notes.append("pycriu is not installed: its rows are missing")
 
     def image_dir(self) -> str:
         return self.jan.mkdtemp("img-", self.base)
 
+    # --- the kernel-probe cache
+    def as_tool(self, tool: str, fn: Callable[[], float]) -> float:
+        """Run FN (it times itself): a tool "as shipped" (`*-shipped`) with /run/criu.kdat renamed
+        away for just that call; every other tool with the cache in place."""
+        if not shipped(tool):
+            return fn()
+        with self.hider.hidden():
+            return fn()
+
+    def kdat_ok(self, section: str, tool: str, log_path: str, counted: bool) -> bool:
+        """Did CRIU (per its log) use the cache as this tool's row says (shipped: it probed the
+        kernel; any other: it loaded /run/criu.kdat)?  A round where it did not (another fastckpt
+        on the machine may remake the cache while it is hidden, or remove it) is dropped."""
+        st = bl.kdat_state(log_path) or "no log"
+        want = "absent" if shipped(tool) else "loaded"
+        if counted:
+            d = self.kdat.setdefault(section, {}).setdefault(tool, {})
+            d[st] = d.get(st, 0) + 1
+        if st == want:
+            return True
+        if counted:
+            self.dropped.setdefault(section, {})[tool] = self.dropped.get(section, {}).get(tool, 0) + 1
+            log(f"  [{section}] {tool}: CRIU's log says the cache was {st!r}, meant {want!r}: round dropped")
+        return False
+
+    def check_dropped(self, section: str, rounds: int) -> None:
+        for tool, n in self.dropped.get(section, {}).items():
+            if n > max(2, rounds // 5):
+                raise RuntimeError(f"{section}: {tool}: in {n} of {rounds} rounds CRIU did not use the kernel-probe "
+                                   "cache as meant (see the log above): something else keeps changing "
+                                   f"{bl.KDAT}")
+
     # --- commands
     def ckpt_cmd(self, tool: str, cid: str, img: str, leave_running: bool = False) -> List[str]:
         lr = ["--leave-running"] if leave_running else []
-        if tool == "fastckpt":
-            return [bl.FASTCKPT, "--root", self.root, "checkpoint", "--image-path", img, *lr, cid]
-        runc = ["runc", "--root", self.root, "checkpoint", "--image-path", img, *lr, cid]
-        if tool == "runc":
-            return runc
-        if tool == "runc-nokdat":
-            return ["unshare", "-m", "sh", "-c", NOKDAT_SH, "sh", *runc]
+        if tool in ("fastckpt", "fastckpt-stats"):
+            st = ["--print-stats"] if tool == "fastckpt-stats" else []
+            return [bl.FASTCKPT, "--root", self.root, "checkpoint", "--image-path", img, *lr, *st, cid]
+        if tool in ("runc-shipped", "runc-cache", "runc"):
+            return ["runc", "--root", self.root, "checkpoint", "--image-path", img, *lr, cid]
         raise ValueError(tool)
 
     def restore_cmd(self, tool: str, cid: str, img: str) -> List[str]:
         exe = [bl.FASTCKPT] if tool == "fastckpt" else ["runc"]
         return exe + ["--root", self.root, "restore", "-d", "--image-path", img, "-b", self.bundle, cid]
 
-    def check_kdat(self, tool: str, log_path: str) -> None:
-        loaded = bl.kdat_loaded(log_path)
-        if tool == "runc-nokdat" and loaded:
-            raise RuntimeError(f"CRIU loaded the kdat cache although it was hidden ({log_path})")
-        self.samples.setdefault("kdat-loaded", {}).setdefault(tool, []).append(bool(loaded))
+    def timed_ckpt(self, section: str, tool: str, cid: str, r: int, leave_running: bool = False) -> None:
+        """One timed checkpoint of CID by TOOL into a fresh image directory, recorded if round R counts."""
+        img = self.image_dir()
+        log_path = os.path.join(img, bl.DUMP_LOG)
+        cmd = self.ckpt_cmd(tool, cid, img, leave_running)
+        dt = self.as_tool(tool, lambda: bl.run_timed(cmd, errfile=self.errfile(tool), logs=[log_path]))
+        if self.kdat_ok(section, tool, log_path, r >= 0):
+            self.record(section, tool, dt, r >= 0)
+            self.record(f"{section}-criu", tool, dump_log_seconds(log_path) or 0.0, r >= 0)
+        self.jan.release_dir(img)
 
-    # --- 1: checkpoint of a tiny container (+ runc without the kdat cache)
+    # --- 1: checkpoint of a tiny container (a fresh one per tool and round)
     def sec_tiny(self) -> None:
-        tools = ["fastckpt", "runc", "runc-nokdat", "unshare-overhead"]
+        tools = list(CLI_TOOLS)
         for r in range(-1, self.rounds):
             self.gate()
-            ids = {t: bl.start_container(self.jan, self.root, self.bundle) for t in tools if t != "unshare-overhead"}
+            ids = {t: bl.start_container(self.jan, self.root, self.bundle) for t in tools}
             time.sleep(0.05)
             for t in rotate(tools, r):
-                if t == "unshare-overhead":
-                    dt = bl.run_timed(["unshare", "-m", "sh", "-c", NOKDAT_SH, "sh", "true"], errfile=self.errfile(t))
-                    self.record("tiny", t, dt, r >= 0)
-                    continue
-                img = self.image_dir()
-                log_path = os.path.join(img, bl.DUMP_LOG)
-                dt = bl.run_timed(self.ckpt_cmd(t, ids[t], img), errfile=self.errfile(t), logs=[log_path])
-                self.record("tiny", t, dt, r >= 0)
-                self.record("tiny-criu", t, dump_log_seconds(log_path) or 0.0, r >= 0)
-                if r >= 0:
-                    self.check_kdat(t, log_path)
-                self.jan.release_dir(img)
+                self.timed_ckpt("tiny", t, ids[t], r)
             for cid in ids.values():
                 self.jan.release_container(self.root, cid)
             self.progress("tiny", r)
+        self.check_dropped("tiny", self.rounds)
 
     # --- 2: --leave-running, one container per tool
     def sec_leave(self) -> None:
-        tools = ["fastckpt", "runc"]
+        tools = list(CLI_TOOLS)
         ids = {t: bl.start_container(self.jan, self.root, self.bundle) for t in tools}
         time.sleep(0.05)
         for r in range(-1, self.rounds):
             self.gate()
             for t in rotate(tools, r):
-                img = self.image_dir()
-                log_path = os.path.join(img, bl.DUMP_LOG)
-                dt = bl.run_timed(self.ckpt_cmd(t, ids[t], img, leave_running=True), errfile=self.errfile(t),
-                                  logs=[log_path])
-                self.record("leave", t, dt, r >= 0)
-                self.record("leave-criu", t, dump_log_seconds(log_path) or 0.0, r >= 0)
-                self.jan.release_dir(img)
+                self.timed_ckpt("leave", t, ids[t], r, leave_running=True)
             self.progress("leave", r)
         for t in tools:
             if not os.path.exists(f"/proc/{bl.container_pid(self.root, ids[t])}"):
                 raise RuntimeError(f"the {t} container died during the --leave-running checkpoints")
             self.jan.release_container(self.root, ids[t])
+        self.check_dropped("leave", self.rounds)
 
     # --- 3: restore -d
     def sec_restore(self) -> None:
-        tools = ["fastckpt", "runc"]
+        tools = list(CLI_TOOLS)
         for r in range(-1, self.rounds):
             self.gate()
             imgs, restored = {}, {}
-            for t in tools:  # untimed: each tool checkpoints a fresh container of its own
+            for t in tools:  # untimed, with the cache: each checkpoints a fresh container (runc's rows: runc)
                 cid = bl.start_container(self.jan, self.root, self.bundle)
                 time.sleep(0.05)
                 img = imgs[t] = self.image_dir()
-                bl.run_timed(self.ckpt_cmd(t, cid, img), errfile=self.errfile(t + "-prep"),
+                maker = "fastckpt" if t == "fastckpt" else "runc"
+                bl.run_timed(self.ckpt_cmd(maker, cid, img), errfile=self.errfile(t + "-prep"),
                              logs=[os.path.join(img, bl.DUMP_LOG)])
                 self.jan.release_container(self.root, cid)
             for t in rotate(tools, r):
                 rid = restored[t] = bl.new_id("fcbench-r")
                 self.jan.add_container(self.root, rid)
                 log_path = os.path.join(imgs[t], "restore.log")
-                dt = bl.run_timed(self.restore_cmd(t, rid, imgs[t]), errfile=self.errfile(t + "-restore"),
-                                  logs=[log_path])
+                cmd = self.restore_cmd(t, rid, imgs[t])
+                dt = self.as_tool(t, lambda: bl.run_timed(cmd, errfile=self.errfile(t + "-restore"), logs=[log_path]))
                 self.jan.remember_cgroups(self.root, rid)
-                self.record("restore", t, dt, r >= 0)
-                self.record("restore-criu", t, dump_log_seconds(log_path) or 0.0, r >= 0)
+                if self.kdat_ok("restore", t, log_path, r >= 0):
+                    self.record("restore", t, dt, r >= 0)
+                    self.record("restore-criu", t, dump_log_seconds(log_path) or 0.0, r >= 0)
             for t in tools:
                 pid = bl.container_pid(self.root, restored[t])
                 if not os.path.exists(f"/proc/{pid}"):
@@ -345,6 +396,7 @@ class Bench:
                 self.jan.release_container(self.root, restored[t])
                 self.jan.release_dir(imgs[t])
             self.progress("restore", r)
+        self.check_dropped("restore", self.rounds)
 
     # --- 4: from Python, one process, --leave-running
     def sec_api(self) -> None:
@@ -354,7 +406,6 @@ class Bench:
         exe = os.path.realpath(shutil.which("sleep") or "/bin/sleep")
         bl.wait_until(lambda: os.path.realpath(f"/proc/{proc.pid}/exe") == exe, "the sleep process to exec")
         pid = proc.pid
-        tools = ["fastckpt-api", "pycriu", "criu-cli"] if self.pycriu_ok else ["fastckpt-api", "criu-cli"]
 
         def api(img: str) -> float:
             t0 = time.perf_counter()
@@ -383,12 +434,17 @@ class Bench:
             return bl.run_timed(["criu", "dump", "-t", str(pid), "-D", img, "--leave-running", "-o", bl.DUMP_LOG,
                                  "-v4"], errfile=self.errfile("criu-cli"), logs=[os.path.join(img, bl.DUMP_LOG)])
 
-        fns: Dict[str, Callable[[str], float]] = {"fastckpt-api": api, "pycriu": pyc, "criu-cli": cli}
+        fns: Dict[str, Callable[[str], float]] = {"fastckpt-api": api}
         session = None
         if getattr(fastckpt, "Session", None) is not None:
-            # informational: fastckpt's warm CRIU service for repeated API calls (started untimed)
-            session = fastckpt.Session()
+            # fastckpt's warm CRIU service for repeated API calls: started once, untimed (its start is
+            # reported apart); each call is served by a fork of it
+            session, self.session_start, failed = bl.start_session()
             close_session = self.jan.on_close(session.close)
+            if failed:
+                self.notes.append(f"fastckpt.Session() failed to start {len(failed)} time(s) before it did (a race "
+                                  "in fastckpt's Session: it reads criu's pidfile before the daemon has written it; "
+                                  f"the daemons left behind were killed): {failed[0]}")
 
             def ses(img: str) -> float:
                 t0 = time.perf_counter()
@@ -396,17 +452,24 @@ class Bench:
                 return time.perf_counter() - t0
 
             fns["fastckpt-session"] = ses
-            tools.append("fastckpt-session")
+        else:
+            self.notes.append("fastckpt.Session is missing: its rows are missing")
+        if self.pycriu_ok:
+            fns["pycriu-shipped"] = fns["pycriu-cache"] = pyc
+        fns["criu-cli-shipped"] = fns["criu-cli-cache"] = cli
+        tools = list(fns)
         for r in range(-1, self.fast_rounds):
             if r % 5 == 0:
                 self.gate()
             for t in rotate(tools, r):
                 img = self.image_dir()
-                dt = fns[t](img)
+                dt = self.as_tool(t, lambda: fns[t](img))
                 if not any(n.startswith("pages-") for n in os.listdir(img)):
                     raise RuntimeError(f"{t} wrote no pages image in {img}")
-                self.record("api", t, dt, r >= 0)
-                self.record("api-criu", t, dump_log_seconds(os.path.join(img, bl.DUMP_LOG)) or 0.0, r >= 0)
+                log_path = os.path.join(img, bl.DUMP_LOG)
+                if self.kdat_ok("api", t, log_path, r >= 0):
+                    self.record("api", t, dt, r >= 0)
+                    self.record("api-criu", t, dump_log_seconds(log_path) or 0.0, r >= 0)
                 self.jan.release_dir(img)
             self.progress("api", r, self.fast_rounds)
         if proc.poll() is not None:
@@ -414,6 +477,7 @@ class Bench:
         if session is not None:
             self.jan.release_callback(close_session)
         self.jan.release_proc(proc)
+        self.check_dropped("api", self.fast_rounds)
 
     # --- 5: 1 GiB of memory, images on tmpfs, beside dd
     def sec_big(self) -> None:
@@ -422,7 +486,7 @@ class Bench:
         bundle = bl.make_bundle(os.path.join(self.base, "bundle-big"), args=["/bigmem", str(BIG_MIB), "/tmp/ready"])
         shutil.copy2(binary, os.path.join(bundle, "rootfs", "bigmem"))
         ready = os.path.join(bundle, "rootfs", "tmp", "ready")
-        tools = ["fastckpt", "runc", "dd"]
+        tools = ["fastckpt", "fastckpt-stats", "runc-shipped", "runc-cache", "dd"]
         self.samples["big-meta"] = {"pages_bytes": {}, "stats_source": {}}
         for r in range(self.big_rounds):
             self.gate()
@@ -448,24 +512,35 @@ class Bench:
                 os.mkdir(img, 0o700)
                 time.sleep(0.2)
                 log_path = os.path.join(img, bl.DUMP_LOG)
-                dt = bl.run_timed(self.ckpt_cmd(t, cid, img), errfile=self.errfile(t + "-big"), logs=[log_path])
+                out = os.path.join(self.errdir, "print-stats.json") if t == "fastckpt-stats" else None
+                cmd = self.ckpt_cmd(t, cid, img)
+                dt = self.as_tool(t, lambda: bl.run_timed(cmd, errfile=self.errfile(t + "-big"), logs=[log_path],
+                                                          outfile=out))
                 nbytes = bl.pages_bytes(img)
                 if nbytes < BIG_MIB * 2**20:
                     raise RuntimeError(f"{t} wrote only {nbytes} bytes of pages for a 1 GiB process")
-                stats, source = bl.dump_stats(img, log_path)
-                self.record("big", t, dt)
-                self.record("big-gbps", t, nbytes / dt / GB)
-                self.record("big-criu", t, dump_log_seconds(log_path) or 0.0)
-                if stats and "frozen_time" in stats:
-                    self.record("big-frozen", t, stats["frozen_time"] / 1e6)
-                for k in ("freezing_time", "memdump_time", "memwrite_time"):
-                    if stats and k in stats:
-                        self.record(f"big-{k}", t, stats[k] / 1e6)
-                self.samples["big-meta"]["pages_bytes"].setdefault(t, []).append(nbytes)
-                self.samples["big-meta"]["stats_source"][t] = source
+                if self.kdat_ok("big", t, log_path, True):
+                    stats, source = bl.dump_stats(img, log_path)
+                    self.record("big", t, dt)
+                    self.record("big-gbps", t, nbytes / dt / GB)
+                    self.record("big-criu", t, dump_log_seconds(log_path) or 0.0)
+                    if stats and "frozen_time" in stats:
+                        self.record("big-frozen", t, stats["frozen_time"] / 1e6)
+                    for k in ("freezing_time", "memdump_time", "memwrite_time"):
+                        if stats and k in stats:
+                            self.record(f"big-{k}", t, stats[k] / 1e6)
+                    if out:  # fastckpt's own: CheckpointResult.frozen_time, from its freeze to the dump's end
+                        with open(out) as f:
+                            ps = json.load(f)
+                        if ps.get("frozen_time_ms") is None:
+                            raise RuntimeError(f"`fastckpt checkpoint --print-stats` printed no frozen_time_ms: {ps}")
+                        self.record("big-ownfrozen", t, ps["frozen_time_ms"] / 1000)
+                    self.samples["big-meta"]["pages_bytes"].setdefault(t, []).append(nbytes)
+                    self.samples["big-meta"]["stats_source"][t] = source
                 self.jan.release_mount(tm)
                 self.jan.release_container(self.root, cid)
             self.progress("big", r, self.big_rounds)
+        self.check_dropped("big", self.big_rounds)
 
     # --- 6: the CLI's start
     def sec_version(self) -> None:
@@ -484,6 +559,14 @@ class Bench:
             log(f"  [{section}] warm-up round done")
         elif r + 1 == total or (r + 1) % (5 if total < 30 else 15) == 0:
             log(f"  [{section}] {r + 1}/{total} rounds")
+
+
+def shipped(tool: str) -> bool:
+    """A tool measured as it runs on this host without fastckpt: CRIU's kernel-probe cache hidden."""
+    return tool.endswith("-shipped")
+
+
+CLI_TOOLS = ("fastckpt", "runc-shipped", "runc-cache")
 
 
 # --- the report ------------------------------------------------------------------------
@@ -507,27 +590,57 @@ def _target(target) -> str:
     return f"{'≤' if op == '<=' else '≥'} {lim:g}"
 
 
-# (section, tool, group, label, ratio = median(NUM) / median(DEN) with (NUM, DEN), target key)
+def _r(x: Optional[float]) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+CACHE_LABEL = {
+    "fastckpt": "fastckpt's (its own lever)",
+    "shipped": "hidden: as shipped on this host",
+    "cache": "fastckpt's, left in place",
+}
+
+
+def cache_of(tool: str) -> str:
+    if tool.startswith("fastckpt"):
+        return "fastckpt"
+    return "shipped" if shipped(tool) else "cache"
+
+
+# The detail table: (section, tool, group, label)
 ROWS = [
-    ("tiny", "fastckpt", "1. checkpoint, tiny container", "`fastckpt checkpoint`", None, None),
-    ("tiny", "runc", "", "`runc checkpoint`", ("fastckpt", "runc"), "tiny"),
-    ("leave", "fastckpt", "2. checkpoint --leave-running, tiny container", "`fastckpt checkpoint --leave-running`",
-     None, None),
-    ("leave", "runc", "", "`runc checkpoint --leave-running`", ("fastckpt", "runc"), "leave"),
-    ("restore", "fastckpt", "3. restore -d, tiny container", "`fastckpt restore -d`", None, None),
-    ("restore", "runc", "", "`runc restore -d`", ("fastckpt", "runc"), "restore"),
+    ("tiny", "fastckpt", "1. checkpoint, tiny container", "`fastckpt checkpoint`"),
+    ("tiny", "runc-shipped", "", "`runc checkpoint`"),
+    ("tiny", "runc-cache", "", "`runc checkpoint`"),
+    ("leave", "fastckpt", "2. checkpoint --leave-running, tiny container", "`fastckpt checkpoint --leave-running`"),
+    ("leave", "runc-shipped", "", "`runc checkpoint --leave-running`"),
+    ("leave", "runc-cache", "", "`runc checkpoint --leave-running`"),
+    ("restore", "fastckpt", "3. restore -d, tiny container", "`fastckpt restore -d`"),
+    ("restore", "runc-shipped", "", "`runc restore -d`"),
+    ("restore", "runc-cache", "", "`runc restore -d`"),
     ("api", "fastckpt-api", "4. Python, checkpoint --leave-running of a process",
-     "`fastckpt.checkpoint(pid=…, leave_running=True)`", None, None),
-    ("api", "pycriu", "", "pycriu `criu().dump()`", ("fastckpt-api", "pycriu"), "api-pycriu"),
-    ("api", "criu-cli", "", "`criu dump -t PID --leave-running -v4` (CLI)", ("fastckpt-api", "criu-cli"), None),
-    ("version", "fastckpt --version", "6. CLI start", "`fastckpt --version`", None, "version-ms"),
-    ("version", "python -c pass", "", "`python -c pass` (the floor)", ("fastckpt --version", "python -c pass"), None),
-    ("tiny", "runc-nokdat", "info: runc without the kdat cache", "`runc checkpoint`, /run/criu.kdat hidden "
-     "(unshare -m + sh + mount wrapper)", ("fastckpt", "runc-nokdat"), None),
-    ("tiny", "unshare-overhead", "", "that wrapper alone (`unshare -m sh -c 'mount --bind …; exec true'`)", None,
+     "`fastckpt.checkpoint(pid=…, leave_running=True)`"),
+    ("api", "fastckpt-session", "", "`Session().checkpoint(pid=…, leave_running=True)` (warm `criu service`)"),
+    ("api", "pycriu-shipped", "", "pycriu `criu().dump()`"),
+    ("api", "pycriu-cache", "", "pycriu `criu().dump()`"),
+    ("api", "criu-cli-shipped", "", "`criu dump -t PID --leave-running -v4` (CLI)"),
+    ("api", "criu-cli-cache", "", "`criu dump -t PID --leave-running -v4` (CLI)"),
+    ("version", "fastckpt --version", "6. CLI start", "`fastckpt --version`"),
+    ("version", "python -c pass", "", "`python -c pass` (the floor)"),
+]
+
+# The summary: (name, section, fastckpt's tool, the other as shipped, the other with the cache, target key)
+COMPARISONS = [
+    ("1. checkpoint, tiny container: fastckpt / runc", "tiny", "fastckpt", "runc-shipped", "runc-cache", "tiny"),
+    ("2. checkpoint --leave-running: fastckpt / runc", "leave", "fastckpt", "runc-shipped", "runc-cache", "leave"),
+    ("3. restore -d: fastckpt / runc", "restore", "fastckpt", "runc-shipped", "runc-cache", "restore"),
+    ("4. Python: `fastckpt.checkpoint()` / pycriu", "api", "fastckpt-api", "pycriu-shipped", "pycriu-cache",
+     "api-pycriu"),
+    ("4. Python: `fastckpt.Session` / pycriu", "api", "fastckpt-session", "pycriu-shipped", "pycriu-cache",
+     "api-pycriu"),
+    ("4. Python: `fastckpt.checkpoint()` / criu CLI", "api", "fastckpt-api", "criu-cli-shipped", "criu-cli-cache",
      None),
-    ("api", "fastckpt-session", "info: row 4 through fastckpt.Session (ratio: vs pycriu)",
-     "`Session().checkpoint(pid=…, leave_running=True)` (warm `criu service`)", ("fastckpt-session", "pycriu"),
+    ("4. Python: `fastckpt.Session` / criu CLI", "api", "fastckpt-session", "criu-cli-shipped", "criu-cli-cache",
      None),
 ]
 
@@ -540,44 +653,58 @@ def build_report(b: Bench, meta: dict) -> dict:
         xs = s.get(section, {}).get(tool)
         return bl.summarize(xs)["median"] if xs else None
 
-    for section, tool, group, label, pair, tkey in ROWS:
+    def ratio(num, den):
+        return num / den if num and den else None
+
+    fast = {"tiny": "fastckpt", "leave": "fastckpt", "restore": "fastckpt", "api": "fastckpt-api"}
+    for section, tool, group, label in ROWS:
         xs = s.get(section, {}).get(tool)
         if not xs:
             continue
         summ = bl.summarize(xs)
         row = {"section": section, "tool": tool, "group": group, "label": label, "unit": "s", "samples": xs, **summ,
-               "criu_median": med(f"{section}-criu", tool)}
+               "cache": cache_of(tool) if section != "version" else None,
+               "criu_median": med(f"{section}-criu", tool), "kdat_log": b.kdat.get(section, {}).get(tool),
+               "dropped": b.dropped.get(section, {}).get(tool, 0)}
         cr = s.get(f"{section}-criu", {}).get(tool)
         if cr and len(cr) == len(xs) and all(cr):
             # the tool's own time: wall time minus CRIU's, round by round
             row["outside_criu_median"] = bl.summarize([w - c for w, c in zip(xs, cr)])["median"]
-        if pair:
-            num, den = med(section, pair[0]), med(section, pair[1])
-            row["ratio"] = num / den if num and den else None
-            row["ratio_of"] = list(pair)
-            target = TARGETS.get(tkey) if tkey else None
-            row["target"] = target
-            row["met"] = _met(row["ratio"], target) if target else ""
-            ratios.append({"name": f"{section}: {pair[0]} / {pair[1]}", "ratio": row["ratio"],
-                           "target": target, "met": row["met"] == "yes" if target else None})
-        elif tkey == "version-ms":
-            target = TARGETS[tkey]
-            row["target"] = target
-            row["met"] = _met(summ["median"] * 1000, target)
-            ratios.append({"name": "fastckpt --version median ms", "ratio": summ["median"] * 1000,
-                           "target": target, "met": row["met"] == "yes"})
+        if section in fast and not tool.startswith("fastckpt"):
+            row["ratio"] = ratio(med(section, fast[section]), summ["median"])
+            row["ratio_of"] = [fast[section], tool]
+        elif tool == "python -c pass":
+            row["ratio"] = ratio(med(section, "fastckpt --version"), summ["median"])
+            row["ratio_of"] = ["fastckpt --version", tool]
         rows.append(row)
+
+    summary = []
+    for name, section, num, shp, cch, tkey in COMPARISONS:
+        n = med(section, num)
+        if n is None:
+            continue
+        target = TARGETS.get(tkey) if tkey else None
+        c = {"name": name, "unit": "s", "fastckpt": n, "fastckpt_tool": num,
+             "shipped": med(section, shp), "shipped_tool": shp, "cache": med(section, cch), "cache_tool": cch,
+             "target": target}
+        c["ratio_shipped"] = ratio(n, c["shipped"])
+        c["ratio_cache"] = ratio(n, c["cache"])
+        c["met_shipped"] = _met(c["ratio_shipped"], target)
+        c["met_cache"] = _met(c["ratio_cache"], target)
+        summary.append(c)
 
     big = {}
     if s.get("big"):
-        for tool in ("fastckpt", "runc", "dd"):
+        for tool in ("fastckpt", "fastckpt-stats", "runc-shipped", "runc-cache", "dd"):
             if tool not in s["big"]:
                 continue
             big[tool] = {
                 "wall": bl.summarize(s["big"][tool]), "wall_samples": s["big"][tool],
                 "gbps": bl.summarize(s["big-gbps"][tool]), "gbps_samples": s["big-gbps"][tool],
+                "cache": cache_of(tool) if tool != "dd" else None,
+                "kdat_log": b.kdat.get("big", {}).get(tool), "dropped": b.dropped.get("big", {}).get(tool, 0),
             }
-            for k in ("criu", "frozen", "freezing_time", "memdump_time", "memwrite_time"):
+            for k in ("criu", "frozen", "ownfrozen", "freezing_time", "memdump_time", "memwrite_time"):
                 xs = s.get(f"big-{k}", {}).get(tool)
                 if xs:
                     big[tool][k] = bl.summarize(xs)
@@ -589,46 +716,134 @@ def build_report(b: Bench, meta: dict) -> dict:
             if src:
                 big[tool]["stats_source"] = src
         fc = big.get("fastckpt", {}).get("gbps", {}).get("median")
-        for other, tkey in (("runc", "big-runc"), ("dd", "big-dd")):
+        for other in ("runc-shipped", "runc-cache", "dd"):
             o = big.get(other, {}).get("gbps", {}).get("median")
             if fc and o:
-                ratio = fc / o
-                big[other]["ratio"] = ratio
-                big[other]["target"] = TARGETS[tkey]
-                big[other]["met"] = _met(ratio, TARGETS[tkey])
-                ratios.append({"name": f"1 GiB throughput: fastckpt / {other}", "ratio": ratio,
-                               "target": TARGETS[tkey], "met": big[other]["met"] == "yes"})
-    kd = s.get("kdat-loaded", {})
-    meta["kdat_loaded_per_tool"] = {t: f"{sum(v)}/{len(v)}" for t, v in kd.items()}
-    return {"meta": meta, "rows": rows, "big": big, "ratios": ratios, "notes": b.notes}
+                big[other]["ratio"] = fc / o
+        t_runc, t_dd = TARGETS["big-runc"], TARGETS["big-dd"]
+        if fc and ("runc-shipped" in big or "runc-cache" in big):
+            rs, rc = big.get("runc-shipped", {}).get("ratio"), big.get("runc-cache", {}).get("ratio")
+            summary.append({"name": "5. 1 GiB checkpoint, throughput (GB/s): fastckpt / runc", "unit": "GB/s",
+                            "fastckpt": fc, "fastckpt_tool": "fastckpt",
+                            "shipped": big.get("runc-shipped", {}).get("gbps", {}).get("median"),
+                            "shipped_tool": "runc-shipped",
+                            "cache": big.get("runc-cache", {}).get("gbps", {}).get("median"), "cache_tool": "runc-cache",
+                            "target": t_runc, "ratio_shipped": rs, "ratio_cache": rc,
+                            "met_shipped": _met(rs, t_runc), "met_cache": _met(rc, t_runc)})
+        if fc and "dd" in big:
+            rd = big["dd"]["ratio"]
+            summary.append({"name": "5. 1 GiB: fastckpt's throughput / dd's into a tmpfs (the ceiling)", "unit": "GB/s",
+                            "fastckpt": fc, "fastckpt_tool": "fastckpt", "shipped": big["dd"]["gbps"]["median"],
+                            "shipped_tool": "dd", "cache": None, "cache_tool": None, "target": t_dd,
+                            "ratio_shipped": rd, "ratio_cache": None, "met_shipped": _met(rd, t_dd), "met_cache": ""})
+    v = med("version", "fastckpt --version")
+    if v is not None:
+        t = TARGETS["version-ms"]
+        summary.append({"name": "6. `fastckpt --version`, median ms (absolute)", "unit": "s", "fastckpt": v,
+                        "fastckpt_tool": "fastckpt --version", "shipped": None, "shipped_tool": None, "cache": None,
+                        "cache_tool": None, "target": t, "ratio_shipped": None, "ratio_cache": None,
+                        "met_shipped": _met(v * 1000, t), "met_cache": ""})
+    for c in summary:
+        ratios.append({"name": c["name"], "ratio": c["ratio_shipped"] if c["ratio_shipped"] is not None
+                       else c["fastckpt"] * 1000, "ratio_with_cache": c["ratio_cache"], "target": c["target"],
+                       "met": c["met_shipped"] == "yes" if c["target"] else None,
+                       "met_with_cache": (c["met_cache"] == "yes") if c["met_cache"] else None})
+
+    # what the cache is worth on this host: CRIU's own time as shipped minus with the cache
+    meta["kernel_probe_s"] = {}
+    for name, section, tool in (("the criu CLI, row 4", "api", "criu-cli"), ("runc checkpoint, row 1", "tiny", "runc")):
+        a, c = med(f"{section}-criu", f"{tool}-shipped"), med(f"{section}-criu", f"{tool}-cache")
+        if a and c:
+            meta["kernel_probe_s"][name] = a - c
+    meta["kdat_log"] = {sec: d for sec, d in b.kdat.items()}
+    meta["dropped_rounds"] = b.dropped
+    meta["session_start_s"] = b.session_start
+    meta["kdat_hides"] = b.hider.hides if b.hider else 0
+    meta["kdat_remade_while_hidden"] = b.hider.remade if b.hider else 0
+    return {"meta": meta, "summary": summary, "rows": rows, "big": big, "ratios": ratios, "notes": b.notes}
+
+
+def _val(x: Optional[float], unit: str) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.2f}" if unit == "GB/s" else _ms(x)
+
+
+def _kdat_cell(d: Optional[dict], dropped: int) -> str:
+    if not d:
+        return ""
+    names = {"loaded": "loaded", "absent": "probed"}
+    cell = ", ".join(f"{names.get(k, k)} {v}" for k, v in sorted(d.items()))
+    return cell + (f" ({dropped} dropped)" if dropped else "")
 
 
 def render_markdown(rep: dict) -> str:
     m = rep["meta"]
     out = [f"# fastckpt side by side — {m['date']}", ""]
-    out.append(f"{m['rounds']} interleaved rounds per row (first tool rotated each round, one warm-up round "
-               f"discarded); rows 4 and 6 (milliseconds each): {3 * m['rounds']} rounds; 1 GiB rows: "
-               f"{m['big_rounds']} rounds (no warm-up). Times in ms, wall time of the whole command "
-               f"(or API call). Ratio = fastckpt's median / this row's median "
-               "(for the Session row: its median / pycriu's). CRIU's own = the last timestamp of CRIU's log "
-               "(median), i.e. CRIU's time from its start to its end; outside CRIU = the median of wall time minus "
-               "that, round by round (interpreter start, imports, the tool's own work, process spawn and exit).")
-    out.append("")
     out.append(f"Machine: {m['cpus']} CPUs, kernel {m['kernel']}; CRIU {m['criu']}; {m['runc']}; "
                f"fastckpt {m['fastckpt']} (commit {m.get('git_commit', '?')}"
-               f"{', src/ with uncommitted changes' if m.get('src_modified') else ''}); Python {m['python']}. /run is {m['run_fstype']}; "
-               f"load average {m['loadavg_start']} at start, {m['loadavg_end']} at end; run took "
-               f"{m['duration_s']:.0f} s.")
+               f"{', src/ with uncommitted changes' if m.get('src_modified') else ''}); Python {m['python']}. "
+               f"/run is {m['run_fstype']}; load average {m['loadavg_start']} at start, {m['loadavg_end']} at end; "
+               f"run took {m['duration_s']:.0f} s.")
+    out.append("")
+    probes = m.get("kernel_probe_s") or {}
+    probe = ""
+    if probes:
+        probe = ("; what that costs here, CRIU's own time as shipped minus with the cache (medians): " +
+                 ", ".join(f"{v * 1000:.0f} ms ({k})" for k, v in probes.items()) +
+                 " (row 4's, with 3x the rounds of milliseconds each, is the less noisy)")
+    tmpfs = m.get("run_fstype") == "tmpfs"
+    out.append(
+        "**Two comparisons.** *As shipped*: runc, pycriu and the criu CLI as they run on this host without "
+        "fastckpt — CRIU's kernel-probe cache /run/criu.kdat is renamed away for just that one command and back "
+        "right after, so " + ("CRIU re-probes the kernel at its start, as it does on this host whose /run is "
+                              f"not a tmpfs (CRIU only writes its cache on a tmpfs)" if not tmpfs else
+                              "CRIU probes the kernel at its start (on this host /run is a tmpfs, where CRIU keeps "
+                              "its own cache: as shipped, the tools would normally have it)") +
+        probe + ". *With the cache*: the same tools with the cache fastckpt wrote "
+        "left in place (once fastckpt has run on a host, runc, pycriu and criu read it too): the conservative "
+        "comparison. fastckpt's own rows always run with its cache: it is one of its levers. The \"met\" column "
+        "judges the as-shipped ratio, and says in brackets whether the with-cache ratio meets the target too. Which "
+        "comparison a reader's host gets is in benchmarks/README.md (\"which gains depend on the host\").")
+    out.append("")
+    if rep.get("summary"):
+        out.append("| comparison | fastckpt | other, as shipped | ratio | other, with fastckpt's cache | ratio | "
+                   "target | met |")
+        out.append("|---|---:|---:|---:|---:|---:|---|---|")
+        for c in rep["summary"]:
+            u = c["unit"]
+            mc = f" (with cache: {c['met_cache']})" if c["met_cache"] else ""
+            out.append(f"| {c['name']} | {_val(c['fastckpt'], u)} | {_val(c['shipped'], u)} | "
+                       f"{_r(c['ratio_shipped'])} | {_val(c['cache'], u)} | {_r(c['ratio_cache'])} | "
+                       f"{_target(c['target'])}{' ms' if 'absolute' in c['name'] else ''} | {c['met_shipped']}{mc} |")
+        out.append("")
+        out.append("Times are medians in ms; ratio = fastckpt's median / the other's (for the 1 GiB rows: "
+                   "fastckpt's throughput / the other's, higher is better). `fastckpt.Session` is a warm "
+                   "`criu service` started once per session" +
+                   (f" (its start, {_ms(m['session_start_s'])} ms, is not in the times)" if m.get("session_start_s")
+                    else "") + "; `fastckpt.checkpoint()` starts a CRIU per call, like pycriu.")
+        out.append("")
+    out.append("## All rows")
+    out.append("")
+    out.append(f"{m['rounds']} interleaved rounds per row (each tool measured once per round, the first tool rotated "
+               f"each round, one warm-up round discarded); row 4 and 6 (milliseconds each): {3 * m['rounds']} rounds; "
+               f"1 GiB rows: {m['big_rounds']} rounds (no warm-up). Wall time of the whole command (or API call), "
+               "ms. Cache = whether CRIU had /run/criu.kdat; kdat per CRIU's log = in how many counted rounds CRIU's "
+               "log says it loaded the cache or found none and probed the kernel (a round where that was not as the "
+               "row says is dropped). CRIU's own = the last timestamp of CRIU's log (median): CRIU's time from its "
+               "start to its end; outside CRIU = the median of wall time minus that, round by round (interpreter "
+               "start, imports, the tool's own work, process spawn and exit). fastckpt/this = fastckpt's median / "
+               "this row's.")
     out.append("")
     if rep["rows"]:
-        out.append("| benchmark | tool | median | min | max | CRIU's own (log) | outside CRIU | ratio | target | met |")
-        out.append("|---|---|---:|---:|---:|---:|---:|---:|---|---|")
+        out.append("| benchmark | tool | CRIU's kernel-probe cache | median | min | max | CRIU's own (log) | "
+                   "outside CRIU | fastckpt/this | kdat per CRIU's log |")
+        out.append("|---|---|---|---:|---:|---:|---:|---:|---:|---|")
     for row in rep["rows"]:
-        ratio = row.get("ratio")
-        out.append(f"| {row['group']} | {row['label']} | {_ms(row['median'])} | {_ms(row['min'])} | "
-                   f"{_ms(row['max'])} | {_ms(row.get('criu_median'))} | {_ms(row.get('outside_criu_median'))} | "
-                   f"{'' if ratio is None else f'{ratio:.2f}'} | {_target(row.get('target'))} | "
-                   f"{row.get('met', '')} |")
+        out.append(f"| {row['group']} | {row['label']} | {CACHE_LABEL.get(row['cache'], '')} | {_ms(row['median'])} | "
+                   f"{_ms(row['min'])} | {_ms(row['max'])} | {_ms(row.get('criu_median'))} | "
+                   f"{_ms(row.get('outside_criu_median'))} | {'' if row.get('ratio') is None else _r(row['ratio'])} | "
+                   f"{_kdat_cell(row.get('kdat_log'), row.get('dropped', 0))} |")
     big = rep["big"]
     if big:
         out.append("")
@@ -636,29 +851,52 @@ def render_markdown(rep: dict) -> str:
         out.append("")
         out.append("Throughput = bytes of pages-*.img / wall time of the command (GB = 10⁹ bytes); dd: "
                    f"`dd if=/dev/zero of=<fresh tmpfs>/x bs=1M count={BIG_MIB}`, its wall time. "
-                   "Frozen = CRIU's frozen_time from stats-dump (or dump.log): from CRIU's freeze to the end of "
-                   "the dump.  fastckpt freezes the container's cgroup itself just before it starts CRIU, so for "
-                   "fastckpt the container is frozen a little longer than that (CRIU's start).")
+                   "CRIU frozen = CRIU's frozen_time (stats-dump): from CRIU's freeze to the end of the dump. "
+                   "fastckpt frozen = fastckpt's own `CheckpointResult.frozen_time` (`--print-stats` → "
+                   "frozen_time_ms): fastckpt freezes the container's cgroup itself once CRIU is up, just before "
+                   "CRIU gets its request, until the dump's end — the time the container really stood still. "
+                   "runc leaves the freeze to CRIU, so for runc the container's frozen time is CRIU's. "
+                   "`--print-stats` imports protobuf to decode CRIU's statistics, which costs its own wall time: "
+                   "so fastckpt's frozen time comes from a `fastckpt checkpoint --print-stats` of its own in each "
+                   "round, and the throughput ratios use the plain `fastckpt checkpoint`.")
         out.append("")
-        out.append("| tool | wall median (min–max) ms | GB/s median (min–max) | CRIU's own (log) ms | "
-                   "CRIU frozen ms | memdump / memwrite ms | fastckpt/this GB/s | target | met |")
-        out.append("|---|---|---|---:|---:|---|---:|---|---|")
-        names = {"fastckpt": "`fastckpt checkpoint`", "runc": "`runc checkpoint`", "dd": "dd (the ceiling)"}
+        out.append("| tool | CRIU's kernel-probe cache | wall median (min–max) ms | GB/s median (min–max) | "
+                   "CRIU's own (log) ms | CRIU frozen ms | fastckpt frozen ms | memdump / memwrite ms | "
+                   "fastckpt/this GB/s | target | met |")
+        out.append("|---|---|---|---|---:|---:|---:|---|---:|---|---|")
+        names = {"fastckpt": "`fastckpt checkpoint`", "fastckpt-stats": "`fastckpt checkpoint --print-stats`",
+                 "runc-shipped": "`runc checkpoint`", "runc-cache": "`runc checkpoint`", "dd": "dd (the ceiling)"}
+        tgt = {"runc-shipped": TARGETS["big-runc"], "runc-cache": TARGETS["big-runc"], "dd": TARGETS["big-dd"]}
         for tool, d in big.items():
             w, g = d["wall"], d["gbps"]
-            frozen = _ms(d["frozen"]["median"]) if "frozen" in d else "—"
-            crlog = _ms(d["criu"]["median"]) if "criu" in d else "—"
+            med_of = lambda k: _ms(d[k]["median"]) if k in d else "—"  # noqa: E731
             mm = (f"{_ms(d['memdump_time']['median'])} / {_ms(d['memwrite_time']['median'])}"
                   if "memdump_time" in d and "memwrite_time" in d else "—")
             ratio = d.get("ratio")
-            out.append(f"| {names[tool]} | {_ms(w['median'])} ({_ms(w['min'])}–{_ms(w['max'])}) | "
-                       f"{g['median']:.2f} ({g['min']:.2f}–{g['max']:.2f}) | {crlog} | {frozen} | {mm} | "
-                       f"{'' if ratio is None else f'{ratio:.2f}'} | {_target(d.get('target'))} | "
-                       f"{d.get('met', '')} |")
-    srcs = sorted({d["stats_source"] for d in big.values() if d.get("stats_source")})
-    if srcs:
-        out.append("")
-        out.append(f"CRIU's statistics read through: {', '.join(srcs)}.")
+            t = tgt.get(tool)
+            met = _met(ratio, t)
+            if tool == "runc-cache" and met:
+                met = f"(with cache: {met})"
+            out.append(f"| {names[tool]} | {CACHE_LABEL.get(d.get('cache'), '—')} | {_ms(w['median'])} "
+                       f"({_ms(w['min'])}–{_ms(w['max'])}) | {g['median']:.2f} ({g['min']:.2f}–{g['max']:.2f}) | "
+                       f"{med_of('criu')} | {med_of('frozen')} | {med_of('ownfrozen')} | {mm} | "
+                       f"{'' if ratio is None else _r(ratio)} | {_target(t)} | {met} |")
+        srcs = sorted({d["stats_source"] for d in big.values() if d.get("stats_source")})
+        if srcs:
+            out.append("")
+            out.append(f"CRIU's statistics read through: {', '.join(srcs)}. kdat per CRIU's log: " +
+                       ", ".join(f"{names[t]}{' as shipped' if shipped(t) else ''} "
+                                 f"{_kdat_cell(d.get('kdat_log'), d.get('dropped', 0))}"
+                                 for t, d in big.items() if d.get("kdat_log")) + ".")
+    out.append("")
+    out.append("## Conditions")
+    out.append("")
+    out.append(f"The cache was hidden {m.get('kdat_hides', 0)} times (renamed to /run/criu.kdat.bench-hidden for "
+               "one command, renamed back right after)" +
+               (f"; {m['kdat_remade_while_hidden']} time(s) another process made a new one meanwhile (kept; "
+                "the round, if CRIU loaded it, dropped)" if m.get("kdat_remade_while_hidden") else "") +
+               (f". At the start a cache left hidden by an earlier run was put back: {m['kdat_recovered']}"
+                if m.get("kdat_recovered") else "") + ".")
     out.append("")
     sl = m.get("sections_load") or {}
     if sl:
@@ -676,10 +914,6 @@ def render_markdown(rep: dict) -> str:
                    "processes (in big: the 1 GiB processes filling their memory, and the kernel freeing it), "
                    "and fastckpt.Session's `criu service` (in api).")
         out.append("")
-    kd = m.get("kdat_loaded_per_tool") or {}
-    if kd:
-        out.append("CRIU loaded /run/criu.kdat (per its dump.log, counted rounds): " +
-                   ", ".join(f"{t} {v}" for t, v in sorted(kd.items())) + ".")
     for n in rep["notes"]:
         out.append(f"- {n}")
     return "\n".join(out) + "\n"
@@ -744,16 +978,24 @@ def main() -> int:
         return 2
     sections = only or list(SECTIONS)
 
-    def on_term(signum, frame):
+    # the kernel-probe cache is hidden for a few ms at a time: whatever ends this run, it is put back
+    hider = bl.KdatHider()  # puts back a cache an earlier run left hidden (killed with SIGKILL)
+
+    def on_signal(signum, frame):
+        hider.restore()
         raise KeyboardInterrupt
 
-    old_term = signal.signal(signal.SIGTERM, on_term)
+    stops = [sig for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGINT)]
+    old_handlers = {sig: signal.signal(sig, on_signal) for sig in stops}
     b = Bench(rounds, big_rounds)
+    b.hider = hider
+    b.jan.on_close(hider.restore)
     t0 = time.monotonic()
     failed = None
     try:
         quiet = env_int("BENCH_WAIT_QUIET", 0, 0)
         meta = collect_meta(rounds, big_rounds)
+        meta["kdat_recovered"] = hider.recovered
         meta["cpu_busy_before"] = round(wait_quiet(quiet) if quiet else cpu_busy(1.0), 3)
         b.quiet_budget = float(quiet)
         meta["sections_load"] = {}
@@ -768,13 +1010,15 @@ def main() -> int:
     except Exception as e:
         failed = f"{type(e).__name__}: {e}"
     finally:
-        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        hider.restore()
+        for sig in stops:  # a second Ctrl-C must not stop the cleanup
+            signal.signal(sig, signal.SIG_IGN)
         try:
             problems = b.jan.close()
         finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
+            hider.restore()
+            for sig, old in old_handlers.items():
+                signal.signal(sig, old)
     if problems:
         log("side_by_side: cleanup problems: " + "; ".join(problems))
     if failed:
