@@ -134,12 +134,15 @@ def enter(paths: dict[str, str], pid: int) -> None:
         _write(os.path.join(path, "cgroup.procs"), str(pid))
 
 
-def remove(dirs: list[str], timeout: float = 2.0) -> None:
-    """Remove cgroup directories, deepest first, waiting briefly for exiting tasks (EBUSY)."""
+def remove(dirs, timeout: float = 2.0, strict: bool = False) -> None:
+    """Remove cgroup directories, deepest first, waiting briefly for exiting tasks (EBUSY).
+
+    A directory that cannot be removed is left (STRICT: its OSError is raised).
+    """
     import time
 
     deadline = time.monotonic() + timeout
-    for d in sorted(dirs, key=len, reverse=True):
+    for d in sorted(set(dirs), key=len, reverse=True):
         while True:
             try:
                 os.rmdir(d)
@@ -148,7 +151,9 @@ def remove(dirs: list[str], timeout: float = 2.0) -> None:
                 break
             except OSError as e:
                 if e.errno != errno.EBUSY or time.monotonic() > deadline:
-                    break  # nothing more to do here
+                    if strict:
+                        raise OSError(e.errno, e.strerror, d) from None
+                    break
                 time.sleep(0.005)
 
 

@@ -208,18 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     install_cli_handlers()  # SIGTERM and SIGHUP stop fastckpt the way Ctrl-C does
     try:
         return args.func(args)
-    except UsageError as e:
-        print(f"fastckpt: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except CriuError as e:
-        print(f"fastckpt: {e.details}", file=sys.stderr)
-        return EXIT_ERROR
-    except Interrupted as e:
-        print(f"fastckpt: {e}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Error as e:
-        print(f"fastckpt: {e}", file=sys.stderr)
-        return EXIT_ERROR
+    except Error as e:  # one line; CRIU's own error lines follow when CRIU failed
+        print(f"fastckpt: {e.details if isinstance(e, CriuError) else e}", file=sys.stderr)
+        if isinstance(e, UsageError):
+            return EXIT_USAGE
+        return EXIT_INTERRUPTED if isinstance(e, Interrupted) else EXIT_ERROR
     except KeyboardInterrupt:
         print("fastckpt: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -194,19 +194,13 @@ class Container(Record):
         Its cgroups are removed (waiting briefly for exiting tasks) and then its
         state directory.
         """
-        deadline = time.monotonic() + timeout
-        for path in sorted(set(self.cgroup_paths.values()), key=len, reverse=True):
-            while True:
-                try:
-                    os.rmdir(path)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as e:
-                    if e.errno != errno.EBUSY or time.monotonic() > deadline:
-                        raise Error(f"cannot remove cgroup {path} of container {self.id!r}: {e.strerror}",
-                                    errno=e.errno) from e
-                    time.sleep(0.005)
+        from . import cgroups
+
+        try:
+            cgroups.remove(self.cgroup_paths.values(), timeout, strict=True)
+        except OSError as e:
+            raise Error(f"cannot remove cgroup {e.filename} of container {self.id!r}: {e.strerror}",
+                        errno=e.errno) from e
         remove_state_dir(self.state_dir)
 
 
