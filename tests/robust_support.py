@@ -206,21 +206,22 @@ def containers(runc_root, tmp_path, mem_binary):
 # --- the CLI in a session of its own ------------------------------------------------------------
 
 HOOKED_MAIN = """
-import os, sys, time
-from fastckpt import engine
+import importlib, os, sys, time
 from fastckpt.cli import main
 
-def slow(name, marker):
-    fn = getattr(engine, name)
+def slow(target, marker):
+    module, _, name = target.rpartition(".")
+    mod = importlib.import_module("fastckpt." + (module or "engine"))
+    fn = getattr(mod, name)
     def wrapper(*a, **kw):
         open(marker, "w").close()
         time.sleep(30)  # a signal ends this (KeyboardInterrupt), as it would end slow real work
         return fn(*a, **kw)
-    setattr(engine, name, wrapper)
+    setattr(mod, name, wrapper)
 
 for spec in filter(None, os.environ.get("ROBUST_SLOW", "").split(",")):
-    name, marker = spec.split("=", 1)
-    slow(name, marker)
+    target, marker = spec.split("=", 1)
+    slow(target, marker)
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -231,8 +232,9 @@ class Cli:
     ignored, as it would be for a job started with `&` by a non-interactive shell).
 
     stdout/stderr go to files (no pipe a straggling criu could keep open); it runs in CWD (default:
-    WORKDIR, so that a relative path it is given -- or wrongly takes -- lands there).  SLOW: engine
-    functions to slow down (each writes a marker file, then sleeps until a signal comes).
+    WORKDIR, so that a relative path it is given -- or wrongly takes -- lands there).  SLOW: functions
+    to slow down, {"[module.]name": marker} (module of fastckpt, default engine): each writes its marker
+    file, then sleeps until a signal comes.
     """
 
     def __init__(self, args: Sequence[str], workdir: str, env: Optional[Dict[str, str]] = None,

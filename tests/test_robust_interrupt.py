@@ -64,7 +64,9 @@ def assert_complete_and_restorable(ct: rb.MemContainer, images: str, workdir: st
     to a container that counts on from where it stopped, with all its memory intact."""
     assert ct.status() is None, f"{ct.id} is still known to runc ({ct.status()}) after a completed checkpoint"
     assert not rs.cgroup_dirs(ct.id), f"the checkpointed container's cgroups are left: {rs.cgroup_dirs(ct.id)}"
-    manifest.verify(images)  # every file of the checkpoint, as the manifest lists it
+    # every file of the checkpoint, as its manifest lists it
+    assert os.path.exists(os.path.join(images, manifest.MANIFEST_FILE)), "a completed checkpoint has no manifest"
+    assert manifest.verify(images) is not None
     stopped = ct.counter.last()
     r = rb.run_cli(["--root", ct.root, "restore", "-d", "--image-path", images, "-b", ct.bundle, ct.id], workdir)
     assert r.returncode == 0, str(r)
@@ -210,21 +212,29 @@ def test_early_signal_leaves_the_container_untouched_and_says_so(containers, tmp
     assert not os.path.exists(os.path.join(images, "dump.log")), "CRIU ran"
 
 
-def _interrupt_after_everything(containers, tmp_path, mib):
+def _interrupt_after_everything(containers, tmp_path, mib, where):
     """The signal arrives after the signal-deferred section, while fastckpt lists the images for its
-    result (engine.list_images slowed down): the checkpoint is complete, the container gone."""
+    result (engine.list_images slowed down) or prints it (cli._print_result): the checkpoint is
+    complete, the container gone."""
     ct = containers(mib)
     images = str(tmp_path / "images")
-    mark = str(tmp_path / "listing")
-    cli = rb.Cli(["--root", ct.root, "checkpoint", "--image-path", images, ct.id], str(tmp_path),
-                 slow={"list_images": mark})
-    signal_at(cli, signal.SIGINT, lambda: os.path.exists(mark), "fastckpt to list the images")
+    mark = str(tmp_path / "late")
+    cli = rb.Cli(["--root", ct.root, "checkpoint", "--image-path", images, "--json", ct.id], str(tmp_path),
+                 slow={where: mark})
+    signal_at(cli, signal.SIGINT, lambda: os.path.exists(mark), f"fastckpt to reach {where}")
     return ct, images, cli.wait()
 
 
-def test_late_signal_leaves_a_complete_checkpoint_and_says_so(containers, tmp_path):
+@pytest.mark.parametrize("where, mib", [
+    pytest.param("list_images", MEDIUM, id="listing-the-images"),
+    pytest.param("cli._print_result", 0, id="printing-the-result", marks=pytest.mark.xfail(strict=True, reason=(
+        "bug: a signal while the result is printed says \"interrupted after the checkpoint: images in ...; "
+        "container '...' was checkpointed and is gone completed\" (cli._report appends ' completed' to the "
+        "whole state), not the README's 'interrupted after the checkpoint completed: images in ...'"))),
+])
+def test_late_signal_leaves_a_complete_checkpoint_and_says_so(containers, tmp_path, where, mib):
     """(Was a bug: the message was a bare 'fastckpt: interrupted', though the checkpoint had completed.)"""
-    ct, images, res = _interrupt_after_everything(containers, tmp_path, MEDIUM)
+    ct, images, res = _interrupt_after_everything(containers, tmp_path, mib, where)
     assert interrupted_state(res, ct, images) == "completed"
     assert_no_debris(ct, str(tmp_path))
     assert_complete_and_restorable(ct, images, str(tmp_path))
