@@ -93,5 +93,5 @@ def test_watchdog_stops_criu_looping_on_a_cut_short_pages_image(proc_tree, tmp_p
     assert not rb.restore_cgroups(os.getpid()), rb.restore_cgroups(os.getpid())
     # and nothing writes CRIU's log any more
     size = os.path.getsize(log)
-    time.sleep(1.0)
+    time.sleep(0.5)
     assert os.path.getsize(log) == size, "CRIU's log still grows after the watchdog stopped CRIU"
