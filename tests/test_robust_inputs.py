@@ -130,6 +130,17 @@ def world(tmp_path_factory, mem_binary):  # noqa: F811
         assert not problems and not criu, (problems, criu)
 
 
+@pytest.fixture
+def cid(world):
+    """A fresh id for a restore that must be refused; whatever a wrongly accepted one made with it is
+    removed at the end (a container left running with its bundle gone would spin: no `sleep` any more)."""
+    new = rs.new_id("bad")
+    yield new
+    rs.Container(new, world.saved.bundle, world.root).destroy()
+    rs.force_clean(new, world.root, world.base)
+    rs.remove_lock_files(new)
+
+
 def fill(args: List[str], values: Dict[str, str]) -> List[str]:
     return [a.format(**values) for a in args]
 
@@ -310,9 +321,8 @@ RESTORE = [
 
 
 @pytest.mark.parametrize("args, code, needles", _params(RESTORE))
-def test_bad_restore_input(world, args, code, needles):
+def test_bad_restore_input(world, cid, args, code, needles):
     w = world
-    cid = rs.new_id("bad")
     values = dict(w.values, cid=cid)
     images_before = sorted(os.listdir(w.images))
     r = rb.run_cli(fill(args, values), w.base)
@@ -361,11 +371,10 @@ def restored_trees(tmp_path):
         rs.kill_tree(p, group=False)
 
 
-def test_pid_file_in_a_missing_directory_leaves_no_container(world, tmp_path):
+def test_pid_file_in_a_missing_directory_leaves_no_container(world, cid, tmp_path):
     """A container restore whose --pid-file cannot be written fails and leaves nothing."""
     w = world
     images = copy_images(w, str(tmp_path / "images"))
-    cid = rs.new_id("pidfile")
     pid_file = str(tmp_path / "no-such-dir" / "pid")
     r = rs.run(rs.fastckpt_cmd("--root", w.root, "restore", "-d", "--image-path", images, "-b", w.saved.bundle,
                                "--pid-file", pid_file, cid), str(tmp_path))
@@ -374,11 +383,10 @@ def test_pid_file_in_a_missing_directory_leaves_no_container(world, tmp_path):
     assert not os.path.exists(os.path.dirname(pid_file))
 
 
-def test_pid_file_in_a_missing_directory_is_refused_before_restoring(world, tmp_path):
+def test_pid_file_in_a_missing_directory_is_refused_before_restoring(world, cid, tmp_path):
     """(Was a bug: the pid file was written after CRIU had restored the container and resumed it; the message named '<pid-file>.tmp<pid>'.)"""
     w = world
     images = copy_images(w, str(tmp_path / "images"))
-    cid = rs.new_id("pidfile")
     pid_file = str(tmp_path / "no-such-dir" / "pid")
     r = rs.run(rs.fastckpt_cmd("--root", w.root, "restore", "-d", "--image-path", images, "-b", w.saved.bundle,
                                "--pid-file", pid_file, cid), str(tmp_path))
@@ -406,11 +414,10 @@ def test_pid_file_in_a_missing_directory_leaves_no_process_tree(proc_tree, tmp_p
         raise AssertionError(f"the failed restore left the tree running: pids {rs.pids_using(tree.pid)}") from None
 
 
-def test_pid_file_that_is_a_directory(world, tmp_path):
+def test_pid_file_that_is_a_directory(world, cid, tmp_path):
     """(Was a bug: 'Is a directory: <dir>.tmp<pid>' after a full restore, and a stray <dir>.tmp<pid> file.)"""
     w = world
     images = copy_images(w, str(tmp_path / "images"))
-    cid = rs.new_id("pidfile")
     pid_dir = tmp_path / "pid-dir"
     pid_dir.mkdir()
     r = rs.run(rs.fastckpt_cmd("--root", w.root, "restore", "-d", "--image-path", images, "-b", w.saved.bundle,
@@ -424,31 +431,25 @@ def test_pid_file_that_is_a_directory(world, tmp_path):
 
 # --- abbreviated flags -------------------------------------------------------------------------------------
 
-def test_restore_takes_no_abbreviated_flags(world, tmp_path):
+def test_restore_takes_no_abbreviated_flags(world, cid, tmp_path):
     """(Was a bug: argparse's abbreviations made `restore ... --pid 5` a --pid-file 5: the restore went ahead and wrote a file '5' in the current directory.)"""
     w = world
-    cid = rs.new_id("abbrev")
     images = copy_images(w, str(tmp_path / "images"))
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    try:
-        r = rb.run_cli(["--root", w.root, "restore", "-d", "--image-path", images, "-b", w.saved.bundle, cid,
-                        "--pid", "5"], str(tmp_path), cwd=str(cwd))
-        assert os.listdir(cwd) == [], f"it wrote {os.listdir(cwd)} in the current directory"
-        rs.assert_error(r, 2, "unrecognized arguments: --pid 5")
-        rs.assert_nothing_left(cid, w.root, str(tmp_path))
-    finally:
-        rs.Container(cid, w.saved.bundle, w.root).destroy()
-        rs.force_clean(cid, w.root, str(tmp_path))
+    r = rb.run_cli(["--root", w.root, "restore", "-d", "--image-path", images, "-b", w.saved.bundle, cid,
+                    "--pid", "5"], str(tmp_path), cwd=str(cwd))
+    assert os.listdir(cwd) == [], f"it wrote {os.listdir(cwd)} in the current directory"
+    rs.assert_error(r, 2, "unrecognized arguments: --pid 5")
+    rs.assert_nothing_left(cid, w.root, str(tmp_path))
 
 
 # --- messages that say the wrong thing ------------------------------------------------------------------
 
 @pytest.mark.parametrize("which", ["image-path", "root"])
-def test_restore_path_that_is_a_file_is_named_for_what_it_is(world, which):
+def test_restore_path_that_is_a_file_is_named_for_what_it_is(world, cid, which):
     """(Were bugs: an --image-path that is a file was 'image directory ... does not exist'; a --root that is a file was a raw 'fastckpt: File exists: <root>'.)"""
     w = world
-    cid = rs.new_id("file")
     f = w.values["file"]
     if which == "image-path":
         args = ["--root", w.root, "restore", "-d", "--image-path", f, "-b", w.saved.bundle, cid]
