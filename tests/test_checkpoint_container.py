@@ -181,6 +181,23 @@ def test_network_lock(container, tmp_path, lock):
     ct.assert_running_thawed_advancing()
 
 
+def criu_lock_rules(img) -> int:
+    """How often CRIU's lock (its CRIU table or chains) appears in the dumped netns ruleset."""
+    return sum(open(os.path.join(img, p)).read().count("CRIU") for p in cs.images(str(img), "nftables-"))
+
+
+def test_auto_network_lock_skips_a_loopback_only_netns(container, tmp_path):
+    ct = container(network_ns="")  # its own netns, loopback only
+    assert_ok(checkpoint_cli(ct, "--image-path", str(tmp_path / "auto"), "--leave-running"))
+    assert criu_lock_rules(tmp_path / "auto") == 0, "auto locked a netns that has only loopback"
+    assert json.load(open(tmp_path / "auto" / "fastckpt.json"))["network_lock"] == "skip"
+    # with established connections to carry, it locks (with nftables)
+    assert_ok(checkpoint_cli(ct, "--image-path", str(tmp_path / "tcp"), "--leave-running", "--tcp-established"))
+    assert criu_lock_rules(tmp_path / "tcp") > 0, "auto did not lock for --tcp-established"
+    assert json.load(open(tmp_path / "tcp" / "fastckpt.json"))["network_lock"] == "nftables"
+    ct.assert_running_thawed_advancing()
+
+
 def test_empty_ns_network(container, tmp_path):
     ct = container(network_ns="")  # a network namespace of its own
     assert ct.state_json()["config"]["namespaces"]  # sanity

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from fastckpt import CgroupMode, CheckpointOptions, Namespace, NetworkLock, PageServer, UsageError
-from fastckpt.options import (DEFAULT_NETWORK_LOCK, auto_network_lock, parse_cgroup_mode, parse_empty_ns,
+from fastckpt.options import (DEFAULT_NETWORK_LOCK, NETNS_HOST, NETNS_OWN, NETNS_OWN_LO, auto_network_lock, parse_cgroup_mode, parse_empty_ns,
                               parse_network_lock)
 
 
@@ -148,10 +148,20 @@ def test_network_lock_auto():
     assert parse_network_lock("auto") is None
     assert CheckpointOptions(network_lock="auto").network_lock is None
     # what "auto" picks for the dump
-    assert auto_network_lock(True, Namespace(0)) is NetworkLock.NFTABLES
-    assert auto_network_lock(False, Namespace(0)) is None  # CRIU's default on the host's netns
-    assert auto_network_lock(True, Namespace.NEWNET) is NetworkLock.SKIP
-    assert auto_network_lock(False, Namespace.NEWNET) is NetworkLock.SKIP
+    none, net = Namespace(0), Namespace.NEWNET
+    assert auto_network_lock(NETNS_OWN, none, False) is NetworkLock.NFTABLES
+    assert auto_network_lock(NETNS_OWN, none, True) is NetworkLock.NFTABLES
+    assert auto_network_lock(NETNS_HOST, none, False) is None  # CRIU's default on the host's netns
+    assert auto_network_lock(NETNS_HOST, none, True) is None
+    assert auto_network_lock(NETNS_OWN, net, False) is NetworkLock.SKIP
+    assert auto_network_lock(NETNS_HOST, net, False) is NetworkLock.SKIP
+    # loopback only and no established connection to carry: nothing to lock
+    assert auto_network_lock(NETNS_OWN_LO, none, False) is NetworkLock.SKIP
+    assert auto_network_lock(NETNS_OWN_LO, none, True) is NetworkLock.NFTABLES
+    # a restore of a checkpoint made with a lock takes its rules out again with a lock
+    assert auto_network_lock(NETNS_OWN_LO, none, False, dumped_with="nftables") is NetworkLock.NFTABLES
+    assert auto_network_lock(NETNS_OWN_LO, none, False, dumped_with=None) is NetworkLock.NFTABLES
+    assert auto_network_lock(NETNS_OWN_LO, none, False, dumped_with="skip") is NetworkLock.SKIP
 
 
 def test_network_lock_default():

@@ -18,7 +18,7 @@ from . import _criu, criu_proc, kdat, locks, manifest, runc, signals
 from .constants import MIN_CRIU_VERSION, Namespace
 from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, DiskFull, Error,
                      ImageDirError, Interrupted, PermissionDenied, UsageError, log_errors)
-from .options import CheckpointOptions, auto_network_lock
+from .options import NETNS_HOST, NETNS_OWN, NETNS_OWN_LO, CheckpointOptions, auto_network_lock
 
 DUMP_LOG = "dump.log"
 CRIU_ENV = "FASTCKPT_CRIU"  # the criu binary to run, instead of `criu` from PATH
@@ -260,10 +260,13 @@ def _write_private(path: str, data: bytes) -> None:
 META_FILE = "fastckpt.json"
 
 
-def write_meta(image_path: str, ct: runc.Container | None) -> None:
+def write_meta(image_path: str, ct: runc.Container | None, netns: str = NETNS_HOST,
+               network_lock: str = "iptables") -> None:
     """What fastckpt keeps beside CRIU's images: the kind of checkpoint and,
-    for a container, runc's state (its config) so that restore needs no conversion."""
-    meta = {"format": 1, "kind": "container" if ct else "process"}
+    for a container, runc's state (its config) so that restore needs no
+    conversion; what network namespace it had and how it was locked."""
+    meta = {"format": 1, "kind": "container" if ct else "process", "netns": netns,
+            "network_lock": network_lock}
     if ct is not None:
         meta["id"] = ct.id
         meta["state"] = ct.state
@@ -331,6 +334,18 @@ def container_external_mounts(ct: runc.Container) -> list[tuple[str, str]]:
     return list(ext.items())
 
 
+def container_netns(ct: runc.Container) -> str:
+    """NETNS_OWN_LO, NETNS_OWN or NETNS_HOST (a namespace joined by path counts as the host's)."""
+    if not ct.has_own_netns():
+        return NETNS_HOST
+    try:
+        with open(f"/proc/{ct.init_pid}/net/dev") as f:
+            names = {line.split(":", 1)[0].strip() for line in f.readlines()[2:]}
+    except OSError:
+        return NETNS_OWN
+    return NETNS_OWN_LO if names == {"lo"} else NETNS_OWN
+
+
 def container_externals(ct: runc.Container) -> list[str]:
     out = []
     for ns_type, (name, key) in _EXTERNAL_NS.items():
@@ -365,8 +380,11 @@ def _check_pid(pid: int) -> None:
         raise Error(f"no running process with pid {pid}", errno=errno.ESRCH)
 
 
-def apply_common(opts: "_criu.Opts", o: CheckpointOptions, own_netns: bool = False) -> None:
-    """The options checkpoint and restore share; OWN_NETNS: the target has a network namespace of its own."""
+def apply_common(opts: "_criu.Opts", o: CheckpointOptions, netns: str = NETNS_HOST,
+                 dumped_with: str | None = "skip") -> str:
+    """The options checkpoint and restore share; NETNS: what network namespace the target has.
+
+    Returns the network lock used ("iptables", "nftables" or "skip")."""
     opts.set_log_level(o.log_level)
     opts.set_tcp_established(o.tcp_established)
     opts.set_ext_unix_sk(o.ext_unix_sk)
@@ -376,9 +394,12 @@ def apply_common(opts: "_criu.Opts", o: CheckpointOptions, own_netns: bool = Fal
         opts.set_manage_cgroups_mode(int(o.manage_cgroups_mode))
     if o.empty_ns:
         opts.set_empty_ns(int(o.empty_ns))
-    lock = o.network_lock if o.network_lock is not None else auto_network_lock(own_netns, o.empty_ns)
+    lock = o.network_lock
+    if lock is None:
+        lock = auto_network_lock(netns, o.empty_ns, o.tcp_established, dumped_with)
     if lock is not None:
         opts.set_network_lock(int(lock))
+    return lock.name.lower() if lock is not None else "iptables"  # None: CRIU's default
     for key in o.extra_externals:
         opts.add_external(key)
 
@@ -484,7 +505,8 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
         opts.set_leave_running(options.leave_running)
         if options.page_server is not None:
             opts.set_page_server(options.page_server.address, options.page_server.port)
-        apply_common(opts, options, own_netns=ct is not None and ct.has_own_netns())
+        netns = container_netns(ct) if ct is not None else NETNS_HOST
+        lock = apply_common(opts, options, netns)
         if ct is not None:
             opts.set_root(ct.rootfs)
             opts.set_manage_cgroups(True)
@@ -500,7 +522,7 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
                 # runc restore reads how the container's stdio was connected from here
                 _write_private(os.path.join(image_path, runc.DESCRIPTORS_FILE),
                                json.dumps(ct.external_descriptors).encode())
-            write_meta(image_path, ct)
+            write_meta(image_path, ct, netns, lock)
         except OSError as e:
             _discard_partial_images(image_path)
             if e.errno in (errno.ENOSPC, errno.EDQUOT):

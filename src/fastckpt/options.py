@@ -100,11 +100,23 @@ def parse_empty_ns(value: Iterable[str] | int | Namespace | None) -> Namespace:
     return mask
 
 
-def auto_network_lock(own_netns: bool, empty_ns: Namespace) -> NetworkLock | None:
-    """fastckpt's default network lock.
+# What network namespace a target has, for auto_network_lock
+NETNS_HOST, NETNS_OWN, NETNS_OWN_LO = "host", "own", "own-lo"
+
+
+def auto_network_lock(netns: str, empty_ns: Namespace, tcp_established: bool,
+                      dumped_with: str | None = "skip") -> NetworkLock | None:
+    """fastckpt's default network lock (NETNS: NETNS_HOST, NETNS_OWN or NETNS_OWN_LO).
+
+    DUMPED_WITH, for a restore: the lock the checkpoint was made with (its
+    rules are in the images and only a locked restore removes them again);
+    a checkpoint is skipped only when it was made without one.
 
     - a network namespace restored empty (--empty-ns network) needs no lock: skip;
-    - a network namespace of the target's own: nftables, one netlink
+    - a namespace of the target's own with no interface but loopback, and no
+      established TCP connection to carry (no --tcp-established): nothing can
+      reach it from outside and nothing inside runs while CRIU works: skip;
+    - any other namespace of the target's own: nftables, one netlink
       transaction each way (~16 ms in all), where CRIU's default, iptables,
       runs iptables-restore four times (~60-90 ms) for the same isolation;
     - the host's network namespace (a process tree): CRIU's default, iptables,
@@ -113,7 +125,9 @@ def auto_network_lock(own_netns: bool, empty_ns: Namespace) -> NetworkLock | Non
     """
     if empty_ns & Namespace.NEWNET:
         return NetworkLock.SKIP
-    if own_netns:
+    if netns == NETNS_OWN_LO and not tcp_established and dumped_with == "skip":
+        return NetworkLock.SKIP
+    if netns in (NETNS_OWN, NETNS_OWN_LO):
         return NetworkLock.NFTABLES
     return None
 

@@ -18,7 +18,7 @@ from ._record import Record
 from . import _libc, cgroups, engine, locks, manifest, runc, signals
 from .errors import ContainerStateError, Error, ImageDirError, Interrupted, UsageError
 from .constants import CgroupMode, Namespace
-from .options import RestoreOptions
+from .options import NETNS_HOST, NETNS_OWN, RestoreOptions
 
 RESTORE_LOG = "restore.log"
 CRIU_ROOT = "criu-root"
@@ -236,12 +236,13 @@ def ensure_loopback_up(pid: int) -> None:
 
 # --- restore -----------------------------------------------------------------------
 
-def _new_opts(options: RestoreOptions, image_fd: int, work_fd: int, own_netns: bool = False, session=None):
+def _new_opts(options: RestoreOptions, image_fd: int, work_fd: int, netns: str = NETNS_HOST, session=None,
+              dumped_with: str | None = None):
     opts = engine.new_opts(session)
     opts.set_images_dir_fd(image_fd)
     opts.set_work_dir_fd(work_fd)
     opts.set_log_file(RESTORE_LOG)
-    engine.apply_common(opts, options, own_netns)
+    engine.apply_common(opts, options, netns, dumped_with)
     return opts
 
 
@@ -408,7 +409,9 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
         _prepare_mountpoints(cfg)
 
         own_netns = any(ns.get("type") == "NEWNET" and not ns.get("path") for ns in cfg.get("namespaces") or [])
-        opts = _new_opts(options, fds[0], fds[1], own_netns)
+        # what the checkpoint says of its network namespace (runc's images say nothing)
+        netns = (meta or {}).get("netns") or (NETNS_OWN if own_netns else NETNS_HOST)
+        opts = _new_opts(options, fds[0], fds[1], netns, dumped_with=(meta or {}).get("network_lock"))
         opts.set_root(criu_root)
         opts.set_manage_cgroups(True)
         opts.set_evasive_devices(True)
