@@ -763,6 +763,17 @@ def build_report(b: Bench, meta: dict) -> dict:
     return {"meta": meta, "summary": summary, "rows": rows, "big": big, "ratios": ratios, "notes": b.notes}
 
 
+NOISY_OTHER, NOISY_OTHER_BIG = 0.25, 0.40  # CPU used by other work above which a section is flagged
+
+
+def noisy_sections(meta: dict) -> Dict[str, float]:
+    out = {}
+    for k, v in (meta.get("sections_load") or {}).items():
+        if v.get("other", 0) > (NOISY_OTHER_BIG if k == "big" else NOISY_OTHER):
+            out[k] = v["other"]
+    return out
+
+
 def _val(x: Optional[float], unit: str) -> str:
     if x is None:
         return "—"
@@ -786,6 +797,13 @@ def render_markdown(rep: dict) -> str:
                f"/run is {m['run_fstype']}; load average {m['loadavg_start']} at start, {m['loadavg_end']} at end; "
                f"run took {m['duration_s']:.0f} s.")
     out.append("")
+    noisy = noisy_sections(m)
+    if noisy:
+        out.append("**Noisy run**: other work on the machine used " +
+                   ", ".join(f"{v:.0%} of the CPUs during {k}" for k, v in noisy.items()) +
+                   f" (more than {NOISY_OTHER:.0%}; {NOISY_OTHER_BIG:.0%} for big, whose own containers fill 1 GiB "
+                   "each): those rows' times are unreliable. See \"Conditions\" at the end.")
+        out.append("")
     probes = m.get("kernel_probe_s") or {}
     probe = ""
     if probes:
@@ -1030,6 +1048,7 @@ def main() -> int:
     meta["quiet_wait_s"] = b.quiet_waited
     meta["rounds_started_busy"] = b.busy_rounds
     rep = build_report(b, meta)
+    meta["noisy_sections"] = noisy_sections(meta)
     md = render_markdown(rep)
     print(md)
     for p in save(rep, md, partial=bool(only)):
