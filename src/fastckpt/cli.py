@@ -117,14 +117,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _report(res, args, done: str) -> None:
+def _report(res, args, op: str, state: str) -> None:
     """Print the result; an interruption now changes nothing done, and says so."""
     try:
         _print_result(res, args)
     except KeyboardInterrupt:
         from .errors import Interrupted
 
-        raise Interrupted(f"interrupted after the {done} completed") from None
+        raise Interrupted(f"interrupted after the {op} completed: {state}") from None
 
 
 def _print_result(res, args) -> None:
@@ -150,9 +150,9 @@ def _cmd_checkpoint(args) -> int:
         raise UsageError('"checkpoint" requires a container id (or --pid PID)')
     options = _options(CheckpointOptions, args)
     res = engine.checkpoint(args.container_id, options, pid=args.pid, root=args.root or runc.DEFAULT_ROOT)
-    _report(res, args, f"checkpoint: images in {res.image_path}; "
-                       + (f"container {res.container_id!r}" if res.container_id else f"process {res.pid}")
-                       + (" was left running" if res.leave_running else " was checkpointed and is gone"))
+    what = f"container {res.container_id!r}" if res.container_id else f"process {res.pid}"
+    _report(res, args, "checkpoint", f"images in {res.image_path}; {what} "
+            + ("was left running" if res.leave_running else "was checkpointed and is gone"))
     return 0
 
 
@@ -162,8 +162,8 @@ def _cmd_restore(args) -> int:
 
     options = _options(RestoreOptions, args)
     res = restorer.restore(args.container_id or None, options, root=args.root or runc.DEFAULT_ROOT)
-    _report(res, args, f"restore: {f'container {res.container_id!r}' if res.container_id else 'the process tree'} "
-                       f"runs (pid {res.pid})")
+    what = f"container {res.container_id!r}" if res.container_id else "the process tree"
+    _report(res, args, "restore", f"{what} runs (pid {res.pid})")
     return res.exit_status or 0
 
 
