@@ -186,6 +186,12 @@ class Follower:
         self._thread.start()
 
     def _run(self) -> None:
+        import threading
+
+        try:  # this thread only: CRIU (and the frozen container) come first
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:
+            pass
         buf = bytearray(_READ_SLICE)
         try:
             while not self._stop.wait(self.interval):

@@ -41,14 +41,17 @@ class Session:
                                preexec_fn=lambda: os.umask(0o077))
         self.pid: int | None = None
         if r.returncode == 0:
+            # criu binds its socket, then daemonizes, then writes its pid: wait for both
             deadline = time.monotonic() + start_timeout
-            while time.monotonic() < deadline and not os.path.exists(self.address):
+            while time.monotonic() < deadline:
+                try:
+                    with open(pidfile) as f:
+                        self.pid = int(f.read().strip())
+                except (OSError, ValueError):
+                    self.pid = None
+                if self.pid is not None and os.path.exists(self.address):
+                    break
                 time.sleep(0.002)
-            try:
-                with open(pidfile) as f:
-                    self.pid = int(f.read().strip())
-            except (OSError, ValueError):
-                pass
         if self.pid is None or not os.path.exists(self.address):
             self.close()
             raise CriuError("service", -1, 0, self.log_path, detail=(r.stderr or b"").decode(errors="replace")
