@@ -36,7 +36,7 @@ class Session:
         with open(os.devnull, "r+b") as null:
             # umask 077: the service's workers write images that hold process memory
             r = subprocess.run([binary, "service", "--address", self.address, "--daemon", "--pidfile", pidfile,
-                                "-W", self._dir, "-o", "service.log", "-v2"],
+                                "-W", self._dir, "-o", "service.log", "-v3"],
                                stdin=null, stdout=null, stderr=subprocess.PIPE, timeout=start_timeout,
                                preexec_fn=lambda: os.umask(0o077))
         self.pid: int | None = None
@@ -67,13 +67,19 @@ class Session:
         kwargs.setdefault("root", self.root)
         return restore(container_id, options, session=self, **kwargs)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the session's criu service (waiting for it to go) and remove its files."""
         if self.pid is not None:
+            pid, self.pid = self.pid, None
             try:
-                os.kill(self.pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + timeout
+                while _alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.002)
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            self.pid = None
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> "Session":
@@ -85,3 +91,12 @@ class Session:
     def __del__(self):
         if getattr(self, "pid", None) is not None:
             self.close()
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (the daemon's parent is init, which reaps it later)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b") ", 1)[1][:1] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
