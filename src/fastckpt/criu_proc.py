@@ -21,9 +21,10 @@ LOG_LIMIT = 256 << 20
 
 
 class Watchdog(threading.Thread):
-    def __init__(self, pid: int, log_path: str | None, timeout: float | None, log_limit: int):
+    def __init__(self, pid: int, log_path: str | None, timeout: float | None, log_limit: int, on_stop=None):
         super().__init__(name="fastckpt-criu-watchdog", daemon=True)
         self.pid, self.log_path, self.timeout, self.log_limit = pid, log_path, timeout, log_limit
+        self.on_stop = on_stop
         self.reason: str | None = None
         self._stop_event = threading.Event()
 
@@ -47,21 +48,65 @@ class Watchdog(threading.Thread):
 
     def _kill(self, reason: str) -> None:
         self.reason = reason
+        # CRIU first stops forking, then what it forked goes (the tasks it was
+        # restoring hold its socket open), then CRIU itself
+        try:
+            os.kill(self.pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            pass
+        for _ in range(10):
+            found = descendants(self.pid)
+            if not found:
+                break
+            for pid in found:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         try:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if self.on_stop is not None:
+            # what CRIU forked (the tasks it was restoring) holds its socket open and
+            # may go on writing its log: all of it goes too, or libcriu waits for ever
+            try:
+                self.on_stop()
+            except Exception:
+                pass
 
     def stop(self) -> None:
         self._stop_event.set()
         self.join()
 
 
+def descendants(pid: int) -> list[int]:
+    """All live descendants of PID (children of each of its threads, recursively)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            out.extend(kids)
+            todo.extend(kids)
+    return out
+
+
 def run(opts, op: str, binary: str, *, log_path: str | None = None, timeout: float | None = None,
-        log_limit: int = LOG_LIMIT, setup=None):
+        log_limit: int = LOG_LIMIT, setup=None, on_stop=None):
     """Run OP ("dump", "restore", "check", ...) of OPTS in a fresh ``criu swrk``.
 
-    SETUP(pid), if given, runs once criu exists and before it gets its request.
+    SETUP(pid), if given, runs once criu exists and before it gets its request;
+    ON_STOP(), if given, when the watchdog stops CRIU: it kills all CRIU started.
     Returns (ret, errno, why CRIU was stopped or None) -- feature_check: its dict.
     """
     ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
@@ -79,7 +124,7 @@ def run(opts, op: str, binary: str, *, log_path: str | None = None, timeout: flo
         os.umask(old_umask)
         theirs.close()
     opts.set_service_fd(ours.detach())  # libcriu closes it when the operation is over
-    dog = Watchdog(pid, log_path, timeout, log_limit)
+    dog = Watchdog(pid, log_path, timeout, log_limit, on_stop)
     dog.start()
     try:
         if setup is not None:

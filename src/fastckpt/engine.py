@@ -81,12 +81,13 @@ def new_opts(session=None) -> "_criu.Opts":
 
 
 def run_op(opts, op: str, session=None, *, log_path: str | None = None,
-           timeout: float | None = None, setup=None) -> tuple[int, int]:
+           timeout: float | None = None, setup=None, on_stop=None) -> tuple[int, int]:
     """Run one CRIU operation: in a session's warm service, or in a criu of our own
     spawning (its own session, under a watchdog); a watchdog stop is a CriuError."""
     if session is not None:
         return getattr(opts, op)()
-    r = criu_proc.run(opts, op, criu_binary(), log_path=log_path, timeout=timeout, setup=setup)
+    r = criu_proc.run(opts, op, criu_binary(), log_path=log_path, timeout=timeout, setup=setup,
+                      on_stop=on_stop)
     if isinstance(r, dict):
         return r
     ret, err, stopped = r

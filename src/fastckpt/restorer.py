@@ -351,7 +351,8 @@ def _restore_process(options: RestoreOptions, t0: float, session=None) -> Restor
         box = None if session is not None else cgroups.Containment(f"fastckpt-restore-{os.getpid()}")
         try:
             ret, err = engine.run_op(opts, "restore", session, log_path=os.path.join(work_path, RESTORE_LOG),
-                                     timeout=restore_bound(image_path), setup=box.enter if box else None)
+                                     timeout=restore_bound(image_path), setup=box.enter if box else None,
+                                     on_stop=box.kill_all if box else None)
             if ret > 0:
                 _write_pid_file(options.pid_file, ret)
         except BaseException:
@@ -448,7 +449,7 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
             # CRIU restores the tree as its child; when it exits the tree goes to the
             # nearest subreaper: fastckpt when it waits in the foreground
             ret, err = engine.run_op(opts, "restore", log_path=log_path, timeout=restore_bound(image_path),
-                                     setup=enter_cgroups)
+                                     setup=enter_cgroups, on_stop=lambda: _kill_cgroup_tasks(cg_paths))
         finally:  # the restored mount namespace keeps its own copy of the root
             _libc.umount(criu_root)
             mounted = False
@@ -493,12 +494,17 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
                          container_id=cid, bundle=bundle, wall_time=time.monotonic() - t0)
 
 
-def _remove_cgroups(paths: dict[str, str], made: list[str]) -> None:
-    """Kill whatever a failed restore left in the container's cgroups, then remove them."""
+def _kill_cgroup_tasks(paths: dict[str, str]) -> None:
+    """Kill everything in the container's (freezer, else v2) cgroup: CRIU is in it, and all it forked."""
     for key in ("freezer", ""):
         if key in paths:
             cgroups.kill_all(paths[key])
-            break
+            return
+
+
+def _remove_cgroups(paths: dict[str, str], made: list[str]) -> None:
+    """Kill whatever a failed restore left in the container's cgroups, then remove them."""
+    _kill_cgroup_tasks(paths)
     cgroups.remove(made)
 
 
