@@ -225,15 +225,11 @@ def _interrupt_after_everything(containers, tmp_path, mib, where):
     return ct, images, cli.wait()
 
 
-@pytest.mark.parametrize("where, mib", [
-    pytest.param("list_images", MEDIUM, id="listing-the-images"),
-    pytest.param("cli._print_result", 0, id="printing-the-result", marks=pytest.mark.xfail(strict=True, reason=(
-        "bug: a signal while the result is printed says \"interrupted after the checkpoint: images in ...; "
-        "container '...' was checkpointed and is gone completed\" (cli._report appends ' completed' to the "
-        "whole state), not the README's 'interrupted after the checkpoint completed: images in ...'"))),
-])
+@pytest.mark.parametrize("where, mib", [("list_images", MEDIUM), ("cli._print_result", 0)],
+                         ids=["listing-the-images", "printing-the-result"])
 def test_late_signal_leaves_a_complete_checkpoint_and_says_so(containers, tmp_path, where, mib):
-    """(Was a bug: the message was a bare 'fastckpt: interrupted', though the checkpoint had completed.)"""
+    """(Were bugs: the message was a bare 'fastckpt: interrupted', though the checkpoint had completed; then,
+    while the result was printed, '...was checkpointed and is gone completed' -- fixed in 7f91abf.)"""
     ct, images, res = _interrupt_after_everything(containers, tmp_path, mib, where)
     assert interrupted_state(res, ct, images) == "completed"
     assert_no_debris(ct, str(tmp_path))
