@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     from .signals import install_cli_handlers
 
     install_cli_handlers()  # SIGTERM and SIGHUP stop fastckpt the way Ctrl-C does
+    from . import criu_proc
+
+    criu_proc.MUTE_LIBCRIU_STDERR = True  # errors are fastckpt's one line, not libcriu's perror()s
     try:
         return args.func(args)
     except Error as e:  # one line; CRIU's own error lines follow when CRIU failed

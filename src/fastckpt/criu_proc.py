@@ -15,6 +15,11 @@ import signal
 import threading
 import time
 
+# libcriu reports broken connections with perror() on our stderr; the command
+# says it in its own one line instead (cli sets this; an API caller's stderr is
+# left alone)
+MUTE_LIBCRIU_STDERR = False
+
 # A log that grows past this is a CRIU gone wrong (a restore of a damaged
 # pages image can loop writing ~25 MB/s of log); a normal one is < 10 MiB.
 LOG_LIMIT = 256 << 20
@@ -133,13 +138,27 @@ def run(opts, op: str, binary: str, *, log_path: str | None = None, timeout: flo
             except BaseException:
                 os.kill(pid, signal.SIGKILL)
                 raise
-        result = getattr(opts, op)()
+        saved = _mute_stderr() if MUTE_LIBCRIU_STDERR else None
+        try:
+            result = getattr(opts, op)()
+        finally:
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
     finally:
         dog.stop()
         _reap(pid)
     if isinstance(result, dict):  # feature_check's answer
         return result
     return (*result, dog.reason)
+
+
+def _mute_stderr() -> int:
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    return saved
 
 
 def _reap(pid: int) -> None:
