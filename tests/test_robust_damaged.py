@@ -266,9 +266,6 @@ manifest.verify = lambda *a, **kw: None
 manifest.check_structure = lambda *a, **kw: None""")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: when the watchdog stops CRIU, libcriu's own perror() lines ('Failed "
-                   "unpacking response: Success', \"Can't receive response: Invalid argument\", \"Can't read "
-                   "request: ...\") come before fastckpt's one-line error on the command's stderr")
 def test_watchdog_stop_says_it_in_one_line(proc_tree, tmp_path, restored):
     """The real CRIU looping on a cut-short pages image, stopped by the watchdog: the command prints its one
     `fastckpt: ...` line (CRIU's own error lines may follow it, indented), nothing else."""
