@@ -229,7 +229,9 @@ def _cgroup_mounts() -> Dict[str, str]:
             parts = line.split()
             sep = parts.index("-")
             fstype = parts[sep + 1]
-            if fstype not in ("cgroup", "cgroup2") or parts[3] != "/":
+            # the host's hierarchies only: a concurrent CRIU restore mounts them again for a
+            # moment in a "cgyard" of its own, where the same directories would be found twice
+            if fstype not in ("cgroup", "cgroup2") or parts[3] != "/" or not parts[4].startswith("/sys/fs/cgroup/"):
                 continue
             out.setdefault(parts[4], parts[4])
     return out

@@ -358,11 +358,7 @@ def restore_cgroups(pid: Optional[int] = None) -> List[str]:
     return sorted(glob.glob(os.path.join(cs.FREEZER_ROOT, "**", name), recursive=True))
 
 
-def cgroup_dirs(cid: str) -> List[str]:
-    """Cgroup directories named CID in the host's hierarchies (/sys/fs/cgroup/...): restore_support's
-    finds the same directories again through any other cgroup mount that happens to exist (a CRIU
-    restore elsewhere mounts the hierarchies in a "cgyard" for a moment)."""
-    return [d for d in rs.cgroup_dirs(cid) if d.startswith("/sys/fs/cgroup/")]
+cgroup_dirs = rs.cgroup_dirs  # cgroup directories named CID in the host's hierarchies
 
 
 def fd_count() -> int:
