@@ -27,7 +27,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from typing import Dict, List, Optional, Sequence
 

@@ -1,7 +1,6 @@
 """Unit tests of the `fastckpt` command's argument handling (no root: nothing reaches CRIU)."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -15,7 +15,7 @@ import time
 
 from ._record import Record, factory
 from . import _criu, criu_proc, kdat, locks, manifest, runc, signals
-from .constants import MIN_CRIU_VERSION, Namespace
+from .constants import MIN_CRIU_VERSION
 from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, DiskFull, Error,
                      ImageDirError, Interrupted, PermissionDenied, UsageError, log_errors)
 from .options import NETNS_HOST, NETNS_OWN, NETNS_OWN_LO, CheckpointOptions, auto_network_lock

@@ -383,7 +383,7 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
     image_path, work_path, fds = _open_dirs(options)
     log_path = os.path.join(work_path, RESTORE_LOG)
 
-    undo: List = []  # what to take back on failure, last first
+    undo: list = []  # what to take back on failure, last first
     ns_fds: list[int] = []
     pid = 0
     # CRIU's root: the rootfs bind-mounted, as runc does (the rootfs need not be a mount)
