@@ -215,7 +215,7 @@ class Container:
             if not os.path.isdir(path):
                 continue
             _thaw(path)
-            _kill_cgroup_tasks(path)
+            kill_cgroup_tasks(path)
             if not _rmdir_retry(path):
                 problems.append(f"cannot remove cgroup {path}")
         if os.path.exists(self.state_dir):
@@ -233,7 +233,7 @@ def _thaw(cgroup_dir: str) -> None:
             pass
 
 
-def _kill_cgroup_tasks(cgroup_dir: str) -> None:
+def kill_cgroup_tasks(cgroup_dir: str) -> None:
     """SIGKILL the processes left in a cgroup that only our container used."""
     try:
         with open(os.path.join(cgroup_dir, "cgroup.procs")) as f:

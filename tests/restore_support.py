@@ -27,7 +27,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
-WAIT = 20.0  # seconds: the deadline of every wait (a noisy 2-core machine)
+from ckpt_support import WAIT, read_int, wait_until  # noqa: F401  (shared with the checkpoint tests)
+
 CLI_TIMEOUT = 90.0
 LOCK_DIR = "/run/fastckpt/locks"  # fastckpt.locks.LOCK_DIR
 
@@ -54,27 +55,6 @@ def skip_reason() -> Optional[str]:
 
 
 # --- waiting and reading -----------------------------------------------------------
-
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = WAIT, interval: float = 0.02):
-    """Poll PREDICATE until it returns something truthy (returned); fail after TIMEOUT."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def read_int(path: str) -> Optional[int]:
-    """The integer in PATH, or None while it is missing or being rewritten."""
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
 
 def read_log(path: str) -> List[int]:
     """The values of a count.log (a last line being written is left out)."""

@@ -25,6 +25,7 @@ import time
 
 import pytest
 
+import ckpt_support as cs
 import restore_support as rs
 import robust_support as rb
 from robust_support import containers, mem_binary  # noqa: F401 (fixtures)
@@ -106,7 +107,7 @@ def test_watchdog_stops_criu_looping_on_a_cut_short_pages_image(proc_tree, tmp_p
     elapsed = time.monotonic() - t0
     if worker.is_alive():
         for d in rb.restore_cgroups(os.getpid()):
-            _kill_cgroup_tasks(d)
+            cs.kill_cgroup_tasks(d)
         worker.join(30)
         pytest.fail(f"the restore did not end within {BOUND:g} s: {STOP_BUG}")
     e = outcome.get("error")
@@ -150,19 +151,6 @@ criu_proc.run = functools.partial(criu_proc.run, log_limit=4 << 20)
 sys.exit(main(sys.argv[1:]))
 """
 HANG = 5.0  # seconds: after the watchdog's stop, fastckpt's clean-up takes well under one
-
-
-def _kill_cgroup_tasks(path: str) -> None:
-    try:
-        with open(os.path.join(path, "cgroup.procs")) as f:
-            pids = [int(p) for p in f.read().split()]
-    except OSError:
-        return
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def restore_with_looping_criu(args, workdir: str, log: str, clean) -> rs.Result:
@@ -223,7 +211,7 @@ def test_watchdog_stop_ends_a_process_tree_restore_whatever_criu_forked(proc_tre
 
     def clean(cli_pid):
         for d in rb.restore_cgroups(cli_pid):
-            _kill_cgroup_tasks(d)
+            cs.kill_cgroup_tasks(d)
             rb.wait_for(lambda: not rs._cgroup_procs(d), f"{d} to empty", timeout=10)
             os.rmdir(d)
 
