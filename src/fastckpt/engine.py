@@ -16,7 +16,7 @@ import time
 from ._record import Record, factory
 from . import _criu, criu_proc, kdat, locks, manifest, runc, signals
 from .constants import MIN_CRIU_VERSION
-from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, DiskFull, Error,
+from .errors import (ContainerStateError, CriuError, CriuNotFound, DiskFull, Error,
                      ImageDirError, Interrupted, PermissionDenied, UsageError, log_errors)
 from .options import NETNS_HOST, NETNS_OWN, NETNS_OWN_LO, CheckpointOptions, auto_network_lock
 
@@ -108,16 +108,6 @@ def criu_version() -> tuple[int, int, int]:
             raise CriuError("version", ret, err)
         _version_cache[path] = (ret // 10000, ret // 100 % 100, ret % 100)
     return _version_cache[path]
-
-
-def require_version() -> tuple[int, int, int]:
-    v = criu_version()
-    if v < MIN_CRIU_VERSION:
-        raise CriuVersionError(
-            f"CRIU {'.'.join(map(str, v))} at {criu_binary()} is too old: fastckpt needs "
-            f"CRIU >= {'.'.join(map(str, MIN_CRIU_VERSION[:2]))} (older ones fail on kernels >= 6.13)"
-        )
-    return v
 
 
 def features() -> dict[str, bool]:

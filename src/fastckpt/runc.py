@@ -114,11 +114,7 @@ class Container(Record):
     @property
     def freeze_cgroup(self) -> str | None:
         """What CRIU's freeze_cgroup option wants: the v1 freezer dir or v2's cgroup.freeze."""
-        paths = self.cgroup_paths
-        if paths.get("freezer"):
-            return paths["freezer"]
-        f = self.freezer_state_file
-        return f
+        return self.cgroup_paths.get("freezer") or self.freezer_state_file
 
     def is_frozen(self) -> bool:
         f = self.freezer_state_file
