@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import shutil
+import shlex
 import signal
 import socket
 import subprocess
@@ -335,9 +336,9 @@ class ProcTree:
         # The pid (and its group id) cannot be reused before we reap the root.
         try:
             if self.new_session:
-                os.killpg(self.pid, signal.SIGKILL)
+                os.killpg(self.popen.pid, signal.SIGKILL)
             else:
-                os.kill(self.pid, signal.SIGKILL)
+                os.kill(self.popen.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         try:
@@ -373,6 +374,24 @@ class ProcTreeFactory:
         """A busybox shell counter (PREFIX runs first in the same shell)."""
         script = prefix + COUNTER.format(path=count_file)
         return self(["busybox", "sh", "-c", script], new_session=new_session, count_file=count_file)
+
+    def shell_job(self, count_file: str) -> ProcTree:
+        """A counter that is not its session's leader: a job of a shell that leads a session we started.
+
+        Inheriting pytest's own session would not do: where the test runs in a pid
+        namespace of its own, that session's leader is invisible, which CRIU
+        refuses whatever the options.
+        """
+        pid_file = count_file + ".pid"
+        leader = ("busybox sh -c \"$0\" & echo $! > " + shlex.quote(pid_file) + "; wait")
+        script = COUNTER.format(path=count_file)
+        # setsid runs the shell in place (Popen's child is no group leader): it leads the session
+        tree = self(["busybox", "setsid", "busybox", "sh", "-c", leader, script], new_session=False,
+                    count_file=count_file)
+        tree.new_session = True  # kill() takes the whole session's group
+        tree.pid = wait_until(lambda: read_int(pid_file), f"the pid of the job in {pid_file}")
+        assert os.getsid(tree.pid) == tree.popen.pid != tree.pid
+        return tree
 
     def cleanup(self) -> None:
         for t in reversed(self.trees):

@@ -133,8 +133,7 @@ def test_ext_unix_sk(proc_tree, tmp_path, short_dir):
 # --- --shell-job ----------------------------------------------------------------------------
 
 def test_shell_job(proc_tree, tmp_path):
-    tree = proc_tree.counter(str(tmp_path / "count"), new_session=False)  # in pytest's session
-    assert os.getsid(tree.pid) != tree.pid
+    tree = proc_tree.shell_job(str(tmp_path / "count"))
 
     proc = checkpoint_cli(tree.pid, "--image-path", str(tmp_path / "without"))
     err = cs.assert_one_line_error(proc, 1, "--shell-job", criu_lines=True)
@@ -146,3 +145,19 @@ def test_shell_job(proc_tree, tmp_path):
     assert_images(tmp_path / "with")
     assert tree.alive()
     tree.wait_advancing()
+
+
+def test_session_leader_in_an_outer_pid_namespace(proc_tree, tmp_path):
+    """CRIU cannot dump a task whose session leader it cannot see; the error says what helps."""
+    count = str(tmp_path / "count")
+    outer = proc_tree(["unshare", "--pid", "--fork", "--kill-child", "busybox", "sh", "-c",
+                       cs.COUNTER.format(path=count)], new_session=False, count_file=count)
+    with open(f"/proc/{outer.pid}/task/{outer.pid}/children") as f:
+        (inner,) = map(int, f.read().split())
+
+    for flags in ((), ("--shell-job",)):
+        proc = checkpoint_cli(inner, "--image-path", str(tmp_path / "img"), *flags)
+        err = cs.assert_one_line_error(proc, 1, "outer pid namespace", "setsid", criu_lines=True)
+        assert "--shell-job does not help" in err.splitlines()[0]
+        assert not (tmp_path / "img").exists() or not any((tmp_path / "img").glob("*.img"))
+        outer.wait_advancing()

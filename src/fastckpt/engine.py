@@ -142,7 +142,11 @@ def raise_criu_failure(op: str, ret: int, err: int, log_path: str | None,
         raise DiskFull(f"criu {op} failed: no space left on the disk holding {image_path}; the partial "
                        f"images were removed ({_free_bytes(image_path) >> 20} MiB free now)"
                        + (f" (log: {log_path})" if log_path else ""), errno=errno.ENOSPC)
-    if not lines:
+    if any("session leader" in l and "outside of its pid namespace" in l for l in lines):
+        # CRIU refuses this whatever the options, so say what does help
+        detail = (f"{lines[0]}: the tree's session leader is in an outer pid namespace; start the tree "
+                  "with setsid (--shell-job does not help here)")
+    elif not lines:
         try:
             v = criu_version()
             if v < MIN_CRIU_VERSION:
