@@ -11,6 +11,10 @@ from cpython.pythread cimport PyThread_get_thread_ident
 
 cimport libcriu as c
 
+cdef extern from "warm.h" nogil:
+    int fc_warm_run(const char *procs_path, long period_us, long limit_ms, int user)
+    void fc_warm_stop()
+
 # --- constants, exported as plain ints (wrapped as enums by fastckpt.constants)
 CLONE_NEWNS = c.CLONE_NEWNS
 CLONE_NEWCGROUP = c.CLONE_NEWCGROUP
@@ -43,6 +47,31 @@ CRIU_LOG_DEBUG = c.CRIU_LOG_DEBUG
 
 # The libcriu this module was compiled against (criu/version.h).
 LIBCRIU_VERSION = (c.CRIU_VERSION_MAJOR, c.CRIU_VERSION_MINOR, c.CRIU_VERSION_SUBLEVEL)
+
+
+
+def warm_start(procs_path, long period_us=3000, long limit_ms=600000, bint user=True):
+    """Keep cgroup migrations fast: rewrite "0" into PROCS_PATH every PERIOD_US (ext/warm.h).
+
+    PROCS_PATH is the cgroup.procs of a cgroup this process is in. Calls nest
+    with warm_stop(). USER false primes it ahead of the operation instead: not
+    counted, the thread ends LIMIT_MS from now at the latest, or with the last
+    warm_stop() of the users that come meanwhile. Returns 0, or -errno when no
+    thread could be started.
+    """
+    cdef bytes path = procs_path.encode() if isinstance(procs_path, str) else bytes(procs_path)
+    cdef const char *p = path
+    cdef int ret
+    with nogil:
+        ret = fc_warm_run(p, period_us, limit_ms, user)
+    return ret
+
+
+def warm_stop():
+    """One warm_start() done; the last one stops the thread (waits for it, at most one write)."""
+    with nogil:
+        fc_warm_stop()
+
 
 # libcriu's notify callback carries no user data: the operation running in a
 # thread is found through this map (thread id -> Opts).

@@ -55,6 +55,10 @@ def test_checkpoint_then_runc_restore(container, runc_root, tmp_path):
     with open(img / "descriptors.json") as f:
         assert json.load(f) == descriptors == ["/dev/null"] * 3
     assert (img / "dump.log").exists() and "dump.log" in names
+    # the container's netns has no firewall rules and no routes: those images recorded
+    # nothing and are gone, so no restore runs iptables-restore or `ip route restore` for them
+    assert not [n for n in names if n.startswith(("iptables-", "ip6tables-", "route-", "route6-"))], names
+    assert [n for n in names if n.startswith(("ifaddr-", "rule-"))], names  # the rest is kept
 
     # the container is gone: from runc, its state dir, its cgroups, its processes
     assert ct.id not in cs.runc_ids(runc_root)
@@ -75,6 +79,25 @@ def test_checkpoint_then_runc_restore(container, runc_root, tmp_path):
                           "the restored counter to write")
     assert after > checkpointed, f"the counter restarted ({after} after {checkpointed}) instead of continuing"
     ct.assert_running_thawed_advancing()
+
+
+def test_prune_empty_net_images(tmp_path):
+    """Only images that record nothing go: empty iptables dumps, route dumps of no route."""
+    magic = b"\x24\x12\x31\x45"  # iproute2's route dump header
+    files = {
+        "iptables-10.img": b"", "ip6tables-10.img": b"",
+        "iptables-11.img": b"*filter\nCOMMIT\n",
+        "route-10.img": magic, "route6-10.img": magic,
+        "route-11.img": magic + b"\x01\x02",
+        "rule-10.img": b"", "nftables-10.img": b"", "pages-1.img": b"",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    from fastckpt import engine
+
+    pruned = engine.prune_empty_net_images(str(tmp_path))
+    assert sorted(pruned) == ["ip6tables-10.img", "iptables-10.img", "route-10.img", "route6-10.img"]
+    assert sorted(os.listdir(tmp_path)) == sorted(set(files) - set(pruned))
 
 
 def test_leave_running(container, runc_root, tmp_path):

@@ -43,6 +43,72 @@ def own() -> dict[str, str]:
     return out
 
 
+# --- fast migrations -----------------------------------------------------------------
+
+# hierarchies whose cgroup.procs the warm-up thread writes, in this order of preference
+_WARM_KEYS = ("pids", "freezer", "cpu", "memory", "")
+
+
+def _own_procs_file() -> str | None:
+    """cgroup.procs of the cgroup this process is in, in one mounted hierarchy."""
+    try:
+        mnts, mine = mounts(), own()
+    except OSError:
+        return None
+    keys = [k for k in _WARM_KEYS if k in mnts] + sorted(k for k in mnts if k not in _WARM_KEYS)
+    for key in keys:
+        if key in mine:
+            path = os.path.join(mnts[key], mine[key].lstrip("/"), "cgroup.procs")
+            if os.access(path, os.W_OK):
+                return path
+    return None
+
+
+class FastMigrations:
+    """While open, moving tasks between cgroups skips the kernel's RCU grace period.
+
+    The first cgroup migration after a quiet spell waits a grace period
+    (~8-16 ms here): fastckpt's move of CRIU into a restored container's
+    cgroups, and CRIU's cgroup set-up in a container dump. A C thread keeps
+    the lock behind it warm meanwhile, by re-entering this process into the
+    cgroup it already is in every 3 ms (ext/warm.h). Off with
+    FASTCKPT_NO_WARM=1 or when nothing needs it (ON false).
+    """
+
+    def __init__(self, on: bool = True):
+        self.on = on and not os.environ.get("FASTCKPT_NO_WARM")
+        self.started = False
+
+    def __enter__(self) -> "FastMigrations":
+        if self.on:
+            path = _own_procs_file()
+            if path:
+                from . import _criu
+
+                _criu.warm_start(path)  # nests; a failure only means no warm-up
+                self.started = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.started:
+            from . import _criu
+
+            self.started = False
+            _criu.warm_stop()
+
+
+def prime_fast_migrations() -> None:
+    """Start the warm-up ahead of an operation that will open FastMigrations (a command
+    line has its modules to import first, and the first write waits the grace period)."""
+    if os.environ.get("FASTCKPT_NO_WARM"):
+        return
+    path = _own_procs_file()
+    if path:
+        from . import _criu
+
+        _criu.warm_start(path, limit_ms=2000, user=False)
+
+
 def paths_for(cg_config: dict) -> dict[str, str]:
     """The cgroup directories runc would give a container with this cgroups config."""
     path = cg_config.get("path") or ""

@@ -9,7 +9,6 @@ import errno
 import json
 import os
 import re
-import shutil
 import time
 
 from ._record import Record
@@ -223,6 +222,8 @@ def remove_state_dir(path: str) -> None:
         _libc.umount(mnt)
     if _mounts_under(path):
         raise Error(f"cannot remove {path}: a mount is still inside it")
+    import shutil
+
     shutil.rmtree(path, ignore_errors=True)
 
 
