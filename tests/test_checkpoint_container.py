@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -57,8 +58,8 @@ def test_checkpoint_then_runc_restore(container, runc_root, tmp_path):
     assert (img / "dump.log").exists() and "dump.log" in names
     # the container's netns has no firewall rules and no routes: those images recorded
     # nothing and are gone, so no restore runs iptables-restore or `ip route restore` for them
-    assert not [n for n in names if n.startswith(("iptables-", "ip6tables-", "route-", "route6-"))], names
-    assert [n for n in names if n.startswith(("ifaddr-", "rule-"))], names  # the rest is kept
+    assert not [n for n in names if n.startswith(("iptables-", "ip6tables-", "route", "rule-"))], names
+    assert [n for n in names if n.startswith("ifaddr-")], names  # lo's addresses are kept
 
     # the container is gone: from runc, its state dir, its cgroups, its processes
     assert ct.id not in cs.runc_ids(runc_root)
@@ -82,21 +83,29 @@ def test_checkpoint_then_runc_restore(container, runc_root, tmp_path):
 
 
 def test_prune_empty_net_images(tmp_path):
-    """Only images that record nothing go: empty iptables dumps, route dumps of no route."""
+    """Only images that record nothing go: empty iptables dumps, route dumps of no route,
+    the rules every new network namespace has."""
+    from fastckpt import netimages
+
     magic = b"\x24\x12\x31\x45"  # iproute2's route dump header
+    default = subprocess.run(["unshare", "--net", "ip", "rule", "save"], capture_output=True, check=True).stdout
+    reseq = bytearray(default)  # the same rules from another dump: other sequence numbers and port ids
+    reseq[4 + 8:4 + 16] = b"\x01\x02\x03\x04\x05\x06\x07\x08"
+    changed = bytearray(default)
+    changed[4 + 16 + 4] ^= 0x01  # the first rule's table
     files = {
         "iptables-10.img": b"", "ip6tables-10.img": b"",
         "iptables-11.img": b"*filter\nCOMMIT\n",
         "route-10.img": magic, "route6-10.img": magic,
         "route-11.img": magic + b"\x01\x02",
-        "rule-10.img": b"", "nftables-10.img": b"", "pages-1.img": b"",
+        "rule-10.img": bytes(reseq), "rule-11.img": bytes(changed), "rule-12.img": default + default[4:],
+        "nftables-10.img": b"", "pages-1.img": b"", "ifaddr-10.img": b"",
     }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-    from fastckpt import engine
-
-    pruned = engine.prune_empty_net_images(str(tmp_path))
-    assert sorted(pruned) == ["ip6tables-10.img", "iptables-10.img", "route-10.img", "route6-10.img"]
+    pruned = netimages.prune(str(tmp_path))
+    assert sorted(pruned) == ["ip6tables-10.img", "iptables-10.img", "route-10.img", "route6-10.img",
+                              "rule-10.img"]
     assert sorted(os.listdir(tmp_path)) == sorted(set(files) - set(pruned))
 
 

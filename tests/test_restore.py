@@ -114,9 +114,27 @@ def assert_restored(ct: rs.Container, stopped_at: int) -> int:
 
 # --- 1-3: the three ways between fastckpt and runc ------------------------------------------------
 
+# the container's tmpfs mounts, entry by entry: what CRIU's tar (fastckpt's, ext/tar_shim.c) saved
+# (a directory's time is left out: some are mount points, whose file system is mounted anew)
+TMPFS_LISTING = ["sh", "-c", """
+show() { if [ -d "$1" ] && [ ! -L "$1" ]; then stat -c '%n %f %u %g' "$1"
+         else stat -c '%n %f %u %g %Y %t %T %N' "$1"; fi; }
+for d in /dev /dev/shm /sys/fs/cgroup /proc/acpi /sys/firmware; do
+    show $d; for f in $d/*; do if [ -e "$f" ] || [ -L "$f" ]; then show "$f"; fi; done
+done"""]
+
+
+def tmpfs_listing(ct) -> str:
+    r = ct.exec(*TMPFS_LISTING)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
 def test_fastckpt_checkpoint_fastckpt_restore(env):
     ct = env.start()
     images = os.path.join(env.workdir, "images")
+    before = tmpfs_listing(ct)
+    assert "/dev/null 21b6 0 0" in before  # a character device, 0666, root's
     at = env.checkpoint(ct, images)
     assert not os.path.exists(ct.state_dir)
 
@@ -124,12 +142,14 @@ def test_fastckpt_checkpoint_fastckpt_restore(env):
     assert r.returncode == 0, str(r)
     assert r.stderr == ""
     assert_restored(ct, at)
+    assert tmpfs_listing(ct) == before
     with open(os.path.join(images, "restore.log")) as f:
         log = f.read()
     # the checkpoint left out the network images that recorded nothing: CRIU read them as
-    # empty and ran no iptables-restore or `ip route restore` for them; lo got its address
-    assert "No iptables-" in log and "No route-" in log
+    # empty and ran no iptables-restore, `ip route` or `ip rule` for them; lo got its address
+    assert "No iptables-" in log and "No route-" in log and "No rule-" in log
     assert "Running iptables-legacy-restore" not in log and "Running ip route restore" not in log
+    assert "Running ip rule" not in log
     assert "Running ip addr restore" in log
 
     ct.kill_and_delete()

@@ -9,8 +9,6 @@ from __future__ import annotations
 import errno
 import os
 
-from .errors import Error
-
 
 def mounts() -> dict[str, str]:
     """cgroup hierarchy key (runc's: controller name, 'name=systemd', '' for v2) -> mount point."""
@@ -170,6 +168,8 @@ def create(paths: dict[str, str], resources: dict) -> list[str]:
         _apply(paths, resources)
     except OSError as e:
         remove(made)
+        from .errors import Error  # not at the top: the CLI imports this module before `re`
+
         raise Error(f"cannot set up cgroup {e.filename or ''}: {e.strerror}", errno=e.errno) from e
     return made
 
@@ -274,6 +274,8 @@ class Containment:
         ms = mounts()
         key = "freezer" if "freezer" in ms else ""
         if key not in ms:
+            from .errors import Error
+
             raise Error("no freezer cgroup hierarchy to contain CRIU in")
         self.parent = os.path.normpath(os.path.join(ms[key], own().get(key, "/").lstrip("/")))
         self.path = os.path.join(self.parent, name)

@@ -6,9 +6,7 @@ traceback.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import json
 import sys
 
 from ._version import __version__
@@ -18,13 +16,36 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-class _Formatter(argparse.HelpFormatter):
-    """argparse's help formatter, without its import of shutil (~1.7 ms) for the width."""
+def _parser_class():
+    """argparse's parser, as fastckpt wants it (argparse itself is imported here: a restore
+    starts its cgroup warm-up before paying for argparse's ~5 ms of imports)."""
+    global _PARSER
+    if _PARSER is not None:
+        return _PARSER
+    import argparse
 
-    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
-        if width is None:
-            width = _columns() - 2
-        super().__init__(prog, indent_increment, max_help_position, width)
+    class _Formatter(argparse.HelpFormatter):
+        """argparse's help formatter, without its import of shutil (~1.7 ms) for the width."""
+
+        def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+            if width is None:
+                width = _columns() - 2
+            super().__init__(prog, indent_increment, max_help_position, width)
+
+    class _Parser(argparse.ArgumentParser):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("allow_abbrev", False)  # as runc: --pid is not --pid-file
+            kwargs.setdefault("formatter_class", _Formatter)
+            super().__init__(*args, **kwargs)
+
+        def error(self, message):  # one line, like every other error
+            self.exit(EXIT_USAGE, f"fastckpt: {message} (see `{self.prog} --help`)\n")
+
+    _PARSER = _Parser
+    return _Parser
+
+
+_PARSER = None
 
 
 def _columns() -> int:
@@ -39,16 +60,6 @@ def _columns() -> int:
         except (AttributeError, ValueError, OSError):
             columns = 0
     return columns or 80
-
-
-class _Parser(argparse.ArgumentParser):
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)  # as runc: --pid is not --pid-file
-        kwargs.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message):  # one line, like every other error
-        self.exit(EXIT_USAGE, f"fastckpt: {message} (see `{self.prog} --help`)\n")
 
 
 def _add_shared(p, image_help: str) -> None:
@@ -135,15 +146,16 @@ def _needs_fast_migrations(argv: list[str]) -> bool:
     return cmd == "restore" or cmd == "checkpoint" and "--pid" not in argv
 
 
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None):
     """The parser; given ARGV, only the command asked for gets its arguments (argparse
     spends ~0.1 ms an argument, a fifth of the command's start-up for all of them)."""
     wanted = _requested(argv) if argv is not None else None
-    parser = _Parser(prog="fastckpt", description="Checkpoint/restore of runc containers and process trees.")
+    parser_class = _parser_class()
+    parser = parser_class(prog="fastckpt", description="Checkpoint/restore of runc containers and process trees.")
     parser.add_argument("--version", action="version", version=f"fastckpt {__version__}")
     parser.add_argument("--root", default=None, metavar="DIR",
                         help="root directory of runc's container state (default /run/runc)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
     for name, add in _COMMANDS.items():
         add(sub, full=argv is None or wanted == name or wanted not in _COMMANDS)
     return parser
@@ -161,6 +173,8 @@ def _report(res, args, op: str, state: str) -> None:
 
 def _print_result(res, args) -> None:
     """--json: the result; --print-stats: its statistics ({"criu": ..., "wall_time_ms": ...}); both: one object."""
+    import json
+
     stats = res.stats() if getattr(args, "print_stats", False) else None  # protobuf is imported only here
     if args.json:
         out = res.asdict()
@@ -211,6 +225,8 @@ def _cmd_check(args) -> int:
 
     info = engine.check()
     if args.json:
+        import json
+
         print(json.dumps(info, indent=2))
     else:
         print(f"criu: {info['criu']}")

@@ -106,6 +106,22 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+LIBEXEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libexec")
+
+
+def criu_env() -> dict[str, str]:
+    """CRIU's environment: ours, with fastckpt's `tar` (ext/tar_shim.c) first on PATH.
+
+    CRIU runs `tar` for the content of every tmpfs mount; the shim does CRIU's
+    two tar commands itself for the small content of a container's tmpfs
+    mounts, and hands anything else to the real tar. FASTCKPT_TAR_SHIM=0: off.
+    """
+    env = dict(os.environ)
+    if env.get("FASTCKPT_TAR_SHIM", "1") != "0" and os.access(os.path.join(LIBEXEC, "tar"), os.X_OK):
+        env["PATH"] = LIBEXEC + os.pathsep + env.get("PATH", os.defpath)
+    return env
+
+
 def run(opts, op: str, binary: str, *, log_path: str | None = None, timeout: float | None = None,
         log_limit: int = LOG_LIMIT, setup=None, on_stop=None):
     """Run OP ("dump", "restore", "check", ...) of OPTS in a fresh ``criu swrk``.
@@ -118,7 +134,7 @@ def run(opts, op: str, binary: str, *, log_path: str | None = None, timeout: flo
     old_umask = os.umask(0o077)  # CRIU's images hold process memory: 0600, not 0644
     try:
         os.set_inheritable(theirs.fileno(), True)
-        pid = os.posix_spawn(binary, [binary, "swrk", str(theirs.fileno())], os.environ,
+        pid = os.posix_spawn(binary, [binary, "swrk", str(theirs.fileno())], criu_env(),
                              setsid=True, setsigmask=(),
                              # CRIU logs to its log file; its stdout would only say "Looks good."
                              file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)])

@@ -13,7 +13,7 @@ import stat
 import time
 
 from ._record import Record, factory
-from . import _criu, cgroups, criu_proc, kdat, locks, manifest, runc, signals
+from . import _criu, cgroups, criu_proc, kdat, locks, manifest, netimages, runc, signals
 from .constants import MIN_CRIU_VERSION
 from .errors import (ContainerStateError, CriuError, CriuNotFound, DiskFull, Error,
                      ImageDirError, Interrupted, PermissionDenied, UsageError, log_errors)
@@ -466,7 +466,7 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
                 if ct is not None and not options.leave_running:
                     ct.destroy()
                 try:  # the sizes and checksums that restore checks before CRIU runs
-                    prune_empty_net_images(image_path)
+                    netimages.prune(image_path)
                     manifest.write(image_path, known)
                 except Error as e:
                     manifest_error = e
@@ -569,42 +569,6 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
     finally:
         for fd in fds:
             os.close(fd)
-
-
-# `ip route save` of no route: iproute2's header alone
-_EMPTY_ROUTE_DUMP = b"\x24\x12\x31\x45"
-
-
-def prune_empty_net_images(image_path: str) -> list[str]:
-    """Remove the network images that record nothing: an empty iptables/ip6tables dump, a
-    route dump without routes. CRIU (any version, and so runc) restores a missing one as
-    empty, without running iptables-restore or `ip route restore` on it (~2 ms each)."""
-    pruned = []
-    try:
-        names = os.listdir(image_path)
-    except OSError:
-        return pruned
-    for name in names:
-        if not name.endswith(".img"):
-            continue
-        if name.startswith(("iptables-", "ip6tables-")):
-            empty = b""
-        elif name.startswith(("route-", "route6-")):
-            empty = _EMPTY_ROUTE_DUMP
-        else:
-            continue
-        path = os.path.join(image_path, name)
-        try:
-            if os.path.getsize(path) > len(empty):
-                continue
-            with open(path, "rb") as f:
-                if f.read() != empty:
-                    continue
-            os.unlink(path)
-            pruned.append(name)
-        except OSError:
-            pass  # kept: CRIU restores it as it is
-    return pruned
 
 
 def _discard_partial_images(image_path: str) -> None:

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 
-from . import engine, runc
+from . import criu_proc, engine, runc
 from .errors import CriuError
 
 RUN_DIR = "/run/fastckpt"
@@ -38,7 +38,7 @@ class Session:
             r = subprocess.run([binary, "service", "--address", self.address, "--daemon", "--pidfile", pidfile,
                                 "-W", self._dir, "-o", "service.log", "-v3"],
                                stdin=null, stdout=null, stderr=subprocess.PIPE, timeout=start_timeout,
-                               preexec_fn=lambda: os.umask(0o077))
+                               env=criu_proc.criu_env(), preexec_fn=lambda: os.umask(0o077))
         self.pid: int | None = None
         if r.returncode == 0:
             # criu binds its socket, then daemonizes, then writes its pid: wait for both
