@@ -155,6 +155,12 @@ provision_criu() {
   echo "provision: $("$path_criu" --version | head -n1) at $path_criu" >&2
 }
 
+venv_install() {
+  local pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check --retries 1)
+  "${pip[@]}" --upgrade pip setuptools wheel "cython>=3" "cffi>=1.15" || return 1
+  "${pip[@]}" --no-build-isolation -e "$ROOT[test]"
+}
+
 provision_venv() {
   step venv
   local py=${PYTHON:-python3}
@@ -170,10 +176,14 @@ provision_venv() {
     return 0
   fi
   step venv-install
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel "cython>=3" "cffi>=1.15" \
-    || fail "pip install build tools"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation -e "$ROOT[test]" \
-    || fail "pip install -e .[test]"
+  if ! venv_install; then
+    # Offline, the index may lack a dependency of the newest releases it has (seen: pytest-benchmark
+    # 5.3 needs py-cpuinfo2). The interpreter's own installed packages can stand in: a venv that sees them.
+    echo "provision: retrying with the interpreter's own packages visible (--system-site-packages)" >&2
+    rm -rf "$VENV"
+    "$py" -m venv --system-site-packages "$VENV" || fail "$py -m venv --system-site-packages $VENV"
+    venv_install || fail "pip install (build tools, then -e .[test]); see pip's messages above"
+  fi
   # pycriu (CRIU's own Python binding, same source) for the side-by-side benchmarks.
   if [ -d "$CACHE/criu-src/lib/pycriu" ]; then
     make -C "$CACHE/criu-src" lib/pycriu/rpc_pb2.py lib/pycriu/images/images.py >/dev/null 2>&1 || true
