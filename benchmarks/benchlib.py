@@ -509,10 +509,9 @@ def _pids_with_arg(arg: str) -> List[int]:
 def start_session(attempts: int = 5):
     """fastckpt.Session(), tried up to ATTEMPTS times; returns (session, seconds its start took, failures).
 
-    fastckpt 0.1.0's Session reads `criu service --daemon`'s pidfile as soon as the socket appears, which
-    on a loaded machine is often before the daemon has written it: the start then fails and leaves that
-    daemon running (its directory removed).  Such a daemon, ours, is found by its unique socket path and
-    killed by pid; then we try again.
+    A safety net (fastckpt before c423db7 read `criu service --daemon`'s pidfile too early on a loaded
+    machine): a start that fails may leave its daemon running; such a daemon, ours, is found by its
+    unique socket path and killed by pid; then we try again.
     """
     import fastckpt
     from fastckpt.errors import CriuError

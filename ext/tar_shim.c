@@ -31,12 +31,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <zlib.h>
+#include <linux/openat2.h>
 
 #define BLOCK 512
 #define RECORD (20 * BLOCK)              /* GNU tar's default blocking factor */
@@ -207,6 +209,8 @@ static int add_entry(struct buf *ar, const char *name, const struct stat *st, co
 		return -1; /* sockets: GNU tar skips them, saying so */
 	if (st->st_mtim.tv_sec < 0)
 		return -1;
+	if (ar->len + BLOCK + ((size + BLOCK - 1) / BLOCK) * BLOCK + RECORD > MAX_ARCHIVE)
+		return -1; /* much content: real tar streams it */
 	if (buf_grow(ar, BLOCK + ((size + BLOCK - 1) / BLOCK) * BLOCK))
 		return -1;
 	h = ar->p + ar->len;
@@ -482,6 +486,10 @@ static int parse(const unsigned char *ar, size_t len, struct entry *es, int *n)
 			return 1;
 		if (!strcmp(p, ".") && e->type != '5')
 			return 1;
+		/* a path given twice (a directory, then a link in its place...): GNU tar's rules */
+		for (int j = 0; j < *n; j++)
+			if (!strcmp(es[j].path, p))
+				return 1;
 		e->path = p;
 		/* the parent must be the root or a directory extracted before (GNU tar would make it) */
 		char *slash = strrchr(p, '/');
@@ -520,66 +528,105 @@ static int make_way(int dfd, const char *path)
 	return unlinkat(dfd, path, S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0);
 }
 
-static int extract_entries(int dfd, struct entry *es, int n)
+/*
+ * The directory that holds PATH, opened below ROOT without following any symbolic link (an
+ * archive must not reach outside the directory through a link it made), and PATH's last part.
+ */
+static int at_parent(int root, const char *path, const char **base)
 {
-	for (int i = 0; i < n; i++) {
-		struct entry *e = &es[i];
-		const char *p = e->path;
+	struct open_how how = { .flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC,
+				.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_BENEATH };
+	const char *slash = strrchr(path, '/');
+	char dir[101];
 
-		switch (e->type) {
-		case '5': {
-			struct stat st;
-			if (strcmp(p, ".") && mkdirat(dfd, p, 0700) &&
-			    (errno != EEXIST || fstatat(dfd, p, &st, AT_SYMLINK_NOFOLLOW) || !S_ISDIR(st.st_mode)))
-				return fail("make directory", p);
-			break; /* owner, mode and time once its content is in */
-		}
-		case '0': {
-			int fd;
-			if (make_way(dfd, p))
-				return fail("replace", p);
-			fd = openat(dfd, p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-			if (fd < 0)
-				return fail("create", p);
-			if (write_all(fd, e->data, e->size) || fchown(fd, e->uid, e->gid) || fchmod(fd, e->mode)) {
-				close(fd);
-				return fail("write", p);
-			}
+	if (!slash) {
+		*base = path;
+		return fcntl(root, F_DUPFD_CLOEXEC, 3);
+	}
+	memcpy(dir, path, slash - path);
+	dir[slash - path] = 0;
+	*base = slash + 1;
+	return syscall(SYS_openat2, root, dir, &how, sizeof(how));
+}
+
+/* One entry, in the directory DFD under the name BASE; directories get their owner, mode and time later. */
+static int extract_one(int dfd, const char *base, const struct entry *e)
+{
+	const char *p = e->path;
+	struct stat st;
+	int fd;
+
+	switch (e->type) {
+	case '5':
+		if (strcmp(p, ".") && mkdirat(dfd, base, 0700) &&
+		    (errno != EEXIST || fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) || !S_ISDIR(st.st_mode)))
+			return fail("make directory", p);
+		return 0;
+	case '0':
+		if (make_way(dfd, base))
+			return fail("replace", p);
+		fd = openat(dfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (fd < 0)
+			return fail("create", p);
+		if (write_all(fd, e->data, e->size) || fchown(fd, e->uid, e->gid) || fchmod(fd, e->mode)) {
 			close(fd);
-			if (set_times(dfd, p, e->mtime, 0))
-				return fail("set the time of", p);
-			break;
+			return fail("write", p);
 		}
-		case '2':
-			if (make_way(dfd, p) || symlinkat(e->link, dfd, p))
-				return fail("make symbolic link", p);
-			if (fchownat(dfd, p, e->uid, e->gid, AT_SYMLINK_NOFOLLOW))
-				return fail("set the owner of", p);
-			if (set_times(dfd, p, e->mtime, AT_SYMLINK_NOFOLLOW))
-				return fail("set the time of", p);
-			break;
-		default: { /* '3' '4' '6' */
-			mode_t kind = e->type == '3' ? S_IFCHR : e->type == '4' ? S_IFBLK : S_IFIFO;
-			if (make_way(dfd, p) || mknodat(dfd, p, kind | 0600, makedev(e->major, e->minor)))
-				return fail("make node", p);
-			if (fchownat(dfd, p, e->uid, e->gid, AT_SYMLINK_NOFOLLOW) || fchmodat(dfd, p, e->mode, 0))
-				return fail("set the owner and mode of", p);
-			if (set_times(dfd, p, e->mtime, AT_SYMLINK_NOFOLLOW))
-				return fail("set the time of", p);
-		}
-		}
+		close(fd);
+		break;
+	case '2':
+		if (make_way(dfd, base) || symlinkat(e->link, dfd, base))
+			return fail("make symbolic link", p);
+		if (fchownat(dfd, base, e->uid, e->gid, AT_SYMLINK_NOFOLLOW))
+			return fail("set the owner of", p);
+		break;
+	default: { /* '3' '4' '6' */
+		mode_t kind = e->type == '3' ? S_IFCHR : e->type == '4' ? S_IFBLK : S_IFIFO;
+		if (make_way(dfd, base) || mknodat(dfd, base, kind | 0600, makedev(e->major, e->minor)))
+			return fail("make node", p);
+		if (fchownat(dfd, base, e->uid, e->gid, AT_SYMLINK_NOFOLLOW) || fchmodat(dfd, base, e->mode, 0))
+			return fail("set the owner and mode of", p);
 	}
-	/* directories last, deepest (latest) first, as GNU tar's delayed set-stat */
-	for (int i = n - 1; i >= 0; i--) {
-		struct entry *e = &es[i];
-		if (e->type != '5')
-			continue;
-		if (fchownat(dfd, e->path, e->uid, e->gid, AT_SYMLINK_NOFOLLOW) || fchmodat(dfd, e->path, e->mode, 0))
-			return fail("set the owner and mode of", e->path);
-		if (set_times(dfd, e->path, e->mtime, AT_SYMLINK_NOFOLLOW))
-			return fail("set the time of", e->path);
 	}
+	if (set_times(dfd, base, e->mtime, AT_SYMLINK_NOFOLLOW))
+		return fail("set the time of", p);
 	return 0;
+}
+
+/* A directory's owner, mode and time, once its content is in. */
+static int finish_dir(int dfd, const char *base, const struct entry *e)
+{
+	if (fchownat(dfd, base, e->uid, e->gid, AT_SYMLINK_NOFOLLOW) || fchmodat(dfd, base, e->mode, 0))
+		return fail("set the owner and mode of", e->path);
+	if (set_times(dfd, base, e->mtime, AT_SYMLINK_NOFOLLOW))
+		return fail("set the time of", e->path);
+	return 0;
+}
+
+/* FN on entry E, in the directory that holds it (opened without following links). */
+static int at(int root, const struct entry *e, int (*fn)(int, const char *, const struct entry *))
+{
+	const char *base;
+	int dfd = at_parent(root, e->path, &base), ret;
+
+	if (dfd < 0)
+		return fail("open the directory of", e->path);
+	ret = fn(dfd, base, e);
+	close(dfd);
+	return ret;
+}
+
+static int extract_entries(int root, const struct entry *es, int n)
+{
+	int ret = 0;
+
+	for (int i = 0; i < n && !ret; i++)
+		ret = at(root, &es[i], extract_one);
+	/* directories last, deepest (latest) first, as GNU tar's delayed set-stat */
+	for (int i = n - 1; i >= 0 && !ret; i--)
+		if (es[i].type == '5')
+			ret = at(root, &es[i], finish_dir);
+	return ret;
 }
 
 static int extract(const char *dir)
@@ -621,6 +668,13 @@ static int extract(const char *dir)
 	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0)
 		return real_tar(start, in, len); /* real tar says why */
+	{
+		struct open_how how = { .flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC, .resolve = RESOLVE_BENEATH };
+		int probe = syscall(SYS_openat2, dfd, ".", &how, sizeof(how));
+		if (probe < 0) /* a kernel without openat2 (< 5.6): GNU tar */
+			return real_tar(start, in, len);
+		close(probe);
+	}
 	umask(0);
 	return extract_entries(dfd, es, n);
 }

@@ -211,3 +211,62 @@ def test_other_command_lines_are_gnu_tars(src, tmp_path):
         names = sorted(line.split()[-1] if " -> " not in line else line.split(" -> ")[0].split()[-1]
                        for line in r.stdout.decode().splitlines())
         assert "./sub/file" in names and "./null" in names and "./fd" in names, names
+
+
+def _archive(entries) -> bytes:
+    """A gzip'd GNU tar archive of ENTRIES: (name, type, link); all root's, 0755, time 1e9."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.GNU_FORMAT) as tf:
+        for name, kind, link in entries:
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.linkname, ti.mode, ti.mtime = kind, link, 0o755, 1_000_000_000
+            data = b"owned\n" if kind == tarfile.REGTYPE else b""
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_an_archive_cannot_write_outside_through_its_links(tmp_path):
+    """A damaged or hostile image must not reach outside the mount it restores, as with GNU tar."""
+    import tarfile
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for entries in (
+        # a link, then a file "in" it
+        [("./", tarfile.DIRTYPE, ""), ("./a", tarfile.SYMTYPE, str(outside)), ("./a/evil", tarfile.REGTYPE, "")],
+        # a directory, replaced by a link, then a file in it
+        [("./", tarfile.DIRTYPE, ""), ("./a/", tarfile.DIRTYPE, ""), ("./a", tarfile.SYMTYPE, str(outside)),
+         ("./a/evil", tarfile.REGTYPE, "")],
+        # a path that climbs out
+        [("./", tarfile.DIRTYPE, ""), ("./../evil", tarfile.REGTYPE, "")],
+    ):
+        archive = _archive(entries)
+        results = []
+        for tool in (GNU_TAR, SHIM):
+            dest = str(tmp_path / f"dest-{len(results)}")
+            r = extract(tool, archive, dest)
+            results.append((r.returncode, tree(dest)))
+            assert not os.listdir(outside), (tool, entries, r.stderr)
+            assert not os.path.exists(tmp_path / "evil"), (tool, entries)
+            shutil.rmtree(dest)
+        assert results[0] == results[1], entries  # the shim handed these to GNU tar
+
+
+def test_links_already_in_the_directory_are_not_followed(tmp_path):
+    """What the archive did not make is not trusted either: no path is resolved through a link."""
+    import tarfile
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.symlink(str(outside), dest / "a")
+    archive = _archive([("./", tarfile.DIRTYPE, ""), ("./a/", tarfile.DIRTYPE, ""),
+                        ("./a/evil", tarfile.REGTYPE, "")])
+    r = extract(SHIM, archive, str(dest))
+    assert not os.listdir(outside), r.stderr
+    assert r.returncode != 0 or os.path.isdir(dest / "a") and not os.path.islink(dest / "a")
