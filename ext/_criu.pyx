@@ -53,8 +53,9 @@ LIBCRIU_VERSION = (c.CRIU_VERSION_MAJOR, c.CRIU_VERSION_MINOR, c.CRIU_VERSION_SU
 def warm_start(procs_path, long period_us=3000, long limit_ms=600000, bint user=True):
     """Keep cgroup migrations fast: rewrite "0" into PROCS_PATH every PERIOD_US (ext/warm.h).
 
-    PROCS_PATH is the cgroup.procs of a cgroup this process is in. Calls nest
-    with warm_stop(). USER false primes it ahead of the operation instead: not
+    PROCS_PATH is the cgroup.procs of a cgroup this process is in. Calls nest:
+    each one (USER true) needs one warm_stop(), whatever it returned. USER
+    false primes it ahead of the operation instead: not
     counted, the thread ends LIMIT_MS from now at the latest, or with the last
     warm_stop() of the users that come meanwhile. Returns 0, or -errno when no
     thread could be started.

@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,7 +91,7 @@ static int find_real_tar(char *out, size_t n)
 static int real_tar(off_t start, const unsigned char *head, size_t len)
 {
 	char tar[PATH_MAX];
-	int pfd[2], status;
+	int pfd[2], status = 2 << 8;
 	pid_t pid;
 
 	if (find_real_tar(tar, sizeof(tar))) {
@@ -117,6 +118,7 @@ static int real_tar(off_t start, const unsigned char *head, size_t len)
 		_exit(127);
 	}
 	close(pfd[0]);
+	signal(SIGPIPE, SIG_IGN); /* tar may stop reading early: it says why, and its status is ours */
 	for (;;) {
 		ssize_t w;
 		while (len) {
@@ -203,10 +205,12 @@ static int add_entry(struct buf *ar, const char *name, const struct stat *st, co
 		type = '0';
 		size = st->st_size;
 		/* hard links and possibly sparse files: GNU tar has its own forms for them */
-		if (st->st_nlink > 1 || size > MAX_FILE || (unsigned long long)st->st_blocks * 512 < size)
+		if (size > MAX_FILE || (unsigned long long)st->st_blocks * 512 < size)
 			return -1;
 	} else
 		return -1; /* sockets: GNU tar skips them, saying so */
+	if (type != '5' && st->st_nlink > 1)
+		return -1; /* hard links: GNU tar writes the second name as a link */
 	if (st->st_mtim.tv_sec < 0)
 		return -1;
 	if (ar->len + BLOCK + ((size + BLOCK - 1) / BLOCK) * BLOCK + RECORD > MAX_ARCHIVE)
@@ -290,9 +294,9 @@ static int add_dir(struct buf *ar, int dfd, const char *prefix, dev_t dev, int d
 			link[n] = 0;
 			ret = add_entry(ar, name, &st, link, -1);
 		} else if (S_ISREG(st.st_mode)) {
-			fd = openat(dirfd(d), e->d_name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOATIME);
+			fd = openat(dirfd(d), e->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOATIME);
 			if (fd < 0)
-				fd = openat(dirfd(d), e->d_name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+				fd = openat(dirfd(d), e->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 			ret = fd < 0 ? -1 : add_entry(ar, name, &st, NULL, fd);
 			if (fd >= 0)
 				close(fd);
@@ -393,18 +397,21 @@ static int parse_octal(const unsigned char *f, size_t width, unsigned long long 
 	return 0;
 }
 
-/* A path we extract without surprises: relative, no "..", no empty or "." components past the first. */
-static int plain_path(char *p)
+/* A path we extract without surprises: relative, and no empty, "." or ".." component. */
+static int plain_path(const char *p)
 {
-	char *c, *save = NULL, tmp[101];
+	const char *c = p;
 
-	if (p[0] == '/' || !p[0])
-		return -1;
-	snprintf(tmp, sizeof(tmp), "%s", p);
-	for (c = strtok_r(tmp, "/", &save); c; c = strtok_r(NULL, "/", &save))
-		if (!strcmp(c, ".."))
-			return -1;
-	return 0;
+	for (;;) {
+		const char *end = strchrnul(c, '/');
+		size_t n = end - c;
+
+		if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
+			return -1; /* "/x", "a//b", "./a/./b", "../x": each has its own rules in GNU tar */
+		if (!*end)
+			return 0;
+		c = end + 1;
+	}
 }
 
 /* Parse the archive; 1: not for us (real tar), -1: damaged (real tar says how). */
@@ -476,6 +483,8 @@ static int parse(const unsigned char *ar, size_t len, struct entry *es, int *n)
 		/* "./x/" -> "x"; "./" -> "." */
 		char *p = names[*n];
 		size_t l = strlen(p);
+		if (l > 1 && p[l - 1] == '/' && e->type != '5')
+			return 1; /* GNU tar makes a directory of it */
 		while (l > 1 && p[l - 1] == '/')
 			p[--l] = 0;
 		if (!strcmp(p, ".") || !strcmp(p, "./"))
@@ -596,11 +605,17 @@ static int extract_one(int dfd, const char *base, const struct entry *e)
 /* A directory's owner, mode and time, once its content is in. */
 static int finish_dir(int dfd, const char *base, const struct entry *e)
 {
-	if (fchownat(dfd, base, e->uid, e->gid, AT_SYMLINK_NOFOLLOW) || fchmodat(dfd, base, e->mode, 0))
-		return fail("set the owner and mode of", e->path);
-	if (set_times(dfd, base, e->mtime, AT_SYMLINK_NOFOLLOW))
-		return fail("set the time of", e->path);
-	return 0;
+	struct timespec ts[2] = { { 0, UTIME_NOW }, { (time_t)e->mtime, 0 } };
+	int fd = openat(dfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), ret = 0;
+
+	if (fd < 0)
+		return fail("open", e->path);
+	if (fchown(fd, e->uid, e->gid) || fchmod(fd, e->mode))
+		ret = fail("set the owner and mode of", e->path);
+	else if (futimens(fd, ts))
+		ret = fail("set the time of", e->path);
+	close(fd);
+	return ret;
 }
 
 /* FN on entry E, in the directory that holds it (opened without following links). */

@@ -16,7 +16,8 @@
  * on. Readers of the lock (fork, exit) take its slower, still lock-free path
  * while it is warm, as on hosts mounted with favordynmods.
  *
- * Calls nest (a count of users); the thread stops at the last fc_warm_stop(),
+ * Calls nest (a count of users: each call with USER needs one fc_warm_stop(),
+ * whatever it returned); the thread stops at the last fc_warm_stop(),
  * at LIMIT_MS at the latest, or at its first failed write. Priming (USER 0)
  * starts it ahead of the operations that will use it (a command line that
  * has its modules to import first), without counting as a user.
@@ -42,7 +43,7 @@ struct fc_warm {
 
 static pthread_mutex_t fc_warm_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t fc_warm_cv;
-static int fc_warm_cv_ready;
+static pthread_once_t fc_warm_once = PTHREAD_ONCE_INIT;
 static int fc_warm_users;              /* fc_warm_run() calls with USER, not yet stopped */
 static struct fc_warm *fc_warm_current; /* the running thread's state, or NULL */
 
@@ -56,6 +57,41 @@ static void fc_warm_add_ns(struct timespec *t, long long ns)
 static int fc_warm_before(const struct timespec *a, const struct timespec *b)
 {
 	return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+/* A child of fork() has no warm-up thread: it starts from nothing (the lock as it was before fork). */
+static void fc_warm_prefork(void)
+{
+	pthread_mutex_lock(&fc_warm_mu);
+}
+
+static void fc_warm_parent(void)
+{
+	pthread_mutex_unlock(&fc_warm_mu);
+}
+
+static void fc_warm_init_cv(void)
+{
+	pthread_condattr_t ca;
+
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&fc_warm_cv, &ca);
+	pthread_condattr_destroy(&ca);
+}
+
+static void fc_warm_child(void)
+{
+	pthread_mutex_init(&fc_warm_mu, NULL);
+	fc_warm_init_cv();
+	fc_warm_users = 0;
+	fc_warm_current = NULL; /* the parent's: neither joined nor freed here */
+}
+
+static void fc_warm_init(void)
+{
+	fc_warm_init_cv();
+	pthread_atfork(fc_warm_prefork, fc_warm_parent, fc_warm_child);
 }
 
 static void *fc_warm_loop(void *arg)
@@ -77,8 +113,8 @@ static void *fc_warm_loop(void *arg)
 			break;
 		next = now;
 		fc_warm_add_ns(&next, w->period_ns);
-		while (!w->quit && pthread_cond_timedwait(&fc_warm_cv, &fc_warm_mu, &next) != ETIMEDOUT)
-			;
+		while (!w->quit && !pthread_cond_timedwait(&fc_warm_cv, &fc_warm_mu, &next))
+			; /* 0: woken (asked to quit, or spuriously); else timed out (or could not wait) */
 	}
 	w->quit = 1; /* also when it ended by itself: the next start replaces it */
 	pthread_mutex_unlock(&fc_warm_mu);
@@ -110,24 +146,21 @@ static void fc_warm_end_locked(void)
  */
 static int fc_warm_run(const char *procs_path, long period_us, long limit_ms, int user)
 {
-	pthread_condattr_t ca;
 	sigset_t all, old;
 	struct timespec deadline;
 	struct fc_warm *w;
 	int err = 0;
 
 	clock_gettime(CLOCK_MONOTONIC, &deadline);
-	fc_warm_add_ns(&deadline, (long long)limit_ms * 1000000LL);
+	fc_warm_add_ns(&deadline, (long long)(limit_ms > 0 ? limit_ms : 0) * 1000000LL);
+	pthread_once(&fc_warm_once, fc_warm_init);
 	pthread_mutex_lock(&fc_warm_mu);
-	if (!fc_warm_cv_ready) {
-		pthread_condattr_init(&ca);
-		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-		pthread_cond_init(&fc_warm_cv, &ca);
-		pthread_condattr_destroy(&ca);
-		fc_warm_cv_ready = 1;
-	}
 	if (user)
-		fc_warm_users++;
+		fc_warm_users++; /* whatever this returns: each user call needs its fc_warm_stop() */
+	if (period_us <= 0 || limit_ms < 0) {
+		err = -EINVAL;
+		goto out;
+	}
 	if (fc_warm_current && !fc_warm_current->quit) {
 		if (fc_warm_before(&fc_warm_current->deadline, &deadline))
 			fc_warm_current->deadline = deadline;

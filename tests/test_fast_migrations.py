@@ -99,3 +99,14 @@ def test_off_by_environment(procs_file, monkeypatch):
         assert tasks() == before
     cgroups.prime_fast_migrations()
     assert tasks() == before
+
+
+def test_bad_periods_and_limits_are_refused(procs_file):
+    before = tasks()
+    for period_us, limit_ms in ((0, 100), (-2_000_000, 100), (3000, -1)):
+        assert _criu.warm_start(procs_file, period_us, limit_ms) == -errno.EINVAL
+        _criu.warm_stop()
+    assert tasks() == before
+    assert _criu.warm_start(procs_file) == 0  # still usable afterwards
+    _criu.warm_stop()
+    assert tasks() == before

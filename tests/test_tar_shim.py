@@ -270,3 +270,49 @@ def test_links_already_in_the_directory_are_not_followed(tmp_path):
     r = extract(SHIM, archive, str(dest))
     assert not os.listdir(outside), r.stderr
     assert r.returncode != 0 or os.path.isdir(dest / "a") and not os.path.islink(dest / "a")
+
+
+def test_dot_components_and_a_dir_mode_cannot_reach_a_link_target(tmp_path):
+    """`./d/` then `././d` as a link to a file outside: the directory's mode must not land on that file."""
+    import tarfile
+
+    victim = tmp_path / "victim"
+    victim.write_text("")
+    victim.chmod(0o600)
+    entries = [("./", tarfile.DIRTYPE, ""), ("./d/", tarfile.DIRTYPE, ""), ("././d", tarfile.SYMTYPE, str(victim))]
+    archive = _archive(entries)
+    results = []
+    for tool in (GNU_TAR, SHIM):
+        dest = str(tmp_path / f"dest-{len(results)}")
+        r = extract(tool, archive, dest)
+        assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600, (tool, r.stderr)
+        results.append((r.returncode, tree(dest)))
+    assert results[0] == results[1]
+
+
+def test_a_non_directory_named_with_a_slash_is_gnu_tars(tmp_path):
+    import tarfile
+
+    archive = _archive([("./", tarfile.DIRTYPE, ""), ("./x/", tarfile.REGTYPE, "")])
+    got = []
+    for tool in (GNU_TAR, SHIM):
+        dest = str(tmp_path / f"dest-{len(got)}")
+        r = extract(tool, archive, dest)
+        got.append((r.returncode, tree(dest)))
+    assert got[0] == got[1]
+
+
+def test_a_hard_linked_symlink_is_gnu_tars(src, tmp_path):
+    os.link(os.path.join(src, "fd"), os.path.join(src, "fd2"), follow_symlinks=False)
+    by_gnu, by_shim = str(tmp_path / "g"), str(tmp_path / "s")
+    assert extract(GNU_TAR, create(GNU_TAR, src), by_gnu).returncode == 0
+    assert extract(GNU_TAR, create(SHIM, src), by_shim).returncode == 0
+    assert os.lstat(os.path.join(by_shim, "fd2")).st_ino == os.lstat(os.path.join(by_shim, "fd")).st_ino
+    assert tree(by_shim) == tree(by_gnu)
+
+
+def test_junk_through_a_pipe_fails_as_gnu_tar_does(tmp_path):
+    junk = os.urandom(9 << 20)  # more than the shim reads before it hands over: fed through a pipe
+    g = extract(GNU_TAR, junk, str(tmp_path / "g"), pipe=True)
+    s = extract(SHIM, junk, str(tmp_path / "s"), pipe=True)
+    assert g.returncode == s.returncode == 2, (g.returncode, s.returncode, s.stderr)
