@@ -307,19 +307,29 @@ def assert_failed(res: rs.Result, code: int, *needles: str) -> str:
     return lines[0]
 
 
+SLOW_CRIU = """#!{python}
+import os, select, sys, time
+if sys.argv[1:2] == ["swrk"]:  # fastckpt may start it ahead: the operation begins with its request
+    select.select([int(sys.argv[2])], [], [])
+open({mark!r}, "w").close()
+time.sleep({delay})
+os.execv({real!r}, [{real!r}] + sys.argv[1:])
+"""
+
+
 @pytest.fixture
 def slow_criu(tmp_path):
-    """Factory: slow_criu(mark, delay=1.0) -> environment variables that make fastckpt run a `criu` that
-    creates MARK, waits DELAY seconds, then execs the real criu.  It runs in CRIU's session: a signal to
-    fastckpt's process group does not reach it.  While it waits, fastckpt holds its lock and a container
-    being checkpointed is frozen."""
+    """Factory: slow_criu(mark, delay=1.0) -> environment variables that make fastckpt run a `criu` that,
+    once its request has come, creates MARK, waits DELAY seconds, then execs the real criu (which reads
+    that request).  It runs in CRIU's session: a signal to fastckpt's process group does not reach it.
+    While it waits, fastckpt holds its lock and a container being checkpointed is frozen."""
     real = shutil.which("criu")
     assert real, "criu is not installed"
     made = []
 
     def make(mark: str, delay: float = 1.0) -> Dict[str, str]:
         wrapper = tmp_path / f"criu-wrapper-{len(made)}"
-        wrapper.write_text(f'#!/bin/sh\n: > "{mark}"\nsleep {delay}\nexec "{real}" "$@"\n')
+        wrapper.write_text(SLOW_CRIU.format(python=sys.executable, mark=mark, delay=delay, real=real))
         wrapper.chmod(0o755)
         made.append(wrapper)
         # no kernel-probe cache for this "criu": fastckpt would key /run/criu.kdat to it

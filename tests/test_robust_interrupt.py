@@ -190,15 +190,16 @@ SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
 SIG_IDS = ["SIGINT", "SIGTERM", "SIGHUP"]
 
 
-def _interrupt_before_anything(containers, tmp_path, sig):
+def _interrupt_before_anything(containers, tmp_path, sig, where="load_checkpointable",
+                               what="fastckpt to load the container"):
     """The signal arrives while fastckpt reads the container's state (engine.load_checkpointable slowed
-    down): before anything is frozen or dumped."""
+    down), or WHERE: before anything is frozen or dumped."""
     ct = containers(0)
     images = str(tmp_path / "images")
     mark = str(tmp_path / "loading")
     cli = rb.Cli(["--root", ct.root, "checkpoint", "--image-path", images, ct.id], str(tmp_path),
-                 slow={"load_checkpointable": mark})
-    signal_at(cli, sig, lambda: os.path.exists(mark), "fastckpt to load the container")
+                 slow={where: mark})
+    signal_at(cli, sig, lambda: os.path.exists(mark), what)
     return ct, images, cli.wait()
 
 
@@ -210,6 +211,19 @@ def test_early_signal_leaves_the_container_untouched_and_says_so(containers, tmp
     assert_no_debris(ct, str(tmp_path))
     assert_untouched(ct, images)
     assert not os.path.exists(os.path.join(images, "dump.log")), "CRIU ran"
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=SIG_IDS)
+def test_signal_while_the_command_starts(containers, tmp_path, sig):
+    """The signal arrives while the command line is being parsed (its modules loading, a spare CRIU
+    started and the cgroup warm-up running): one line, nothing done, no CRIU and no thread left."""
+    ct, images, res = _interrupt_before_anything(containers, tmp_path, sig, "cli.build_parser",
+                                                 "fastckpt to parse its command line")
+    lines = rs.assert_error(res, 130)
+    assert lines[0] == "fastckpt: interrupted before the checkpoint began: nothing was done", lines
+    assert_no_debris(ct, str(tmp_path))
+    assert_untouched(ct, images)
+    assert not os.path.exists(images)
 
 
 def _interrupt_after_everything(containers, tmp_path, mib, where):

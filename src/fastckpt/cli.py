@@ -138,12 +138,14 @@ def _requested(argv: list[str]) -> str | None:
     return None
 
 
+def _runs_criu(argv: list[str]) -> bool:
+    """A checkpoint or a restore (not its help)."""
+    return "-h" not in argv and "--help" not in argv and _requested(argv) in ("checkpoint", "restore")
+
+
 def _needs_fast_migrations(argv: list[str]) -> bool:
     """A restore (CRIU is moved into cgroups), or a container checkpoint (CRIU sets cgroups up)."""
-    if "-h" in argv or "--help" in argv:
-        return False
-    cmd = _requested(argv)
-    return cmd == "restore" or cmd == "checkpoint" and "--pid" not in argv
+    return _runs_criu(argv) and (_requested(argv) == "restore" or "--pid" not in argv)
 
 
 def build_parser(argv: list[str] | None = None):
@@ -242,10 +244,35 @@ def _cmd_check(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
-    if _needs_fast_migrations(argv):
-        from .cgroups import prime_fast_migrations
+    from .signals import install_cli_handlers
 
-        prime_fast_migrations()  # warm while the parser is built and the command's modules load
+    install_cli_handlers()  # SIGTERM and SIGHUP stop fastckpt the way Ctrl-C does
+    spare = _runs_criu(argv)
+    try:
+        if _needs_fast_migrations(argv):
+            from .cgroups import prime_fast_migrations
+
+            prime_fast_migrations()  # warm while the parser is built and the command's modules load
+        if spare:
+            from . import criu_proc
+
+            # CRIU's exec and start-up overlap ours; the spare goes if the command never uses it
+            binary = criu_proc.which(os.environ.get("FASTCKPT_CRIU") or "criu")
+            if binary:
+                criu_proc.prespawn(binary)
+        return _main(argv)
+    except KeyboardInterrupt:  # before the command began (while its modules load and its line is parsed)
+        print(f"fastckpt: interrupted before the {_requested(argv) or 'command'} began: nothing was done",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if spare:
+            from . import criu_proc
+
+            criu_proc.discard_spare()
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
@@ -255,9 +282,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
     from .errors import CriuError, Error, Interrupted, UsageError
-    from .signals import install_cli_handlers
-
-    install_cli_handlers()  # SIGTERM and SIGHUP stop fastckpt the way Ctrl-C does
     from . import criu_proc
 
     criu_proc.MUTE_LIBCRIU_STDERR = True  # errors are fastckpt's one line, not libcriu's perror()s

@@ -53,20 +53,10 @@ class CheckpointResult(Record):
 
 # --- CRIU itself -----------------------------------------------------------
 
-def _which(name: str) -> str | None:
-    """shutil.which() for one name (shutil's import costs ~1.7 ms of every command's start)."""
-    dirs = [""] if os.sep in name else os.environ.get("PATH", os.defpath).split(os.pathsep)
-    for d in dirs:
-        path = os.path.join(d, name) if d else name
-        if os.access(path, os.X_OK) and not os.path.isdir(path):
-            return path
-    return None
-
-
 def criu_binary() -> str:
     """The criu that libcriu will run: $FASTCKPT_CRIU, else `criu` from PATH."""
     name = os.environ.get(CRIU_ENV) or "criu"
-    path = _which(name)
+    path = criu_proc.which(name)
     if not path:
         raise CriuNotFound(
             f"criu was not found ({name!r} on PATH={os.environ.get('PATH', '')}); "
