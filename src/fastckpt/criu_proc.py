@@ -151,24 +151,23 @@ def _spawn(binary: str) -> tuple[int, _socket.socket]:
     return pid, ours
 
 
-# a criu swrk started ahead of its operation: (binary, pid, our end of its socket)
-_spare: tuple[str, int, _socket.socket] | None = None
+# a criu swrk started ahead of its operation, per thread: (binary, pid, our end of its socket)
+_local = threading.local()
 
 
 def prespawn(binary: str) -> None:
-    """Start the `criu swrk` of the next run() now: its exec and start-up (~3 ms) then overlap
-    the caller's own (a command line importing its modules). It waits for its request meanwhile;
-    discard_spare() ends it if it is not used."""
-    global _spare
-    if _spare is None:
-        _spare = (binary, *_spawn(binary))
+    """Start the `criu swrk` of this thread's next run() now: its exec and start-up (~3 ms) then
+    overlap the caller's own work (a command line importing its modules, a checkpoint setting up its
+    directories). It waits for its request meanwhile; discard_spare() ends it if it is not used."""
+    if getattr(_local, "spare", None) is None:
+        _local.spare = (binary, *_spawn(binary))
 
 
 def discard_spare() -> None:
-    global _spare
-    if _spare is not None:
-        _, pid, ours = _spare
-        _spare = None
+    spare = getattr(_local, "spare", None)
+    if spare is not None:
+        _, pid, ours = spare
+        _local.spare = None
         try:  # killed before its socket closes: it would say "Can't recv request" on our stderr
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -178,12 +177,12 @@ def discard_spare() -> None:
 
 
 def _take_spare(binary: str) -> tuple[int, _socket.socket] | None:
-    """The spare criu, if it runs BINARY and is still there."""
-    global _spare
-    if _spare is None or _spare[0] != binary:
+    """This thread's spare criu, if it runs BINARY and is still there."""
+    spare = getattr(_local, "spare", None)
+    if spare is None or spare[0] != binary:
         return None
-    _, pid, ours = _spare
-    _spare = None
+    _, pid, ours = spare
+    _local.spare = None
     try:
         alive = os.waitpid(pid, os.WNOHANG) == (0, 0)
     except ChildProcessError:

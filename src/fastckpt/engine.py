@@ -53,6 +53,14 @@ class CheckpointResult(Record):
 
 # --- CRIU itself -----------------------------------------------------------
 
+def prespawn_criu() -> None:
+    """Start this operation's `criu swrk` now, so that its exec overlaps the set-up before it (a
+    missing criu is reported where CRIU is needed, in its place among the other checks)."""
+    path = criu_proc.which(os.environ.get(CRIU_ENV) or "criu")
+    if path:
+        criu_proc.prespawn(path)
+
+
 def criu_binary() -> str:
     """The criu that libcriu will run: $FASTCKPT_CRIU, else `criu` from PATH."""
     name = os.environ.get(CRIU_ENV) or "criu"
@@ -421,9 +429,14 @@ def checkpoint(container_id: str | None = None, options: CheckpointOptions | Non
     else:
         _check_pid(int(pid))
         lock = locks.process(int(pid))
-    # a container dump has CRIU set up cgroups: that must not wait a grace period
-    with lock, cgroups.FastMigrations(container_id is not None):
-        return _checkpoint_locked(container_id, options, pid, root, session, t0)
+    if session is None:
+        prespawn_criu()
+    try:
+        # a container dump has CRIU set up cgroups: that must not wait a grace period
+        with lock, cgroups.FastMigrations(container_id is not None):
+            return _checkpoint_locked(container_id, options, pid, root, session, t0)
+    finally:
+        criu_proc.discard_spare()  # not used: the checkpoint stopped before CRIU
 
 
 def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, session, t0) -> CheckpointResult:

@@ -13,7 +13,7 @@ import os
 import time
 
 from ._record import Record
-from . import _libc, cgroups, engine, locks, manifest, runc, signals
+from . import _libc, cgroups, criu_proc, engine, locks, manifest, runc, signals
 from .errors import ContainerStateError, Error, ImageDirError, Interrupted, UsageError
 from .constants import CgroupMode, Namespace
 from .options import NETNS_HOST, NETNS_OWN, RestoreOptions
@@ -310,9 +310,14 @@ def restore(container_id: str | None = None, options: RestoreOptions | None = No
     elif kwargs:
         options = options.replace(**kwargs)
     engine.require_privileges("restore")
-    # CRIU is moved into cgroups below: warm from here on, so that the move does not wait
-    with cgroups.FastMigrations():
-        result = _restore_checked(container_id, options, root, session, t0)
+    if session is None:
+        engine.prespawn_criu()  # its exec overlaps the checks of the images
+    try:
+        # CRIU is moved into cgroups below: warm from here on, so that the move does not wait
+        with cgroups.FastMigrations():
+            result = _restore_checked(container_id, options, root, session, t0)
+    finally:
+        criu_proc.discard_spare()  # not used: the restore stopped before CRIU
     if not options.detach and container_id is not None:
         result.exit_status = _wait_foreground(runc.load(container_id, root), result.pid)
     return result
