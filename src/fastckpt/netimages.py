@@ -11,7 +11,9 @@ would change nothing in a new namespace:
 - a route dump without routes (iproute2's header alone);
 - a rule dump holding exactly the rules every new namespace starts with
   (compared with `ip rule save` of a fresh namespace, once per boot, the
-  netlink sequence numbers and port ids aside).
+  netlink sequence numbers and port ids aside). Restored elsewhere, such a
+  namespace gets that kernel's own starting rules (local, main, default:
+  the same on every Linux of the last twenty years).
 """
 from __future__ import annotations
 
