@@ -15,7 +15,7 @@ import time
 from ._record import Record, factory
 from . import _criu, cgroups, criu_proc, kdat, locks, manifest, netimages, runc, signals
 from .constants import MIN_CRIU_VERSION
-from .errors import (ContainerStateError, CriuError, CriuNotFound, DiskFull, Error,
+from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, DiskFull, Error,
                      ImageDirError, Interrupted, PermissionDenied, UsageError, log_errors)
 from .options import NETNS_HOST, NETNS_OWN, NETNS_OWN_LO, CheckpointOptions, auto_network_lock
 
@@ -156,10 +156,11 @@ def raise_criu_failure(op: str, ret: int, err: int, log_path: str | None,
     elif not lines:
         try:
             v = criu_version()
-            if v < MIN_CRIU_VERSION:
-                detail = f"CRIU {'.'.join(map(str, v))} is too old (need >= 4.1)"
         except Error:
-            pass
+            v = None
+        if v is not None and v < MIN_CRIU_VERSION:
+            raise CriuVersionError(op, ret, err, log_path, lines,
+                                   f"CRIU {'.'.join(map(str, v))} is too old (need >= 4.1)")
     raise CriuError(op, ret, err, log_path, lines, detail)
 
 

@@ -72,9 +72,6 @@ class CriuNotFound(Error):
     default_errno = _errno.ENOENT
 
 
-class CriuVersionError(Error):
-    default_errno = _errno.EPROTO
-
 
 class PermissionDenied(Error, PermissionError):
     """fastckpt lacks the privileges CRIU needs (root, or CAP_CHECKPOINT_RESTORE + CAP_SYS_ADMIN)."""
@@ -157,6 +154,13 @@ class CriuError(Error):
         """The message followed by every error line of CRIU's log."""
         lines = [self.message] + [f"  {l}" for l in self.log_errors]
         return "\n".join(lines)
+
+
+class CriuVersionError(CriuError):
+    """CRIU failed, and it is older than fastckpt needs (4.1): the likely reason, said first.
+
+    A CriuError: code that catches those catches this too.
+    """
 
 
 def log_errors(path: str | None, limit: int = 20) -> list:
