@@ -133,8 +133,14 @@ def tmpfs_listing(ct) -> str:
 def test_fastckpt_checkpoint_fastckpt_restore(env):
     ct = env.start()
     images = os.path.join(env.workdir, "images")
+    # tmpfs content: a small file (archived by fastckpt's tar), a 2 MiB one (handed to GNU tar)
+    r = ct.exec("sh", "-c", "echo hello > /dev/shm/small && head -c 2097152 /dev/urandom > /dev/shm/big && "
+                "chmod 640 /dev/shm/small && md5sum /dev/shm/big")
+    assert r.returncode == 0, r.stderr
+    big_sum = r.stdout.split()[0]
     before = tmpfs_listing(ct)
     assert "/dev/null 21b6 0 0" in before  # a character device, 0666, root's
+    assert "/dev/shm/small 81a0 0 0" in before  # a regular file, 0640
     at = env.checkpoint(ct, images)
     assert not os.path.exists(ct.state_dir)
 
@@ -143,6 +149,9 @@ def test_fastckpt_checkpoint_fastckpt_restore(env):
     assert r.stderr == ""
     assert_restored(ct, at)
     assert tmpfs_listing(ct) == before
+    r = ct.exec("sh", "-c", "cat /dev/shm/small && md5sum /dev/shm/big")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[:2] == ["hello", big_sum], r.stdout
     with open(os.path.join(images, "restore.log")) as f:
         log = f.read()
     # the checkpoint left out the network images that recorded nothing: CRIU read them as
