@@ -47,6 +47,11 @@ def own() -> dict[str, str]:
 _WARM_KEYS = ("pids", "freezer", "cpu", "memory", "")
 
 
+def _warm_target() -> str | None:
+    """Where the warm-up writes: _own_procs_file(), unless FASTCKPT_NO_WARM is set."""
+    return None if os.environ.get("FASTCKPT_NO_WARM") else _own_procs_file()
+
+
 def _own_procs_file() -> str | None:
     """cgroup.procs of the cgroup this process is in, in one mounted hierarchy."""
     try:
@@ -74,12 +79,12 @@ class FastMigrations:
     """
 
     def __init__(self, on: bool = True):
-        self.on = on and not os.environ.get("FASTCKPT_NO_WARM")
+        self.on = on
         self.started = False
 
     def __enter__(self) -> "FastMigrations":
         if self.on:
-            path = _own_procs_file()
+            path = _warm_target()
             if path:
                 from . import _criu
 
@@ -98,9 +103,7 @@ class FastMigrations:
 def prime_fast_migrations() -> None:
     """Start the warm-up ahead of an operation that will open FastMigrations (a command
     line has its modules to import first, and the first write waits the grace period)."""
-    if os.environ.get("FASTCKPT_NO_WARM"):
-        return
-    path = _own_procs_file()
+    path = _warm_target()
     if path:
         from . import _criu
 

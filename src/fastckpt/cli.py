@@ -248,18 +248,15 @@ def main(argv: list[str] | None = None) -> int:
 
     install_cli_handlers()  # SIGTERM and SIGHUP stop fastckpt the way Ctrl-C does
     spare = _runs_criu(argv)
+    if spare:
+        from . import criu_proc
     try:
         if _needs_fast_migrations(argv):
             from .cgroups import prime_fast_migrations
 
             prime_fast_migrations()  # warm while the parser is built and the command's modules load
         if spare:
-            from . import criu_proc
-
-            # CRIU's exec and start-up overlap ours; the spare goes if the command never uses it
-            binary = criu_proc.which(os.environ.get("FASTCKPT_CRIU") or "criu")
-            if binary:
-                criu_proc.prespawn(binary)
+            criu_proc.prespawn()  # CRIU's exec and start-up overlap ours; it goes if the command never uses it
         return _main(argv)
     except KeyboardInterrupt:  # before the command began (while its modules load and its line is parsed)
         print(f"fastckpt: interrupted before the {_requested(argv) or 'command'} began: nothing was done",
@@ -267,8 +264,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     finally:
         if spare:
-            from . import criu_proc
-
             criu_proc.discard_spare()
 
 

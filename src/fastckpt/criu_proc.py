@@ -122,6 +122,13 @@ def criu_env() -> dict[str, str]:
     return env
 
 
+CRIU_ENV = "FASTCKPT_CRIU"  # the criu binary to run, instead of `criu` from PATH
+
+
+def criu_name() -> str:
+    return os.environ.get(CRIU_ENV) or "criu"
+
+
 def which(name: str) -> str | None:
     """shutil.which() for one name (shutil's import costs ~1.7 ms of every command's start)."""
     dirs = [""] if os.sep in name else os.environ.get("PATH", os.defpath).split(os.pathsep)
@@ -155,12 +162,15 @@ def _spawn(binary: str) -> tuple[int, _socket.socket]:
 _local = threading.local()
 
 
-def prespawn(binary: str) -> None:
+def prespawn() -> None:
     """Start the `criu swrk` of this thread's next run() now: its exec and start-up (~3 ms) then
     overlap the caller's own work (a command line importing its modules, a checkpoint setting up its
-    directories). It waits for its request meanwhile; discard_spare() ends it if it is not used."""
+    directories). It waits for its request meanwhile; discard_spare() ends it if it is not used.
+    A missing criu is left for the operation to report, in its place among the other checks."""
     if getattr(_local, "spare", None) is None:
-        _local.spare = (binary, *_spawn(binary))
+        binary = which(criu_name())
+        if binary:
+            _local.spare = (binary, *_spawn(binary))
 
 
 def discard_spare() -> None:

@@ -20,7 +20,6 @@ from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionEr
 from .options import NETNS_HOST, NETNS_OWN, NETNS_OWN_LO, CheckpointOptions, auto_network_lock
 
 DUMP_LOG = "dump.log"
-CRIU_ENV = "FASTCKPT_CRIU"  # the criu binary to run, instead of `criu` from PATH
 
 # runc's keys for namespaces that a container joins by path (external to CRIU).
 _EXTERNAL_NS = {"NEWNET": ("net", "extRootNetNS"), "NEWPID": ("pid", "extRootPidNS")}
@@ -53,17 +52,9 @@ class CheckpointResult(Record):
 
 # --- CRIU itself -----------------------------------------------------------
 
-def prespawn_criu() -> None:
-    """Start this operation's `criu swrk` now, so that its exec overlaps the set-up before it (a
-    missing criu is reported where CRIU is needed, in its place among the other checks)."""
-    path = criu_proc.which(os.environ.get(CRIU_ENV) or "criu")
-    if path:
-        criu_proc.prespawn(path)
-
-
 def criu_binary() -> str:
     """The criu that libcriu will run: $FASTCKPT_CRIU, else `criu` from PATH."""
-    name = os.environ.get(CRIU_ENV) or "criu"
+    name = criu_proc.criu_name()
     path = criu_proc.which(name)
     if not path:
         raise CriuNotFound(
@@ -431,7 +422,7 @@ def checkpoint(container_id: str | None = None, options: CheckpointOptions | Non
         _check_pid(int(pid))
         lock = locks.process(int(pid))
     if session is None:
-        prespawn_criu()
+        criu_proc.prespawn()  # its exec overlaps the set-up below
     try:
         # a container dump has CRIU set up cgroups: that must not wait a grace period
         with lock, cgroups.FastMigrations(container_id is not None):

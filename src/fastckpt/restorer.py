@@ -311,7 +311,7 @@ def restore(container_id: str | None = None, options: RestoreOptions | None = No
         options = options.replace(**kwargs)
     engine.require_privileges("restore")
     if session is None:
-        engine.prespawn_criu()  # its exec overlaps the checks of the images
+        criu_proc.prespawn()  # its exec overlaps the checks of the images
     try:
         # CRIU is moved into cgroups below: warm from here on, so that the move does not wait
         with cgroups.FastMigrations():
