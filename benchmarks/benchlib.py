@@ -478,6 +478,24 @@ def _stats_from_log(log_path: str) -> Optional[dict]:
     return {"frozen_time": int((end - start) * 1e6)}
 
 
+def pycriu_dump(pid: int, image_dir: str) -> None:
+    """pycriu's `criu().dump()` of PID into IMAGE_DIR, leave_running, log level 4 (as fastckpt's)."""
+    import pycriu
+
+    fd = os.open(image_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        c = pycriu.criu()
+        c.use_binary("criu")
+        c.opts.images_dir_fd = fd
+        c.opts.pid = pid
+        c.opts.leave_running = True
+        c.opts.log_file = DUMP_LOG
+        c.opts.log_level = 4
+        c.dump()
+    finally:
+        os.close(fd)
+
+
 def dump_stats(image_dir: str, log_path: Optional[str] = None) -> Tuple[Optional[dict], str]:
     """CRIU's dump statistics (times in microseconds) and where they came from."""
     for source, fn in (("fastckpt.images", _stats_from_fastckpt_images), ("stats-dump (pycriu)", _stats_from_pycriu)):

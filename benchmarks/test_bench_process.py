@@ -30,21 +30,10 @@ def test_fastckpt_api(benchmark, sleeper, fresh_dir):
 
 
 def test_pycriu(benchmark, sleeper, fresh_dir):
-    pycriu = pytest.importorskip("pycriu")
+    pytest.importorskip("pycriu")
 
     def dump(img):
-        fd = os.open(img, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            c = pycriu.criu()
-            c.use_binary("criu")
-            c.opts.images_dir_fd = fd
-            c.opts.pid = sleeper
-            c.opts.leave_running = True
-            c.opts.log_file = bl.DUMP_LOG
-            c.opts.log_level = 4
-            c.dump()
-        finally:
-            os.close(fd)
+        bl.pycriu_dump(sleeper, img)
         return img
 
     _assert_images(bench_rounds(benchmark, dump, fresh_dir))
