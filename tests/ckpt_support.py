@@ -117,26 +117,24 @@ def new_id() -> str:
     return "fct-" + uuid.uuid4().hex[:12]
 
 
-class Container:
-    """A container the tests started in a private runc root."""
+class RuncContainer:
+    """A container in a private runc root, as runc sees it (the checkpoint and the restore tests' own
+    container classes build on it)."""
 
     def __init__(self, id: str, bundle: str, root: str):
         self.id = id
         self.bundle = bundle
-        self.rootfs = os.path.join(bundle, "rootfs")
         self.root = root
-        self.cgroup_paths: Dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<Container {self.id} in {self.root}>"
 
-    # --- what runc and the kernel say
     def runc_state(self) -> Optional[dict]:
         """`runc --root R state ID` as a dict, or None if runc does not know the container."""
         r = runc(self.root, "state", self.id)
-        if r.returncode != 0:
-            return None
-        return json.loads(r.stdout)
+        return json.loads(r.stdout) if r.returncode == 0 else None
+
+    state = runc_state
 
     def status(self) -> Optional[str]:
         st = self.runc_state()
@@ -151,6 +149,17 @@ class Container:
     @property
     def state_dir(self) -> str:
         return os.path.join(self.root, self.id)
+
+
+class Container(RuncContainer):
+    """A container the tests started in a private runc root."""
+
+    def __init__(self, id: str, bundle: str, root: str):
+        super().__init__(id, bundle, root)
+        self.rootfs = os.path.join(bundle, "rootfs")
+        self.cgroup_paths: Dict[str, str] = {}
+
+    # --- what runc and the kernel say
 
     @property
     def freezer_dir(self) -> str:

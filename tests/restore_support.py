@@ -27,7 +27,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
-from ckpt_support import WAIT, read_int, wait_until  # noqa: F401  (shared with the checkpoint tests)
+# shared with the checkpoint tests
+from ckpt_support import WAIT, RuncContainer, read_int, runc, wait_until  # noqa: F401
 
 CLI_TIMEOUT = 90.0
 LOCK_DIR = "/run/fastckpt/locks"  # fastckpt.locks.LOCK_DIR
@@ -416,12 +417,6 @@ def run_quiet(cmd: Sequence[str], timeout: float = 60) -> int:
         return subprocess.run(list(cmd), stdin=null, stdout=null, stderr=null, timeout=timeout).returncode
 
 
-def runc(root: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """A runc command that starts no container process of its own (state, list, exec, kill, delete)."""
-    return subprocess.run(["runc", "--root", root, *args], stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 def assert_error(res: Result, code: int, *needles: str, criu_lines: bool = False) -> List[str]:
     """The CLI failed with CODE and one `fastckpt: ...` line (then CRIU's lines, indented, when CRIU_LINES)."""
     err = res.stderr
@@ -446,36 +441,12 @@ def new_id(tag: str = "") -> str:
 
 # --- containers ------------------------------------------------------------------------
 
-class Container:
+class Container(RuncContainer):
     """A container (started or restored by a test) in a private runc root."""
 
     def __init__(self, cid: str, bundle: str, root: str):
-        self.id = cid
-        self.bundle = bundle
-        self.root = root
+        super().__init__(cid, bundle, root)
         self.counter = Counter(os.path.join(bundle, "rootfs", "tmp"), f"the counter of {cid}")
-
-    def __repr__(self) -> str:
-        return f"<Container {self.id} in {self.root}>"
-
-    @property
-    def state_dir(self) -> str:
-        return os.path.join(self.root, self.id)
-
-    def state(self) -> Optional[dict]:
-        """`runc state ID` as a dict, or None if runc does not know it."""
-        r = runc(self.root, "state", self.id)
-        return json.loads(r.stdout) if r.returncode == 0 else None
-
-    def status(self) -> Optional[str]:
-        st = self.state()
-        return st["status"] if st else None
-
-    @property
-    def pid(self) -> int:
-        st = self.state()
-        assert st, f"runc does not know {self.id}"
-        return int(st["pid"])
 
     def listed(self) -> Optional[dict]:
         """This container's entry of `runc list --format json`."""
