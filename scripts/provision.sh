@@ -136,11 +136,30 @@ build_criu() {
   ln -sfn "$src" "$CACHE/criu-src"
 }
 
+criu_source_ok() {
+  # What fastckpt's build reads from CRIU's source: its image schemas and magic numbers (setup.py
+  # generates fastckpt/_proto from them), and pycriu for the benchmarks.
+  compgen -G "$CACHE/criu-src/images/*.proto" >/dev/null && [ -f "$CACHE/criu-src/criu/include/magic.h" ] \
+    && [ -e "$CACHE/criu-src/lib/pycriu" ]
+}
+
+ensure_criu_source() {
+  # A good CRIU may be installed already (by a package, or by an earlier run whose source cache was
+  # removed): its source is still needed, unpacked, not built. Debian's newest tarball may be a newer
+  # CRIU than the installed one; its schemas read the older images too (CRIU only adds optional fields).
+  criu_source_ok && return 0
+  local src
+  src=$(fetch_criu_source)
+  ln -sfn "$src" "$CACHE/criu-src"
+  criu_source_ok || fail "CRIU's source in $src lacks images/*.proto, criu/include/magic.h or lib/pycriu"
+}
+
 provision_criu() {
   step criu-check
   local path_criu
   path_criu=$(command -v criu || true)
-  if [ -n "$path_criu" ] && criu_ok "$path_criu" && libcriu_ok && [ -e "$CACHE/criu-src/lib/pycriu" ]; then
+  if [ -n "$path_criu" ] && criu_ok "$path_criu" && libcriu_ok; then
+    ensure_criu_source
     return 0
   fi
   local src
@@ -158,7 +177,7 @@ provision_criu() {
 venv_install() {
   local pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check --retries 1)
   "${pip[@]}" --upgrade pip setuptools wheel "cython>=3" "cffi>=1.15" || return 1
-  "${pip[@]}" --no-build-isolation -e "$ROOT[test]"
+  FASTCKPT_CRIU_SRC=$CACHE/criu-src "${pip[@]}" --no-build-isolation -e "$ROOT[test]"
 }
 
 provision_venv() {
@@ -169,10 +188,13 @@ provision_venv() {
   fi
   local stamp=$VENV/.fastckpt-stamp want
   # Reinstall when the package's build inputs or the CRIU it links against change.
-  want=$( { cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT"/ext/*.pyx "$ROOT"/ext/*.pxd "$ROOT"/ext/*.h "$ROOT"/ext/tar_shim.c "$ROOT"/ext/*.py; \
+  # (and fastckpt/_proto, generated from CRIU's image schemas and magic.h)
+  want=$( { cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT"/ext/*.pyx "$ROOT"/ext/*.pxd "$ROOT"/ext/*.h "$ROOT"/ext/tar_shim.c "$ROOT"/ext/*.py \
+              "$CACHE"/criu-src/images/*.proto "$CACHE/criu-src/criu/include/magic.h"; \
             pkg-config --modversion criu 2>/dev/null; } | sha256sum | cut -d' ' -f1)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c 'import fastckpt._criu' 2>/dev/null \
-     && [ -x "$ROOT/src/fastckpt/libexec/tar" ]; then
+     && [ -x "$ROOT/src/fastckpt/libexec/tar" ] && [ -f "$ROOT/src/fastckpt/_proto/criu.binpb" ] \
+     && [ -f "$ROOT/src/fastckpt/_proto/magic.py" ]; then
     return 0
   fi
   step venv-install

@@ -1,7 +1,9 @@
 """Damaged checkpoints are refused before CRIU runs: fastckpt-manifest.json and the structural checks.
 
-Unit tests work on crafted image directories (CRIU images written with
-pycriu, an encoder independent of fastckpt's decoder); integration tests
+Unit tests work on crafted image directories (CRIU images framed here byte
+by byte, independently of fastckpt's reader, their entries encoded with the
+protobuf classes of CRIU's own .proto files; no test here can skip for want
+of protobuf: it is needed, and missing it fails); integration tests
 (real CRIU and runc) damage real checkpoints of a process tree and of a
 runc container and check that `fastckpt restore` refuses them at once,
 naming the file, without running CRIU and leaving nothing behind, while an
@@ -13,6 +15,7 @@ import errno
 import json
 import os
 import stat
+import struct
 import sys
 import time
 import zlib
@@ -24,10 +27,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 import ckpt_support as cs  # noqa: E402
 import restore_support as rs  # noqa: E402
 
-from fastckpt import engine, manifest  # noqa: E402
-from fastckpt.errors import DamagedImage, ImageDirError, ImageError  # noqa: E402
+from google.protobuf import json_format  # noqa: E402  (a failure, not a skip, when missing)
 
-pycriu = pytest.importorskip("pycriu")
+from fastckpt import engine, images, manifest  # noqa: E402
+from fastckpt.errors import DamagedImage, ImageDirError, ImageError  # noqa: E402
 
 PAGE = 4096
 PE_PARENT, PE_LAZY, PE_PRESENT = 1, 2, 4
@@ -36,9 +39,39 @@ QUICK = 15.0  # seconds: a refusal takes well under a second; the restore watchd
 
 # --- crafted image directories -------------------------------------------------------------
 
+# magic.h's numbers, typed here (independently of the generated fastckpt._proto.magic)
+COMMON_MAGIC = 0x54564319
+MAGICS = {"INVENTORY": (0x58313116, ["inventory_entry"]), "PSTREE": (0x50273030, ["pstree_entry"]),
+          "PAGEMAP": (0x56084025, ["pagemap_head", "pagemap_entry"])}
+
+
+def frame(magic, entries) -> bytes:
+    """A CRIU image: head magic (not for the inventory), type magic, size-prefixed entries; ENTRIES are
+    dicts, encoded by the message classes of CRIU's .proto files (a pagemap's first is its head)."""
+    number, types = MAGICS[magic]
+    out = b"" if magic == "INVENTORY" else struct.pack("<I", COMMON_MAGIC)
+    out += struct.pack("<I", number)
+    for i, e in enumerate(entries):
+        msg = json_format.ParseDict(e, images.message_class(types[min(i, len(types) - 1)])())
+        payload = msg.SerializeToString()
+        out += struct.pack("<I", len(payload)) + payload
+    return out
+
+
 def _img(path, magic, entries):
     with open(path, "wb") as f:
-        pycriu.images.dump({"magic": magic, "entries": entries}, f)
+        f.write(frame(magic, entries))
+
+
+def unframe(data: bytes):
+    """The payloads of a CRIU image's entries (either head magic or none)."""
+    off = 8 if struct.unpack_from("<I", data)[0] in (COMMON_MAGIC, 0x55105940) else 4
+    out = []
+    while off < len(data):
+        (n,) = struct.unpack_from("<I", data, off)
+        out.append(data[off + 4:off + 4 + n])
+        off += 4 + n
+    return out
 
 
 def _pages(path, n, seed=0):
@@ -261,27 +294,35 @@ def test_structure_of_a_consistent_dir(tmp_path):
     manifest.check_structure(d)
 
 
-def test_pagemap_decoder_agrees_with_pycriu(tmp_path):
+def pagemap_pages(path):
+    """(pages_id, pages in the pages file) of the pagemap at PATH, through fastckpt's reader."""
+    pm = images.read_pagemap(path)
+    return pm.pages_id, pm.stored_pages
+
+
+def test_pagemap_reader_agrees_with_an_independent_one(tmp_path):
     d = make_images(tmp_path / "img", with_manifest=False)
     for name, want_id, want_pages in (("pagemap-10.img", 1, 5), ("pagemap-11.img", 2, 2)):
-        entries = manifest._read_image(d, name, manifest.PAGEMAP_MAGIC)
-        assert manifest.pagemap_pages(entries) == (want_id, want_pages)
-        assert _pycriu_present_pages(os.path.join(d, name)) == (want_id, want_pages)
+        assert pagemap_pages(os.path.join(d, name)) == (want_id, want_pages)
+        assert _independent_present_pages(os.path.join(d, name)) == (want_id, want_pages)
 
 
-def _pycriu_present_pages(path):
-    """(pages_id, present pages) of a pagemap as pycriu decodes it, CRIU's rules for old entries applied."""
+def _independent_present_pages(path):
+    """(pages_id, present pages) of a pagemap, unframed here, CRIU's rules for old entries applied."""
     with open(path, "rb") as f:
-        img = pycriu.images.load(f)
-    head, entries = img["entries"][0], img["entries"][1:]
+        payloads = unframe(f.read())
+    head = json_format.MessageToDict(images.message_class("pagemap_head").FromString(payloads[0]),
+                                     preserving_proto_field_name=True)
     n = 0
-    for e in entries:
+    for p in payloads[1:]:
+        e = json_format.MessageToDict(images.message_class("pagemap_entry").FromString(p),
+                                      preserving_proto_field_name=True)
         if e.get("in_parent"):
             flags = e.get("flags", 0) | PE_PARENT
         else:
             flags = e.get("flags", PE_PRESENT)
         if flags & PE_PRESENT:
-            n += e.get("nr_pages", e["compat_nr_pages"])
+            n += int(e.get("nr_pages", e["compat_nr_pages"]))
     return head["pages_id"], n
 
 
@@ -321,7 +362,7 @@ def test_structure_inventory_and_pstree(tmp_path, name):
     truncate(path, 0)
     damaged(d, name, "truncated")
     with open(path, "wb") as f:  # a pagemap under the wrong name: its magic says so
-        pycriu.images.dump({"magic": "PAGEMAP", "entries": [{"pages_id": 1}]}, f)
+        f.write(frame("PAGEMAP", [{"pages_id": 1}]))
     damaged(d, name, "magic")
     os.unlink(path)
     damaged(d, f"{name} is missing")
@@ -383,7 +424,8 @@ def copy_images(src, dst):
 
 
 def assert_real_manifest(images):
-    """The manifest of a real dump lists every checkpoint file; pycriu agrees with the pagemap check."""
+    """The manifest of a real dump lists every checkpoint file; an independent pagemap decoder agrees
+    with the pagemap check."""
     with open(os.path.join(images, manifest.MANIFEST_FILE)) as f:
         m = json.load(f)
     names = sorted(n for n in os.listdir(images)
@@ -395,10 +437,9 @@ def assert_real_manifest(images):
     pagemaps = [n for n in names if n.startswith("pagemap-")]
     assert pagemaps
     for n in pagemaps:
-        pages_id, present = _pycriu_present_pages(os.path.join(images, n))
+        pages_id, present = _independent_present_pages(os.path.join(images, n))
         assert present * PAGE == os.path.getsize(os.path.join(images, f"pages-{pages_id}.img"))
-        assert manifest.pagemap_pages(manifest._read_image(images, n, manifest.PAGEMAP_MAGIC)) == \
-            (pages_id, present)
+        assert pagemap_pages(os.path.join(images, n)) == (pages_id, present)
     manifest.verify(images)
     manifest.check_structure(images)
 
@@ -534,7 +575,7 @@ def test_runc_checkpoint_truncated_pages_refused(container, runc_root, tmp_path,
     assert manifest.verify(images) is None  # intact: the structure checks pass
     for n in os.listdir(images):
         if n.startswith("pagemap-"):
-            pages_id, present = _pycriu_present_pages(os.path.join(images, n))
+            pages_id, present = _independent_present_pages(os.path.join(images, n))
             assert present * PAGE == os.path.getsize(os.path.join(images, f"pages-{pages_id}.img"))
     size = os.path.getsize(os.path.join(images, "pages-1.img"))
     needles = _truncate_pages(images)

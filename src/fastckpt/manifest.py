@@ -18,7 +18,8 @@ restore:
   it lists must be there with its size and checksums (extra files are fine);
   without one (images made by ``runc checkpoint``), the structure is checked:
   ``inventory.img`` and ``pstree.img`` decode, and each ``pages-<id>.img``
-  holds exactly the pages that its ``pagemap-*.img`` says are in it.
+  holds exactly the pages that its ``pagemap-*.img`` says are in it (read by
+  :mod:`fastckpt.images`, CRIU's own schemas).
 
 Either way a damaged checkpoint is a :class:`~fastckpt.errors.DamagedImage`
 whose message names the file and what is wrong with it.
@@ -29,9 +30,7 @@ import errno
 import json
 import os
 import stat
-import struct
 import zlib
-from collections.abc import Sequence
 
 from .errors import DamagedImage, ImageDirError
 
@@ -395,132 +394,25 @@ def verify(image_path: str) -> dict | None:
 
 # --- structure (images without a manifest) ------------------------------------------------
 
-IMG_COMMON_MAGIC = 0x54564319
-IMG_SERVICE_MAGIC = 0x55105940
-INVENTORY_MAGIC = 0x58313116
-PSTREE_MAGIC = 0x50273030
-PAGEMAP_MAGIC = 0x56084025
+def _problem(image_path: str, name: str, kind: str):
+    """The image NAME of type KIND (magic.h's name) decoded, or what is wrong with it, a string."""
+    from . import images
 
-# pagemap_entry.flags (CRIU's criu/include/pagemap.h)
-PE_PARENT = 1 << 0  # the pages are in the parent snapshot's images
-PE_LAZY = 1 << 1  # the pages may be restored lazily
-PE_PRESENT = 1 << 2  # the pages are in this pagemap's pages-<id>.img
-
-_U32 = struct.Struct("<I")
-_PACKAGE = "fastckpt.criu_structure"
-# message -> (field, number, type, label); CRIU's images/{inventory,pstree,pagemap}.proto,
-# as far as the checks need them (the fields left out are kept by the parser as unknown)
-_SCHEMA = {
-    "inventory_entry": (("img_version", 1, "uint32", "required"),),
-    "pstree_entry": (("pid", 1, "uint32", "required"), ("ppid", 2, "uint32", "required"),
-                     ("pgid", 3, "uint32", "required"), ("sid", 4, "uint32", "required"),
-                     ("threads", 5, "uint32", "repeated")),
-    "pagemap_head": (("pages_id", 1, "uint32", "required"),),
-    "pagemap_entry": (("vaddr", 1, "uint64", "required"), ("compat_nr_pages", 2, "uint32", "required"),
-                      ("in_parent", 3, "bool", "optional"), ("flags", 4, "uint32", "optional"),
-                      ("nr_pages", 5, "uint64", "optional")),
-}
-_classes: dict[str, type] = {}
-
-
-def _message_classes() -> dict[str, type]:
-    if _classes:
-        return _classes
+    path = os.path.join(image_path, name)
     try:
-        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-    except ImportError as e:
-        raise DamagedImage(f"checking CRIU's images needs the protobuf package: {e}",
-                           errno=errno.ENOPKG) from e
-    FD = descriptor_pb2.FieldDescriptorProto
-    types = {"uint32": FD.TYPE_UINT32, "uint64": FD.TYPE_UINT64, "bool": FD.TYPE_BOOL}
-    labels = {"required": FD.LABEL_REQUIRED, "optional": FD.LABEL_OPTIONAL, "repeated": FD.LABEL_REPEATED}
-    f = descriptor_pb2.FileDescriptorProto(name="fastckpt/criu-structure.proto", package=_PACKAGE,
-                                           syntax="proto2")
-    for mname, fields in _SCHEMA.items():
-        m = f.message_type.add(name=mname)
-        for fname, number, ftype, label in fields:
-            m.field.add(name=fname, number=number, type=types[ftype], label=labels[label])
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(f)
-    for mname in _SCHEMA:
-        _classes[mname] = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{mname}"))
-    return _classes
-
-
-class _Broken(Exception):
-    """What is wrong with one file (its name is the caller's)."""
-
-
-def _read_image(image_path: str, name: str, magic: int) -> list[bytes]:
-    """The entries of CRIU image NAME, after checking its magic (the inventory has no head magic)."""
-    try:
-        with open(os.path.join(image_path, name), "rb") as f:
+        with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise _Broken("missing") from None
+        return "missing"
     except OSError as e:
-        raise _Broken(f"unreadable: {e.strerror}") from None
-    off = 0
-    if magic != INVENTORY_MAGIC:
-        if len(data) < 4:
-            raise _Broken(f"truncated: {len(data)} bytes, too short for its magic")
-        head = _U32.unpack_from(data, 0)[0]
-        if head not in (IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC):
-            raise _Broken(f"not a CRIU image: head magic {head:#010x}")
-        off = 4
-    if len(data) < off + 4:
-        raise _Broken(f"truncated: {len(data)} bytes, too short for its magic")
-    got = _U32.unpack_from(data, off)[0]
-    if got != magic:
-        raise _Broken(f"not the expected image: magic {got:#010x}, expected {magic:#010x}")
-    off += 4
-    entries = []
-    while off < len(data):
-        if len(data) - off < 4:
-            raise _Broken(f"truncated: {len(data)} bytes, cut in the size of entry {len(entries)}")
-        (size,) = _U32.unpack_from(data, off)
-        off += 4
-        if len(data) - off < size:
-            raise _Broken(f"truncated: {len(data)} bytes, entry {len(entries)} needs "
-                          f"{off + size - len(data)} more")
-        entries.append(data[off:off + size])
-        off += size
-    return entries
-
-
-def _decode(cls_name: str, payload: bytes, index: int):
-    from google.protobuf.message import DecodeError
-
-    msg = _message_classes()[cls_name]()
+        return f"unreadable: {e.strerror}"
     try:
-        msg.ParseFromString(payload)
-    except DecodeError as e:
-        raise _Broken(f"undecodable: entry {index} ({e})") from None
-    if not msg.IsInitialized():
-        missing = ", ".join(f.rsplit(".", 1)[-1] for f in msg.FindInitializationErrors())
-        raise _Broken(f"undecodable: entry {index} lacks {missing}")
-    return msg
-
-
-def pagemap_pages(entries: Sequence[bytes]) -> tuple[int, int]:
-    """(pages_id, the number of pages stored in pages-<pages_id>.img) of a pagemap's entries."""
-    if not entries:
-        raise _Broken("truncated: no pagemap head")
-    pages_id = _decode("pagemap_head", entries[0], 0).pages_id
-    stored = 0
-    for i, payload in enumerate(entries[1:], 1):
-        pe = _decode("pagemap_entry", payload, i)
-        # as CRIU reads old images: in_parent means PE_PARENT, no flags means PE_PRESENT
-        if pe.HasField("in_parent") and pe.in_parent:
-            flags = pe.flags | PE_PARENT
-        elif not pe.HasField("flags"):
-            flags = PE_PRESENT
-        else:
-            flags = pe.flags
-        nr = pe.nr_pages if pe.HasField("nr_pages") else pe.compat_nr_pages
-        if flags & PE_PRESENT:
-            stored += nr
-    return pages_id, stored
+        img = images.parse(data, path, kind)
+    except images.Damaged as e:
+        return e.problem
+    if not img.entries:
+        return "truncated: it holds no entry"
+    return img
 
 
 def check_structure(image_path: str, page_size: int | None = None) -> None:
@@ -529,18 +421,14 @@ def check_structure(image_path: str, page_size: int | None = None) -> None:
 
     Raises :class:`~fastckpt.errors.DamagedImage` naming the file and the numbers.
     """
+    from . import images
+
     page_size = page_size or os.sysconf("SC_PAGE_SIZE")
     problems: list[tuple[str, str]] = []
-    for name, magic, cls in (("inventory.img", INVENTORY_MAGIC, "inventory_entry"),
-                             ("pstree.img", PSTREE_MAGIC, "pstree_entry")):
-        try:
-            entries = _read_image(image_path, name, magic)
-            if not entries:
-                raise _Broken("truncated: it holds no entry")
-            for i, payload in enumerate(entries if cls == "pstree_entry" else entries[:1]):
-                _decode(cls, payload, i)
-        except _Broken as e:
-            problems.append((name, str(e)))
+    for name, kind in (("inventory.img", "INVENTORY"), ("pstree.img", "PSTREE")):
+        got = _problem(image_path, name, kind)
+        if isinstance(got, str):
+            problems.append((name, got))
     try:
         names = sorted(os.listdir(image_path))
     except OSError as e:
@@ -549,12 +437,12 @@ def check_structure(image_path: str, page_size: int | None = None) -> None:
     for name in names:
         if not (name.startswith("pagemap-") and name.endswith(".img")):
             continue
-        try:
-            pages_id, n = pagemap_pages(_read_image(image_path, name, PAGEMAP_MAGIC))
-        except _Broken as e:
-            problems.append((name, str(e)))
+        got = _problem(image_path, name, "PAGEMAP")
+        if isinstance(got, str):
+            problems.append((name, got))
             continue
-        stored.setdefault(pages_id, []).append((name, n))
+        pm = images.pagemap_runs(got.entries)
+        stored.setdefault(pm.pages_id, []).append((name, pm.stored_pages))
     for pages_id, maps in sorted(stored.items()):
         pages = f"pages-{pages_id}.img"
         n = sum(k for _, k in maps)
