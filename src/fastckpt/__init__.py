@@ -20,7 +20,7 @@ _EXPORTS = {
     "CriuError": "errors", "CriuNotFound": "errors", "CriuVersionError": "errors",
     "FeatureUnavailable": "errors", "ImageDirError": "errors", "DiskFull": "errors", "Interrupted": "errors",
     "PermissionDenied": "errors", "ImageError": "errors", "DamagedImage": "errors",
-    "read_stats": "images",
+    "read_stats": "images", "inspect": "inspection", "inspect_path": "inspection",
 }
 
 __all__ = ["__version__", "backend", *_EXPORTS]
@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .errors import (ContainerNotFound, ContainerStateError, CriuError, CriuNotFound, CriuVersionError,
                          DamagedImage, Error, FeatureUnavailable, ImageDirError, ImageError, UsageError)
     from .images import read_stats
+    from .inspection import inspect, inspect_path
     from .options import CheckpointOptions, PageServer, RestoreOptions
     from .restorer import RestoreResult, restore
     from .session import Session

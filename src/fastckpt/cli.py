@@ -124,7 +124,30 @@ def _add_check(sub, full: bool = True) -> None:
         p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-_COMMANDS = {"checkpoint": _add_checkpoint, "restore": _add_restore, "check": _add_check}
+def _add_inspect(sub, full: bool = True) -> None:
+    p = sub.add_parser("inspect", help="show what a checkpoint holds (an image directory of fastckpt, runc or podman)",
+                       description="Show a checkpoint's container, process tree, memory, files, sockets, mounts, "
+                                   "network and CRIU's statistics, read from its images.")
+    p.set_defaults(func=_cmd_inspect)
+    if full:
+        p.add_argument("path", metavar="PATH", help="the checkpoint's image directory")
+        p.add_argument("--json", action="store_true", help="print it as JSON")
+
+
+def _cmd_inspect(args) -> int:
+    from . import inspection
+
+    info = inspection.inspect_path(args.path)
+    if args.json:
+        import json
+
+        print(json.dumps(info, indent=2))
+    else:
+        print(inspection.render(info))
+    return 0
+
+
+_COMMANDS = {"checkpoint": _add_checkpoint, "restore": _add_restore, "check": _add_check, "inspect": _add_inspect}
 
 
 def _requested(argv: list[str]) -> str | None:

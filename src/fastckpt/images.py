@@ -145,11 +145,16 @@ def message_class(name: str) -> type:
     return cls
 
 
-def enum_name(message, field: str) -> str:
-    """The name of the enum value in FIELD of MESSAGE (its number if the schema does not know it)."""
+def enum_name(message, field: str, enum: str | None = None) -> str:
+    """The name of the enum value in FIELD of MESSAGE (its number if the schema does not know it);
+    ENUM: the enum's name, for the fields CRIU declares as integers (``mnt_entry.fstype``)."""
     value = getattr(message, field)
-    enum = message.DESCRIPTOR.fields_by_name[field].enum_type
-    v = enum.values_by_number.get(value) if enum is not None else None
+    if enum is not None:
+        message_class(message.DESCRIPTOR.name)
+        desc = _pool.FindEnumTypeByName(enum)
+    else:
+        desc = message.DESCRIPTOR.fields_by_name[field].enum_type
+    v = desc.values_by_number.get(value) if desc is not None else None
     return v.name if v is not None else str(value)
 
 

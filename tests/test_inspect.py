@@ -1,0 +1,240 @@
+"""`fastckpt inspect` and fastckpt.inspect(): what a checkpoint holds, read from its images.
+
+Unit tests on crafted image directories (bad input: one line, non-zero exit);
+integration tests checkpoint a real container with a known process tree (a
+shell counting, a sleeping child, a listening TCP socket, an established
+loopback connection, an open file) with fastckpt and with `runc checkpoint`
+(the container paused meanwhile, so what /proc says of it is what the images
+hold), and check both outputs of inspect against /proc.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+
+import pytest
+
+import ckpt_support as cs
+import fastckpt
+from fastckpt import images, inspection
+from fastckpt.errors import ImageError
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+# --- crafted images -------------------------------------------------------------------------
+
+def _write(path, kind, entries, head=True):
+    with open(path, "wb") as f:
+        f.write(images.encode(kind, entries, head_magic="IMG_COMMON" if head else None))
+
+
+def crafted(d) -> str:
+    """A checkpoint of two tasks (pid 1 with two threads, its child 2): inventory, pstree, cores,
+    pagemaps and pages."""
+    os.makedirs(d)
+    M = images.message_class
+    _write(os.path.join(d, "inventory.img"), "INVENTORY", [M("inventory_entry")(img_version=2, fdinfo_per_id=True)],
+           head=False)
+    _write(os.path.join(d, "pstree.img"), "PSTREE", [
+        M("pstree_entry")(pid=1, ppid=0, pgid=1, sid=1, threads=[1, 3]),
+        M("pstree_entry")(pid=2, ppid=1, pgid=1, sid=1, threads=[2])])
+    for pid, comm in ((1, "server"), (2, "worker")):
+        core = M("core_entry")(mtype=1)
+        core.tc.task_state, core.tc.exit_code, core.tc.personality, core.tc.flags = 1, 0, 0, 0
+        core.tc.blk_sigset, core.tc.comm = 0, comm
+        _write(os.path.join(d, f"core-{pid}.img"), "CORE", [core])
+        _write(os.path.join(d, f"pagemap-{pid}.img"), "PAGEMAP", [
+            M("pagemap_head")(pages_id=pid),
+            M("pagemap_entry")(vaddr=0x400000, compat_nr_pages=0, flags=images.PE_PRESENT, nr_pages=pid + 1)])
+        with open(os.path.join(d, f"pages-{pid}.img"), "wb") as f:
+            f.write(b"\0" * (pid + 1) * PAGE)
+    return str(d)
+
+
+def test_crafted_checkpoint(tmp_path):
+    d = crafted(tmp_path / "img")
+    info = fastckpt.inspect(d)
+    assert info == fastckpt.inspect_path(d)
+    assert info["made_by"] == "runc"  # no fastckpt.json: images of `runc checkpoint`
+    procs = {p["pid"]: p for p in info["processes"]}
+    assert set(procs) == {1, 2}
+    assert (procs[1]["command"], procs[1]["threads"], procs[1]["tids"]) == ("server", 2, [1, 3])
+    assert (procs[2]["command"], procs[2]["ppid"], procs[2]["threads"]) == ("worker", 1, 1)
+    assert procs[1]["memory"]["private"] == {"pages": 2, "bytes": 2 * PAGE}
+    assert procs[2]["memory"]["bytes"] == 3 * PAGE
+    assert info["statistics"] is None and info["sockets"] == [] and info["mounts"] == []
+    json.dumps(info)  # JSON as it is
+    text = inspection.render(info)
+    assert "[1] server" in text and "[2] worker" in text and "threads 2" in text
+
+
+def test_cli_both_outputs(tmp_path):
+    d = crafted(tmp_path / "img")
+    r = cs.run_cli("inspect", "--json", d)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == json.loads(json.dumps(fastckpt.inspect(d)))
+    r = cs.run_cli("inspect", d)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == inspection.render(fastckpt.inspect(d))
+
+
+def _truncate(path, by):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - by)
+
+
+@pytest.mark.parametrize("damage, needles", [
+    (lambda d: os.unlink(os.path.join(d, "inventory.img")), ["not a checkpoint", "inventory.img"]),
+    (lambda d: _truncate(os.path.join(d, "pstree.img"), 3), ["pstree.img", "truncated"]),
+    (lambda d: open(os.path.join(d, "core-2.img"), "wb").write(b"\x19\x43\x56\x54\x30\x30\x27\x50"),
+     ["core-2.img", "not a CRIU core image"]),
+    (lambda d: _truncate(os.path.join(d, "pagemap-1.img"), 2), ["pagemap-1.img", "truncated"]),
+    (lambda d: open(os.path.join(d, "inventory.img"), "wb").write(b"garbage!!"), ["inventory.img"]),
+], ids=["no-inventory", "truncated-pstree", "wrong-core", "truncated-pagemap", "garbage-inventory"])
+def test_damaged_checkpoint_one_line(tmp_path, damage, needles):
+    d = crafted(tmp_path / "img")
+    damage(d)
+    with pytest.raises(ImageError):
+        fastckpt.inspect(d)
+    for args in (("inspect", d), ("inspect", "--json", d)):
+        r = cs.run_cli(*args)
+        cs.assert_one_line_error(r, 1, *needles)
+        assert r.stdout == ""
+
+
+def test_not_a_checkpoint(tmp_path):
+    cs.assert_one_line_error(cs.run_cli("inspect", str(tmp_path)), 1, "is not a checkpoint")
+    cs.assert_one_line_error(cs.run_cli("inspect", str(tmp_path / "nowhere")), 1, "does not exist")
+    archive = tmp_path / "ckpt.tar.zst"
+    archive.write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 64)
+    cs.assert_one_line_error(cs.run_cli("inspect", str(archive)), 1, "archives: not yet")
+    with pytest.raises(ImageError, match="archives: not yet"):
+        fastckpt.inspect_path(str(archive))
+    cs.assert_one_line_error(cs.run_cli("inspect"), 2, "PATH")
+
+
+# --- real checkpoints ------------------------------------------------------------------------
+
+LISTEN_PORT, CONN_PORT = 8000, 8001
+SCRIPT = f"""exec 3>/tmp/held.txt
+sleep 1000 &
+(sleep 1000 | nc -l -p {LISTEN_PORT}) &
+(sleep 1000 | nc -l -p {CONN_PORT}) &
+sleep 0.3
+(sleep 1000 | nc 127.0.0.1 {CONN_PORT}) &
+i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done"""
+
+
+def _status(pid: int) -> dict:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def proc_facts(ct) -> dict:
+    """What /proc says of the (paused) container: by pid in its namespace, ppid, comm, threads, RSS;
+    its mount points; the loopback client's port."""
+    with open(os.path.join(ct.freezer_dir, "cgroup.procs")) as f:
+        host_pids = [int(x) for x in f.read().split()]
+    ns = {hp: int(_status(hp)["NSpid"].split()[-1]) for hp in host_pids}
+    procs = {}
+    for hp in host_pids:
+        st = _status(hp)
+        procs[ns[hp]] = {"ppid": ns.get(int(st["PPid"]), 0), "command": st["Name"], "threads": int(st["Threads"]),
+                         "rss": int(st["VmRSS"].split()[0]) * 1024}
+    with open(f"/proc/{ct.pid}/mountinfo") as f:
+        mounts = {line.split()[4] for line in f}
+    client = [s["lport"] for s in cs.tcp_sockets(ct.pid) if s["state"] == cs.TCP_ESTABLISHED
+              and s["rport"] == CONN_PORT]
+    assert len(client) == 1, cs.tcp_sockets(ct.pid)
+    return {"procs": procs, "mounts": mounts, "client_port": client[0]}
+
+
+def _criu_version() -> str:
+    out = subprocess.run(["criu", "--version"], capture_output=True, text=True).stdout
+    return next(line.split()[1] for line in out.splitlines() if line.startswith("Version:"))
+
+
+def check(info: dict, facts: dict, images_dir: str, tool: str) -> None:
+    procs = {p["pid"]: p for p in info["processes"]}
+    assert set(procs) == set(facts["procs"])
+    for pid, f in facts["procs"].items():
+        p = procs[pid]
+        assert (p["ppid"], p["command"], p["threads"]) == (f["ppid"], f["command"], f["threads"]), (p, f)
+        assert p["state"] == "alive"
+        m = p["memory"]
+        # what CRIU dumps of a process is what it has in memory (clean file pages aside): 0 < dumped <= RSS
+        assert 0 < m["private"]["bytes"] <= f["rss"], (pid, m, f)
+        assert m["bytes"] == m["pages"] * PAGE and m["vmas"] > 0
+    pages_files = sum(os.path.getsize(os.path.join(images_dir, n)) for n in os.listdir(images_dir)
+                      if n.startswith("pages-"))
+    assert sum(p["memory"]["bytes"] for p in procs.values()) == pages_files  # nothing shared here
+    assert info["statistics"]["pages_written"] * PAGE == pages_files
+    root = procs[1]
+    assert root["cmdline"][:2] == ["sh", "-c"] and root["cmdline"][2].startswith("exec 3>/tmp/held.txt")
+    for p in procs.values():  # the open file, inherited by every process
+        assert {"fd": 3, "path": "/tmp/held.txt"}.items() <= next(fd for fd in p["files"] if fd["fd"] == 3).items()
+    # sockets
+    listeners = [s for s in info["sockets"] if s["state"] == "LISTEN"]
+    assert [s["local_port"] for s in listeners] == [LISTEN_PORT]
+    assert procs[listeners[0]["pid"]]["cmdline"] == ["nc", "-l", "-p", str(LISTEN_PORT)]
+    conns = sorted((s["local_port"], s["remote_port"]) for s in info["tcp_connections"])
+    assert conns == sorted([(CONN_PORT, facts["client_port"]), (facts["client_port"], CONN_PORT)])
+    for s in info["tcp_connections"]:
+        assert s["remote"].endswith(f"127.0.0.1]:{s['remote_port']}") or s["remote"] == f"127.0.0.1:{s['remote_port']}"
+        assert "queued_bytes" in s  # its tcp-stream image was read
+    assert {m["mountpoint"] for m in info["mounts"]} == facts["mounts"]
+    assert {"/proc", "/dev", "/sys"} <= facts["mounts"]
+    assert info["checkpoint"]["criu_version"] == _criu_version()
+    assert info["checkpoint"]["options"]["tcp_established"] is True
+    assert info["container"]["hostname"]
+    if tool == "fastckpt":
+        lo = [i for i in info["network"]["interfaces"] if i["name"] == "lo"]
+        assert lo and lo[0]["up"] and "127.0.0.1/8" in lo[0]["addresses"], info["network"]
+    # the tree
+    text = inspection.render(info)
+    for pid, f in facts["procs"].items():
+        assert f"[{pid}] " in text
+    for needle in (f"nc -l -p {LISTEN_PORT}", f"nc 127.0.0.1 {CONN_PORT}", "LISTEN", "ESTABLISHED",
+                   "fd 3: /tmp/held.txt", "CRIU statistics", f"-> 127.0.0.1:{CONN_PORT}", "/proc proc"):
+        assert needle in text, needle
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("tool", ["fastckpt", "runc"])
+def test_inspect_real_checkpoint(container, runc_root, tmp_path, tool):
+    ct = container(["sh", "-c", SCRIPT])
+    # (busybox nc listens on IPv6's any address: not in /proc/net/tcp, which cs.listening reads)
+    cs.wait_until(lambda: cs.established(CONN_PORT, ct.pid)
+                  and len(open(os.path.join(ct.freezer_dir, "cgroup.procs")).read().split()) >= 8,
+                  "the container's sockets and processes")
+    assert cs.run_quiet(["runc", "--root", runc_root, "pause", ct.id]) == 0
+    try:
+        facts = proc_facts(ct)
+        images_dir = str(tmp_path / "images")
+        if tool == "fastckpt":
+            r = cs.run_cli("--root", runc_root, "checkpoint", "--leave-running", "--tcp-established",
+                           "--image-path", images_dir, ct.id)
+            assert r.returncode == 0, r.stderr
+        else:
+            rc = cs.run_quiet(["runc", "--root", runc_root, "checkpoint", "--leave-running", "--tcp-established",
+                               "--image-path", images_dir, ct.id])
+            assert rc == 0, f"runc checkpoint failed (exit {rc})"
+        assert ct.status() == "paused"
+    finally:
+        cs.run_quiet(["runc", "--root", runc_root, "resume", ct.id])
+    r = cs.run_cli("inspect", "--json", images_dir)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["made_by"] == tool
+    if tool == "fastckpt":
+        assert info["container"]["id"] == ct.id and info["container"]["runtime"] == "runc"
+        assert info["checkpoint"]["options"]["manifest"] is True
+    check(info, facts, images_dir, tool)
+    assert info == json.loads(json.dumps(fastckpt.inspect(images_dir)))  # the API says the same
+    r = cs.run_cli("inspect", images_dir)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == inspection.render(info)
+    ct.wait_advancing()  # still running, unharmed
