@@ -2,8 +2,8 @@
 
 Unit tests on crafted image directories (bad input: one line, non-zero exit);
 integration tests checkpoint a real container with a known process tree (a
-shell counting, a sleeping child, a listening TCP socket, an established
-loopback connection, an open file) with fastckpt and with `runc checkpoint`
+shell counting, a sleeping child, a process of three threads, a listening TCP
+socket, an established loopback connection, an open file, a bind mount) with fastckpt and with `runc checkpoint`
 (the container paused meanwhile, so what /proc says of it is what the images
 hold), and check both outputs of inspect against /proc.
 """
@@ -119,13 +119,37 @@ def test_not_a_checkpoint(tmp_path):
 # --- real checkpoints ------------------------------------------------------------------------
 
 LISTEN_PORT, CONN_PORT = 8000, 8001
+THREADS = 3  # of /threads, below
 SCRIPT = f"""exec 3>/tmp/held.txt
 sleep 1000 &
+/threads &
 (sleep 1000 | nc -l -p {LISTEN_PORT}) &
 (sleep 1000 | nc -l -p {CONN_PORT}) &
 sleep 0.3
 (sleep 1000 | nc 127.0.0.1 {CONN_PORT}) &
 i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done"""
+
+
+THREADS_C = r"""
+#include <pthread.h>
+#include <unistd.h>
+static void *idle(void *arg) { for (;;) pause(); return arg; }
+int main(void) {
+    pthread_t t;
+    for (int i = 1; i < %d; i++) pthread_create(&t, 0, idle, 0);
+    for (;;) pause();
+}
+""" % THREADS
+
+
+def threads_binary(d) -> str:
+    """A static program of THREADS threads that sleep (busybox has none), for a bind mount."""
+    src, out = os.path.join(d, "threads.c"), os.path.join(d, "threads")
+    with open(src, "w") as f:
+        f.write(THREADS_C)
+    r = subprocess.run(["gcc", "-static", "-pthread", "-O2", "-o", out, src], capture_output=True, text=True)
+    assert r.returncode == 0, f"gcc (installed by make deps, build-essential) failed: {r.stderr}"
+    return out
 
 
 def _status(pid: int) -> dict:
@@ -172,6 +196,8 @@ def check(info: dict, facts: dict, images_dir: str, tool: str) -> None:
                       if n.startswith("pages-"))
     assert sum(p["memory"]["bytes"] for p in procs.values()) == pages_files  # nothing shared here
     assert info["statistics"]["pages_written"] * PAGE == pages_files
+    threaded = [p for p in procs.values() if p["command"] == "threads"]
+    assert [p["threads"] for p in threaded] == [THREADS] and len(threaded[0]["tids"]) == THREADS
     root = procs[1]
     assert root["cmdline"][:2] == ["sh", "-c"] and root["cmdline"][2].startswith("exec 3>/tmp/held.txt")
     for p in procs.values():  # the open file, inherited by every process
@@ -186,7 +212,8 @@ def check(info: dict, facts: dict, images_dir: str, tool: str) -> None:
         assert s["remote"].endswith(f"127.0.0.1]:{s['remote_port']}") or s["remote"] == f"127.0.0.1:{s['remote_port']}"
         assert "queued_bytes" in s  # its tcp-stream image was read
     assert {m["mountpoint"] for m in info["mounts"]} == facts["mounts"]
-    assert {"/proc", "/dev", "/sys"} <= facts["mounts"]
+    assert {"/proc", "/dev", "/sys", "/threads"} <= facts["mounts"]
+    assert next(m for m in info["mounts"] if m["mountpoint"] == "/threads").get("external")
     assert info["checkpoint"]["criu_version"] == _criu_version()
     assert info["checkpoint"]["options"]["tcp_established"] is True
     assert info["container"]["hostname"]
@@ -205,10 +232,13 @@ def check(info: dict, facts: dict, images_dir: str, tool: str) -> None:
 @pytest.mark.integration
 @pytest.mark.parametrize("tool", ["fastckpt", "runc"])
 def test_inspect_real_checkpoint(container, runc_root, tmp_path, tool):
-    ct = container(["sh", "-c", SCRIPT])
+    binary = threads_binary(str(tmp_path))
+    ct = container(["sh", "-c", SCRIPT], mounts=[{"destination": "/threads", "type": "bind", "source": binary,
+                                                  "options": ["bind", "ro"]}])
     # (busybox nc listens on IPv6's any address: not in /proc/net/tcp, which cs.listening reads)
     cs.wait_until(lambda: cs.established(CONN_PORT, ct.pid)
-                  and len(open(os.path.join(ct.freezer_dir, "cgroup.procs")).read().split()) >= 8,
+                  and len(open(os.path.join(ct.freezer_dir, "cgroup.procs")).read().split()) >= 9
+                  and len(open(os.path.join(ct.freezer_dir, "tasks")).read().split()) >= 9 + THREADS - 1,
                   "the container's sockets and processes")
     assert cs.run_quiet(["runc", "--root", runc_root, "pause", ct.id]) == 0
     try:
@@ -238,3 +268,91 @@ def test_inspect_real_checkpoint(container, runc_root, tmp_path, tool):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == inspection.render(info)
     ct.wait_advancing()  # still running, unharmed
+
+
+# --- podman's checkpoints ----------------------------------------------------------------------
+
+PODMAN_CONF = """[engine]
+cgroup_manager="cgroupfs"
+events_logger="file"
+runtime="runc"
+[containers]
+default_ulimits=["nofile=20000:20000","nproc=4096:4096"]
+"""
+PODMAN_SCRIPT = "exec 3>/tmp/held.txt; sleep 1000 & i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done"
+
+
+@pytest.fixture
+def podman(tmp_path):
+    """podman(*args) -> CompletedProcess, in a storage root, run root and containers.conf of the test's own
+    (this host has no systemd: cgroupfs, runc); everything it made is removed afterwards."""
+    import shutil
+
+    if not shutil.which("podman"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("podman is not installed (make deps installs it)")
+        pytest.skip("podman is not installed (make deps installs it)")
+    if os.geteuid() != 0:
+        pytest.skip("podman's checkpoints need root")
+    import tempfile
+
+    conf = tmp_path / "containers.conf"
+    conf.write_text(PODMAN_CONF)
+    runroot = tempfile.mkdtemp(prefix="fck-pm-", dir="/tmp")  # podman wants it under 50 characters
+    base = ["podman", "--root", str(tmp_path / "pm-root"), "--runroot", runroot, "--storage-driver", "vfs"]
+    env = dict(os.environ, CONTAINERS_CONF=str(conf))
+
+    def run(*args, check=True, **kw):
+        r = subprocess.run([*base, *args], env=env, capture_output=True, text=True, timeout=120, **kw)
+        assert not check or r.returncode == 0, f"podman {' '.join(args)}: exit {r.returncode}: {r.stderr}"
+        return r
+
+    yield run
+    run("rm", "--all", "--force", "--time", "0", check=False)
+    run("rmi", "--all", "--force", check=False)
+    shutil.rmtree(runroot, ignore_errors=True)
+    shutil.rmtree(tmp_path / "pm-root", ignore_errors=True)
+
+
+@pytest.mark.integration
+def test_inspect_podman_checkpoint(podman, tmp_path):
+    """podman's exported checkpoint, unpacked: its checkpoint/ directory with config.dump and spec.dump."""
+    import tarfile
+
+    from fastckpt import bundle as fb
+
+    rootfs = str(tmp_path / "rootfs")
+    fb.make_rootfs(rootfs)
+    name = "inspect-" + cs.new_id()[-12:]
+    image = f"localhost/{name}"
+    tarball = str(tmp_path / "rootfs.tar")
+    assert cs.run_quiet(["tar", "-C", rootfs, "-cf", tarball, "."]) == 0
+    podman("import", tarball, image)
+    cid = podman("run", "-d", "--name", name, "--network", "none", image, "sh", "-c", PODMAN_SCRIPT).stdout.strip()
+
+    def counter():
+        r = podman("exec", name, "cat", "/tmp/count", check=False)
+        return int(r.stdout) if r.returncode == 0 and r.stdout.strip().isdigit() else None
+
+    cs.wait_advancing(counter, "the podman container's counter")
+    archive = str(tmp_path / "ckpt.tar")
+    podman("container", "checkpoint", "--export", archive, "--compress", "none", name)
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(archive) as t:
+        t.extractall(unpacked, filter="tar") if hasattr(tarfile, "tar_filter") else t.extractall(unpacked)
+    for path in (str(unpacked), str(unpacked / "checkpoint")):
+        r = cs.run_cli("inspect", "--json", path)
+        assert r.returncode == 0, r.stderr
+        info = json.loads(r.stdout)
+        assert info["made_by"] == "podman"
+        c = info["container"]
+        assert (c["id"], c["name"], c["runtime"], c["engine"]) == (cid, name, "runc", "podman")
+        assert c["image"] == f"{image}:latest" and c["args"] == ["sh", "-c", PODMAN_SCRIPT]
+        procs = {p["pid"]: p for p in info["processes"]}
+        assert procs[1]["cmdline"] == ["sh", "-c", PODMAN_SCRIPT]
+        assert [p["cmdline"] for p in procs.values() if p["ppid"] == 1 and p["command"] == "sleep"
+                and p["cmdline"] == ["sleep", "1000"]]
+        assert any(fd["fd"] == 3 and fd["path"] == "/tmp/held.txt" for fd in procs[1]["files"])
+        assert info["statistics"]["pages_written"] > 0  # podman keeps stats-dump beside checkpoint/
+        text = cs.run_cli("inspect", path).stdout
+        assert f"name: {name}" in text and "engine: podman" in text and "[1] sh -c exec 3>/tmp/held.txt" in text

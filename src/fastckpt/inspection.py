@@ -112,7 +112,7 @@ def _inspect(path: str, img_dir: str, podman_dir: str | None) -> dict:
         "tcp_connections": [s for s in sockets if s.get("state") == "ESTABLISHED"],
         "mounts": _mounts(r, root_ids),
         "network": _network(r, root_ids),
-        "statistics": _stats(img_dir),
+        "statistics": _stats(img_dir) if podman_dir is None or r.exists("stats-dump") else _stats(podman_dir),
     }
     return out
 
