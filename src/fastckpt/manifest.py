@@ -31,6 +31,7 @@ import json
 import os
 import stat
 import zlib
+from collections.abc import Sequence
 
 from .errors import DamagedImage, ImageDirError
 
