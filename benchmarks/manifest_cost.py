@@ -4,7 +4,8 @@ A process holding SIZE MiB of written memory is checkpointed (--leave-running)
 REPS times with the manifest and REPS times without it; then manifest.write()
 and manifest.verify() are timed on the images alone, hot (page cache) and cold
 (the images' pages dropped from the cache with posix_fadvise), and the
-structural check of images without a manifest.
+structural check of images without a manifest; last, the checksums alone with
+each algorithm a manifest can hold (XXH3-64 now, CRC32 before).
 
     .venv/bin/python benchmarks/manifest_cost.py [SIZE_MIB] [REPS]
 """
@@ -76,9 +77,9 @@ def main() -> int:
         real_write = manifest.write
         inside: list = []
 
-        def timed_write(path):
+        def timed_write(path, known=None):
             t0 = time.perf_counter()
-            real_write(path)
+            real_write(path, known)
             inside.append(time.perf_counter() - t0)
 
         with_m, without = [], []
@@ -86,7 +87,7 @@ def main() -> int:
             for _ in range(reps):  # interleaved: writeback of the previous images weighs on both alike
                 manifest.write = timed_write
                 with_m += timed(checkpoint, 1)
-                manifest.write = lambda path: None
+                manifest.write = lambda path, known=None: None
                 without += timed(checkpoint, 1)
         finally:
             manifest.write = real_write
@@ -104,6 +105,11 @@ def main() -> int:
         show("manifest.verify() (images dropped from cache)",
              timed(lambda: manifest.verify(images), reps, lambda: drop_cache(images)))
         show("manifest.check_structure() (no manifest)", timed(lambda: manifest.check_structure(images), reps))
+        sizes = {n: os.path.getsize(os.path.join(images, n)) for n in os.listdir(images)
+                 if manifest.is_checkpoint_file(n)}
+        for algorithm in manifest._ALGORITHMS:  # the one written now and the earlier CRC32, side by side
+            show(f"checksums, {algorithm} (hot cache)",
+                 timed(lambda: manifest.checksums(images, sizes, algorithm=algorithm), reps))
     finally:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()

@@ -21,6 +21,7 @@ import time
 import zlib
 
 import pytest
+import xxhash
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -156,19 +157,19 @@ def test_manifest_lists_the_checkpoint_files(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     with open(path) as f:
         m = json.load(f)
-    assert m["format"] == 1 and m["algorithm"] == "crc32" and m["chunk_size"] == manifest.CHUNK_SIZE
+    assert m["format"] == 1 and m["algorithm"] == "xxh3_64" and m["chunk_size"] == manifest.CHUNK_SIZE
     # every file of the checkpoint; not the log, not the manifest itself
     assert sorted(m["files"]) == CHECKPOINT_FILES
     for name, entry in m["files"].items():
         with open(os.path.join(d, name), "rb") as f:
             data = f.read()
         assert entry["size"] == len(data)
-        assert entry["crc32"] == [f"{zlib.crc32(data):08x}"], name
+        assert entry["xxh3_64"] == [xxhash.xxh3_64_hexdigest(data)], name
     assert manifest.verify(d) == m
 
 
 def test_chunks_and_threads(tmp_path, monkeypatch):
-    """Small chunks, computed in parallel: each chunk's CRC32 is the CRC32 of its bytes."""
+    """Small chunks, computed in parallel: each chunk's checksum is the XXH3-64 of its bytes."""
     monkeypatch.setattr(manifest, "CHUNK_SIZE", 3 * PAGE)
     monkeypatch.setattr(manifest, "_PARALLEL_MIN", 0)
     d = make_images(tmp_path / "img")
@@ -177,8 +178,8 @@ def test_chunks_and_threads(tmp_path, monkeypatch):
     assert m["chunk_size"] == 3 * PAGE
     with open(os.path.join(d, "pages-1.img"), "rb") as f:
         data = f.read()
-    want = [f"{zlib.crc32(data[i:i + 3 * PAGE]):08x}" for i in range(0, len(data), 3 * PAGE)]
-    assert len(want) == 2 and m["files"]["pages-1.img"]["crc32"] == want
+    want = [xxhash.xxh3_64_hexdigest(data[i:i + 3 * PAGE]) for i in range(0, len(data), 3 * PAGE)]
+    assert len(want) == 2 and m["files"]["pages-1.img"]["xxh3_64"] == want
     manifest.verify(d)
     # the chunk size is the manifest's, not the module's
     monkeypatch.setattr(manifest, "CHUNK_SIZE", 64 << 20)
@@ -244,6 +245,23 @@ def test_damaged_manifest(tmp_path):
         json.dump({"format": 1, "algorithm": "crc32", "chunk_size": 4096,
                    "files": {"../etc/passwd": {"size": 1, "crc32": ["00000000"]}}}, f)
     damaged(d, manifest.MANIFEST_FILE, "file name")
+
+
+def test_crc32_manifests_of_earlier_fastckpts_still_verify(tmp_path):
+    """A manifest of CRC32s (zlib's, as fastckpt wrote them before XXH3): verified as such."""
+    d = make_images(tmp_path / "img", with_manifest=False)
+    files = {}
+    for name in CHECKPOINT_FILES:
+        with open(os.path.join(d, name), "rb") as f:
+            data = f.read()
+        files[name] = {"size": len(data), "crc32": [f"{zlib.crc32(data[i:i + 2 * PAGE]):08x}"
+                                                    for i in range(0, len(data), 2 * PAGE)]}
+    m = {"format": 1, "algorithm": "crc32", "chunk_size": 2 * PAGE, "files": files}
+    with open(os.path.join(d, manifest.MANIFEST_FILE), "w") as f:
+        json.dump(m, f)
+    assert manifest.verify(d) == m
+    flip(os.path.join(d, "pages-1.img"), 2 * PAGE + 1)
+    damaged(d, "pages-1.img", "altered: checksum mismatch", f"bytes {2 * PAGE}-{4 * PAGE - 1}")
 
 
 def test_unknown_algorithm_checks_sizes_and_structure(tmp_path):
