@@ -270,6 +270,28 @@ def test_inspect_real_checkpoint(container, runc_root, tmp_path, tool):
     ct.wait_advancing()  # still running, unharmed
 
 
+@pytest.mark.integration
+def test_inspect_process_tree(proc_tree, tmp_path):
+    """A process tree checkpointed with --pid: no container; its real pids, commands, executable, cwd."""
+    tree = proc_tree.counter(str(tmp_path / "count"), prefix="sleep 1000 & ")
+    kids = [int(x) for x in open(f"/proc/{tree.pid}/task/{tree.pid}/children").read().split()]
+    images_dir = str(tmp_path / "images")
+    r = cs.run_cli("checkpoint", "--pid", str(tree.pid), "--leave-running", "--image-path", images_dir)
+    assert r.returncode == 0, r.stderr
+    info = fastckpt.inspect(images_dir)
+    assert info["made_by"] == "fastckpt" and info["checkpoint"]["options"]["kind"] == "process"
+    assert info["container"]["id"] is None and info["container"]["runtime"] is None
+    procs = {p["pid"]: p for p in info["processes"]}
+    assert tree.pid in procs and procs[tree.pid]["ppid"] == 0
+    sleeper = [p for p in procs.values() if p["cmdline"] == ["sleep", "1000"]]
+    assert len(sleeper) == 1 and sleeper[0]["pid"] in kids and sleeper[0]["ppid"] == tree.pid
+    root = procs[tree.pid]
+    assert root["cmdline"][:2] == ["busybox", "sh"] and root["command"] == "busybox"
+    assert root["exe"] == os.path.realpath(f"/proc/{tree.pid}/exe") and root["cwd"] == os.getcwd()
+    assert info["mounts"] == []  # the host's mount namespace is not the tree's own: not dumped
+    tree.wait_advancing()
+
+
 # --- podman's checkpoints ----------------------------------------------------------------------
 
 PODMAN_CONF = """[engine]

@@ -93,7 +93,7 @@ def _inspect(path: str, img_dir: str, podman_dir: str | None) -> dict:
     inv = r.one("inventory.img", "INVENTORY")
     meta = _json(os.path.join(img_dir, META_FILE))
     podman = {f: _json(os.path.join(podman_dir, f)) for f in PODMAN_FILES} if podman_dir else {}
-    made_by = "podman" if podman_dir else ("fastckpt" if meta is not None else "runc")
+    made_by = "fastckpt" if meta is not None else ("podman" if podman_dir else "runc")
     tree = r.image("pstree.img", "PSTREE").entries
     files = r.files()
     procs = [_process(r, e, files, inv) for e in tree]
@@ -184,12 +184,12 @@ def _container(meta, podman: dict, r: _Reader, root_ids) -> dict:
         if uts is not None:
             out["hostname"] = uts.nodename
     if meta is not None:
-        out["runtime"] = "runc"
-        out["id"] = out["name"] = meta.get("id")
         state = meta.get("state") or {}
-        out["created"] = state.get("created")
         cfg = state.get("config") or {}
-        out["rootfs"] = cfg.get("rootfs")
+        if meta.get("kind") == "container":  # fastckpt.json holds runc's state of the container
+            out.update(runtime="runc", id=meta.get("id"), name=meta.get("id"), created=state.get("created"))
+        if cfg.get("rootfs"):
+            out["rootfs"] = cfg["rootfs"]
         labels = {k: v for k, _, v in (lbl.partition("=") for lbl in cfg.get("labels") or [])}
         if labels.get("bundle"):
             out["bundle"] = labels["bundle"]
