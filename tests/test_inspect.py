@@ -268,6 +268,10 @@ def test_inspect_real_checkpoint(container, runc_root, tmp_path, tool):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == inspection.render(info)
     ct.wait_advancing()  # still running, unharmed
+    # damaged: one line naming the file, for either output
+    _truncate(os.path.join(images_dir, "files.img"), 5)
+    for args in (("inspect", images_dir), ("inspect", "--json", images_dir)):
+        cs.assert_one_line_error(cs.run_cli(*args), 1, "files.img", "truncated")
 
 
 @pytest.mark.integration

@@ -30,7 +30,7 @@ import os
 import struct
 from typing import NamedTuple
 
-from .errors import ImageError
+from .errors import DamagedImage, ImageError
 
 STATS_FILE = "stats-{kind}"
 KINDS = ("dump", "restore")
@@ -160,20 +160,11 @@ def enum_name(message, field: str, enum: str | None = None) -> str:
 
 # --- the framing -----------------------------------------------------------------------
 
-class Damaged(ImageError):
-    """An image that is not what CRIU writes: ``problem`` says what is wrong, without the path
-    (e.g. "truncated: 10 bytes, too short for its magic")."""
-
-    def __init__(self, path: str, problem: str, message: str | None = None):
-        super().__init__(message or f"CRIU image {path} is damaged: {problem}", path=path)
-        self.problem = problem
-
-    def __reduce__(self):
-        return (_damaged, (self.path, self.problem, str(self)))
-
-
-def _damaged(path, problem, message):
-    return Damaged(path, problem, message)
+def damaged(path: str, problem: str, message: str | None = None) -> DamagedImage:
+    """The error for an image at PATH that is not what CRIU writes: PROBLEM says what is wrong,
+    without the path (e.g. "truncated: 10 bytes, too short for its magic"), as ``problems[0][1]``."""
+    return DamagedImage(message or f"CRIU image {path} is damaged: {problem}", path=path,
+                        problems=[(os.path.basename(path), problem)])
 
 
 def _read(path: str) -> bytes:
@@ -192,12 +183,12 @@ def _read(path: str) -> bytes:
 def _split_magic(data: bytes, path: str) -> tuple[int, int]:
     """(type magic, offset of the first entry) of an image's bytes."""
     if len(data) < 4:
-        raise Damaged(path, f"truncated: {len(data)} bytes, too short for its magic")
+        raise damaged(path, f"truncated: {len(data)} bytes, too short for its magic")
     (first,) = _U32.unpack_from(data, 0)
     if first not in (magic(n) for n in _HEAD_MAGICS):
         return first, 4  # the inventory, or an image of an old CRIU: no head magic
     if len(data) < 8:
-        raise Damaged(path, "truncated after its head magic")
+        raise damaged(path, "truncated after its head magic")
     return _U32.unpack_from(data, 4)[0], 8
 
 
@@ -225,10 +216,10 @@ def decode(name: str, payload: bytes, path: str, index: int = 0):
     try:
         msg.ParseFromString(payload)
     except DecodeError as e:
-        raise Damaged(path, f"undecodable: cannot decode entry {index} ({e})") from None
+        raise damaged(path, f"undecodable: cannot decode entry {index} ({e})") from None
     if not msg.IsInitialized():  # the parser does not insist on required fields: we do
         missing = ", ".join(f.rsplit(".", 1)[-1] for f in msg.FindInitializationErrors())
-        raise Damaged(path, f"undecodable: cannot decode entry {index}: it lacks {missing}")
+        raise damaged(path, f"undecodable: cannot decode entry {index}: it lacks {missing}")
     return msg
 
 
@@ -243,12 +234,12 @@ class Image(NamedTuple):
 def _check_kind(got: int, kind: str | None, path: str) -> str:
     name = magic_name(got)
     if kind is not None and got != magic(kind):
-        raise Damaged(path, f"not a CRIU {_label(kind)} image (magic {got:#010x}"
+        raise damaged(path, f"not a CRIU {_label(kind)} image (magic {got:#010x}"
                             f"{f' ({name})' if name else ''}, expected {magic(kind):#010x})",
                       f"{path} is not a CRIU {_label(kind)} image (magic {got:#010x}"
                       f"{f', of {name}' if name else ''}, expected {magic(kind):#010x})")
     if name is None:
-        raise Damaged(path, f"not a CRIU image: magic {got:#010x}")
+        raise damaged(path, f"not a CRIU image: magic {got:#010x}")
     return name
 
 
@@ -264,11 +255,11 @@ def parse(data: bytes, path: str, kind: str | None = None) -> Image:
     while offset < len(data):
         i = len(entries)
         if len(data) - offset < 4:
-            raise Damaged(path, f"truncated: {len(data)} bytes, cut in the size of entry {i}")
+            raise damaged(path, f"truncated: {len(data)} bytes, cut in the size of entry {i}")
         (size,) = _U32.unpack_from(data, offset)
         offset += 4
         if len(data) - offset < size:
-            raise Damaged(path, f"truncated: {len(data)} bytes, entry {i} needs {offset + size - len(data)} "
+            raise damaged(path, f"truncated: {len(data)} bytes, entry {i} needs {offset + size - len(data)} "
                                 f"more ({len(data) - offset} of its {size} bytes)")
         # a pagemap's first entry is its head
         msg = decode("pagemap_head" if name == "PAGEMAP" and not i else entry_type, data[offset:offset + size],
@@ -278,12 +269,12 @@ def parse(data: bytes, path: str, kind: str | None = None) -> Image:
         if size_of_extra is not None:
             n = size_of_extra(msg)
             if len(data) - offset < n:
-                raise Damaged(path, f"truncated: {len(data)} bytes, the data of entry {i} needs "
+                raise damaged(path, f"truncated: {len(data)} bytes, the data of entry {i} needs "
                                     f"{offset + n - len(data)} more")
             extra.append(data[offset:offset + n])
             offset += n
     if name == "PAGEMAP" and not entries:
-        raise Damaged(path, "truncated: no pagemap head")
+        raise damaged(path, "truncated: no pagemap head")
     return Image(name, entries, extra if size_of_extra is not None else None)
 
 
@@ -291,7 +282,7 @@ def read_image(path: str, kind: str | None = None) -> Image:
     """The CRIU image at PATH, decoded; KIND: the type it must be (magic.h's name, e.g. ``"PSTREE"``).
 
     Raises :class:`~fastckpt.errors.ImageError` naming the file: ENOENT when it
-    is missing, :class:`Damaged` (EBADMSG) when it is not what CRIU writes.
+    is missing, :class:`~fastckpt.errors.DamagedImage` (EBADMSG) when it is not what CRIU writes.
     """
     return parse(_read(path), path, kind)
 
@@ -382,18 +373,19 @@ def decode_stats(data: bytes, kind: str = "dump", path: str = "<bytes>") -> dict
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
     try:
         entries = parse(data, path, "STATS").entries
-    except Damaged as e:
-        if e.problem.startswith("undecodable"):
-            raise Damaged(path, e.problem, f"CRIU image {path} is damaged: cannot decode its statistics "
-                                           f"({e.problem.split(': ', 1)[1]})") from None
+    except DamagedImage as e:
+        problem = e.problems[0][1]
+        if problem.startswith("undecodable"):
+            raise damaged(path, problem, f"CRIU image {path} is damaged: cannot decode its statistics "
+                                         f"({problem.split(': ', 1)[1]})") from None
         raise
     if not entries:
-        raise Damaged(path, "truncated: it holds no statistics entry")
+        raise damaged(path, "truncated: it holds no statistics entry")
     entry = entries[0]
     if not entry.HasField(kind):
         other = [k for k in KINDS if entry.HasField(k)]
         what = f"{other[0]} statistics" if other else "no statistics"
-        raise Damaged(path, f"it holds {what}, not {kind} statistics",
+        raise damaged(path, f"it holds {what}, not {kind} statistics",
                       f"CRIU image {path} holds {what}, not {kind} statistics")
     stats = getattr(entry, kind)
     # absent optional fields (older CRIUs) are left out, not shown as 0; CRIU's order

@@ -143,7 +143,7 @@ class _Reader:
         if img is None or not img.entries:
             if optional:
                 return None
-            raise images.Damaged(os.path.join(self.dir, name), "truncated: it holds no entry")
+            raise images.damaged(os.path.join(self.dir, name), "truncated: it holds no entry")
         return img.entries[0]
 
     def ids(self, pid: int):
@@ -433,7 +433,7 @@ def _ifaddrs(path: str) -> dict:
     while off + 16 + 8 <= len(data):
         length, mtype = struct.unpack_from("<IH", data, off)
         if length < 24 or off + length > len(data):
-            raise images.Damaged(path, f"truncated: {len(data)} bytes, a netlink message at {off} "
+            raise images.damaged(path, f"truncated: {len(data)} bytes, a netlink message at {off} "
                                        f"needs {length}")
         if mtype == RTM_NEWADDR:
             family, prefix, _flags, _scope, index = struct.unpack_from("<BBBBI", data, off + 16)

@@ -438,8 +438,8 @@ def _problem(image_path: str, name: str, kind: str):
         return f"unreadable: {e.strerror}"
     try:
         img = images.parse(data, path, kind)
-    except images.Damaged as e:
-        return e.problem
+    except DamagedImage as e:
+        return e.problems[0][1]
     if not img.entries:
         return "truncated: it holds no entry"
     return img
