@@ -62,7 +62,7 @@ ENTRY_TYPES = {
     "NETDEV": "net_device_entry", "PIPES_DATA": "pipe_data_entry", "FIFO_DATA": "pipe_data_entry",
     "SK_QUEUES": "sk_packet_entry", "NETNS": "netns_entry", "USERNS": "userns_entry",
     "SECCOMP": "seccomp_entry", "AUTOFS": "autofs_entry", "FILES": "file_entry", "CPUINFO": "cpuinfo_entry",
-    "MEMFD_FILE": "memfd_file_entry", "MEMFD_INODE": "memfd_inode_entry",
+    "MEMFD_INODE": "memfd_inode_entry",
     "BPFMAP_FILE": "bpfmap_file_entry", "BPFMAP_DATA": "bpfmap_data_entry", "APPARMOR": "apparmor_entry",
     "PIDFD": "pidfd_entry", "BINFMT_MISC": "binfmt_misc_entry",
 }
@@ -167,10 +167,10 @@ def damaged(path: str, problem: str, message: str | None = None) -> DamagedImage
                         problems=[(os.path.basename(path), problem)])
 
 
-def _read(path: str) -> bytes:
+def _read(path: str, size: int = -1) -> bytes:
     try:
         with open(path, "rb") as f:
-            return f.read()
+            return f.read(size)
     except FileNotFoundError:
         raise ImageError(f"CRIU image {path} does not exist", path=path, errno=errno.ENOENT) from None
     except IsADirectoryError:
@@ -194,14 +194,7 @@ def _split_magic(data: bytes, path: str) -> tuple[int, int]:
 
 def image_magic(path: str) -> int:
     """The type magic of the CRIU image at PATH (e.g. ``magic("STATS")``), head magic skipped."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except FileNotFoundError:
-        raise ImageError(f"CRIU image {path} does not exist", path=path, errno=errno.ENOENT) from None
-    except OSError as e:
-        raise ImageError(f"cannot read CRIU image {path}: {e.strerror}", path=path, errno=e.errno) from None
-    return _split_magic(head, path)[0]
+    return _split_magic(_read(path, 8), path)[0]
 
 
 def _label(kind: str) -> str:
