@@ -217,6 +217,7 @@ def check(info: dict, facts: dict, images_dir: str, tool: str) -> None:
     assert info["checkpoint"]["criu_version"] == _criu_version()
     assert info["checkpoint"]["options"]["tcp_established"] is True
     assert info["container"]["hostname"]
+    assert info["container"]["stdio"] == ["/dev/null"] * 3  # runc's descriptors.json
     if tool == "fastckpt":
         lo = [i for i in info["network"]["interfaces"] if i["name"] == "lo"]
         assert lo and lo[0]["up"] and "127.0.0.1/8" in lo[0]["addresses"], info["network"]
@@ -374,6 +375,7 @@ def test_inspect_podman_checkpoint(podman, tmp_path):
         c = info["container"]
         assert (c["id"], c["name"], c["runtime"], c["engine"]) == (cid, name, "runc", "podman")
         assert c["image"] == f"{image}:latest" and c["args"] == ["sh", "-c", PODMAN_SCRIPT]
+        assert len(c["stdio"]) == 3  # conmon's pipes
         procs = {p["pid"]: p for p in info["processes"]}
         assert procs[1]["cmdline"] == ["sh", "-c", PODMAN_SCRIPT]
         assert [p["cmdline"] for p in procs.values() if p["ppid"] == 1 and p["command"] == "sleep"

@@ -100,12 +100,16 @@ def _inspect(path: str, img_dir: str, podman_dir: str | None) -> dict:
     root_ids = r.ids(tree[0].pid) if tree else None
     sockets = [dict(s, pid=p["pid"], fd=fd["fd"]) for p in procs for fd in p["files"]
                for s in ([fd["socket"]] if "socket" in fd else [])]
+    descriptors = _json(os.path.join(img_dir, DESCRIPTORS_FILE))
+    container = _container(meta, podman, r, root_ids)
+    if isinstance(descriptors, list):  # runc's record of the container's stdio, which a restore reconnects
+        container["stdio"] = descriptors
     out = {
         "format": FORMAT,
         "path": os.path.abspath(path),
         "images": img_dir,
         "made_by": made_by,
-        "container": _container(meta, podman, r, root_ids),
+        "container": container,
         "checkpoint": _checkpoint(img_dir, meta, inv, r),
         "processes": procs,
         "sockets": sockets,
@@ -490,7 +494,9 @@ def render(info: dict) -> str:
     kv = [f"{key}: {c[key]}" for key in ("id", "name", "image", "runtime", "engine", "hostname", "created",
                                          "bundle", "rootfs") if c.get(key)]
     if c.get("args"):
-        kv.append("args: " + " ".join(c["args"]))
+        kv.append("args: " + _short(" ".join(c["args"])))
+    if c.get("stdio"):
+        kv.append("stdio: " + ", ".join(c["stdio"]))
     section("container", kv)
     opts = ", ".join(f"{a}={b}" for a, b in k["options"].items() if b not in (None, False))
     section("checkpoint", [f"created: {k['created']}", f"CRIU: {k['criu_version'] or 'unknown'}",
