@@ -2,8 +2,9 @@
 
 Unit tests on crafted image directories (bad input: one line, non-zero exit);
 integration tests checkpoint a real container with a known process tree (a
-shell counting, a sleeping child, a process of three threads, a listening TCP
-socket, an established loopback connection, an open file, a bind mount) with fastckpt and with `runc checkpoint`
+shell counting, a sleeping child, a process of three threads sharing memory
+with its child, a listening TCP socket, an established loopback connection, an
+open file, a bind mount) with fastckpt and with `runc checkpoint`
 (the container paused meanwhile, so what /proc says of it is what the images
 hold), and check both outputs of inspect against /proc.
 """
@@ -130,20 +131,31 @@ sleep 0.3
 i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done"""
 
 
+SHARED_PAGES, PRIVATE_PAGES = 64, 32  # written by /threads, below
 THREADS_C = r"""
 #include <pthread.h>
+#include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 static void *idle(void *arg) { for (;;) pause(); return arg; }
 int main(void) {
+    long page = sysconf(_SC_PAGESIZE);
+    char *shared = mmap(0, %(shared)d * page, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    char *private = mmap(0, %(private)d * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    memset(shared, 0x5a, %(shared)d * page);
+    memset(private, 0xa5, %(private)d * page);
+    if (fork() == 0)  /* a child mapping the same shared memory */
+        for (;;) pause();
     pthread_t t;
-    for (int i = 1; i < %d; i++) pthread_create(&t, 0, idle, 0);
+    for (int i = 1; i < %(threads)d; i++) pthread_create(&t, 0, idle, 0);
     for (;;) pause();
 }
-""" % THREADS
+""" % {"threads": THREADS, "shared": SHARED_PAGES, "private": PRIVATE_PAGES}
 
 
 def threads_binary(d) -> str:
-    """A static program of THREADS threads that sleep (busybox has none), for a bind mount."""
+    """A static program of THREADS threads (busybox has none) with SHARED_PAGES of anonymous shared memory
+    that its child maps too, and PRIVATE_PAGES of its own, for a bind mount."""
     src, out = os.path.join(d, "threads.c"), os.path.join(d, "threads")
     with open(src, "w") as f:
         f.write(THREADS_C)
@@ -189,15 +201,31 @@ def check(info: dict, facts: dict, images_dir: str, tool: str) -> None:
         assert (p["ppid"], p["command"], p["threads"]) == (f["ppid"], f["command"], f["threads"]), (p, f)
         assert p["state"] == "alive"
         m = p["memory"]
-        # what CRIU dumps of a process is what it has in memory (clean file pages aside): 0 < dumped <= RSS
+        # what CRIU dumps of a process's own is what it has in memory (clean file pages aside):
+        # 0 < dumped <= RSS (shared memory counts in the RSS of who touched it only)
         assert 0 < m["private"]["bytes"] <= f["rss"], (pid, m, f)
         assert m["bytes"] == m["pages"] * PAGE and m["vmas"] > 0
     pages_files = sum(os.path.getsize(os.path.join(images_dir, n)) for n in os.listdir(images_dir)
                       if n.startswith("pages-"))
-    assert sum(p["memory"]["bytes"] for p in procs.values()) == pages_files  # nothing shared here
-    assert info["statistics"]["pages_written"] * PAGE == pages_files
+    shmem = [images.read_pagemap(os.path.join(images_dir, n)) for n in os.listdir(images_dir)
+             if n.startswith("pagemap-shmem-")]
+    assert [pm.stored_pages for pm in shmem] == [SHARED_PAGES]  # dumped once, for both who map it
+    # every page in the pages files is a process's own or the shared segment's
+    assert sum(p["memory"]["private"]["bytes"] for p in procs.values()) + SHARED_PAGES * PAGE == pages_files
+    stats = info["statistics"]
+    assert stats["pages_written"] * PAGE + stats["shpages_written"] * PAGE == pages_files
+    assert stats["shpages_written"] == SHARED_PAGES
     threaded = [p for p in procs.values() if p["command"] == "threads"]
-    assert [p["threads"] for p in threaded] == [THREADS] and len(threaded[0]["tids"]) == THREADS
+    assert sorted(p["threads"] for p in threaded) == [1, THREADS]
+    parent = next(p for p in threaded if p["threads"] == THREADS)
+    child = next(p for p in threaded if p["threads"] == 1)
+    assert len(parent["tids"]) == THREADS and child["ppid"] == parent["pid"]
+    for p in (parent, child):
+        m = p["memory"]
+        assert m["shared"]["pages"] == SHARED_PAGES and m["shared"]["bytes"] == SHARED_PAGES * PAGE
+        assert m["shared"]["virtual_bytes"] >= SHARED_PAGES * PAGE
+        assert m["private"]["pages"] >= PRIVATE_PAGES  # its own copy (a child's too, copy-on-write)
+        assert m["bytes"] == m["private"]["bytes"] + m["shared"]["bytes"]
     root = procs[1]
     assert root["cmdline"][:2] == ["sh", "-c"] and root["cmdline"][2].startswith("exec 3>/tmp/held.txt")
     for p in procs.values():  # the open file, inherited by every process
@@ -238,8 +266,8 @@ def test_inspect_real_checkpoint(container, runc_root, tmp_path, tool):
                                                   "options": ["bind", "ro"]}])
     # (busybox nc listens on IPv6's any address: not in /proc/net/tcp, which cs.listening reads)
     cs.wait_until(lambda: cs.established(CONN_PORT, ct.pid)
-                  and len(open(os.path.join(ct.freezer_dir, "cgroup.procs")).read().split()) >= 9
-                  and len(open(os.path.join(ct.freezer_dir, "tasks")).read().split()) >= 9 + THREADS - 1,
+                  and len(open(os.path.join(ct.freezer_dir, "cgroup.procs")).read().split()) >= 10
+                  and len(open(os.path.join(ct.freezer_dir, "tasks")).read().split()) >= 10 + THREADS - 1,
                   "the container's sockets and processes")
     assert cs.run_quiet(["runc", "--root", runc_root, "pause", ct.id]) == 0
     try:

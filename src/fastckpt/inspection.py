@@ -38,6 +38,9 @@ PROTOS = {6: "tcp", 17: "udp", 136: "udplite", 0: ""}
 # CRIU's task states (criu/include/pstree.h: TASK_ALIVE ...)
 TASK_STATES = {1: "alive", 2: "dead", 3: "stopped", 6: "zombie"}
 MAP_SHARED = 0x01
+# vma_entry.status (CRIU's criu/include/image.h)
+VMA_ANON_SHARED = 1 << 8
+VMA_AREA_MEMFD = 1 << 14
 IFF_UP = 0x1
 IFADDR_MAGIC = 0x47361222  # `ip addr save`'s header (iproute2), what CRIU's ifaddr-*.img holds
 RTM_NEWADDR = 20
@@ -284,7 +287,7 @@ def _process(r: _Reader, e, files: dict, inv) -> dict:
                                  r.page_size)
         if raw is not None:
             p["cmdline"] = [a.decode(errors="replace") for a in raw.rstrip(b"\0").split(b"\0")]
-    p["memory"] = _memory(r, mm, pm)
+    p["memory"] = _memory(r, mm, pm, files)
     if mm is not None and mm.exe_file_id in files:
         p["exe"] = _describe(files[mm.exe_file_id], r)["path"]
     fs = r.one(f"fs-{pid}.img", "FS", optional=True)
@@ -305,7 +308,22 @@ def _process(r: _Reader, e, files: dict, inv) -> dict:
     return p
 
 
-def _memory(r: _Reader, mm, pm) -> dict:
+def _shmem_id(v, files: dict, r: _Reader) -> int | None:
+    """The id of the shared memory segment vma_entry V maps (its pagemap-shmem-<id>.img), if any:
+    anonymous shared memory, or (as CRIU 4 sees MAP_SHARED|MAP_ANONYMOUS on newer kernels) a memfd."""
+    if v.status & VMA_AREA_MEMFD:
+        f = files.get(v.shmid)
+        if f is None or not f.HasField("memfd"):
+            return None
+        img = r.image("memfd.img", "MEMFD_INODE", optional=True)
+        inode = next((i for i in (img.entries if img else []) if i.inode_id == f.memfd.inode_id), None)
+        return inode.shmid if inode is not None else None
+    if v.status & VMA_ANON_SHARED:
+        return v.shmid
+    return None
+
+
+def _memory(r: _Reader, mm, pm, files: dict) -> dict:
     ps = r.page_size
     out: dict = {"vmas": 0, "virtual_bytes": 0, "pages": 0, "bytes": 0,
                  "private": {"pages": 0, "bytes": 0}, "shared": {"mappings": 0, "virtual_bytes": 0,
@@ -322,8 +340,9 @@ def _memory(r: _Reader, mm, pm) -> dict:
             if v.flags & MAP_SHARED:
                 out["shared"]["mappings"] += 1
                 out["shared"]["virtual_bytes"] += v.end - v.start
-                if v.shmid:
-                    shmids.add(v.shmid)
+                shmid = _shmem_id(v, files, r)
+                if shmid is not None:
+                    shmids.add(shmid)
         for shmid in sorted(shmids):  # anonymous shared memory, dumped once for all who map it
             name = f"pagemap-shmem-{shmid}.img"
             if r.exists(name):
