@@ -141,9 +141,13 @@ def _cmd_inspect(args) -> int:
     if args.json:
         import json
 
-        print(json.dumps(info, indent=2))
+        text = json.dumps(info, indent=2)
     else:
-        print(inspection.render(info))
+        text = inspection.render(info)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `fastckpt inspect ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
