@@ -393,9 +393,9 @@ def apply_common(opts: "_criu.Opts", o: CheckpointOptions, netns: str = NETNS_HO
         lock = auto_network_lock(netns, o.empty_ns, o.tcp_established, dumped_with)
     if lock is not None:
         opts.set_network_lock(int(lock))
-    return lock.name.lower() if lock is not None else "iptables"  # None: CRIU's default
     for key in o.extra_externals:
         opts.add_external(key)
+    return lock.name.lower() if lock is not None else "iptables"  # None: CRIU's default
 
 
 def checkpoint(container_id: str | None = None, options: CheckpointOptions | None = None, *,
