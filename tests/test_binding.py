@@ -1,11 +1,14 @@
 """The Cython binding itself (fastckpt._criu): constants, options, notifications, operations."""
 from __future__ import annotations
 
+import errno
 import os
+import socket
 
 import pytest
 
-from fastckpt import _criu, constants, engine
+import fastckpt
+from fastckpt import _criu, constants, criu_proc, engine
 
 
 # the kernel's ABI (linux/sched.h)
@@ -75,3 +78,87 @@ def test_notify_handler_failure_aborts_the_dump(proc_tree, tmp_path):
     assert ret < 0, "a handler that fails must abort CRIU's dump"
     assert isinstance(opts.notify_error, RuntimeError)
     assert tree.alive()
+
+
+# --- the error boundary: what the binding refuses is a fastckpt.Error, said clearly -------------
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda o: o.set_network_lock(99), "libcriu refused the network lock method 99"),
+    (lambda o: o.set_pid("12"), "pid must be an integer, not str"),
+    (lambda o: o.set_pid(0), "pid 0 is out of range"),
+    (lambda o: o.set_log_level(7), "the log level 7 is out of range"),
+    (lambda o: o.set_page_server("10.0.0.1", 70000), "the page server port 70000 is out of range"),
+    (lambda o: o.add_external("net[1]\0:x"), "contains a NUL byte"),
+    (lambda o: o.set_root(3), "the root must be a string, not int"),
+    (lambda o: o.set_notify(42), "the notify handler must be callable"),
+    (lambda o: o.run("dumpp"), "unknown CRIU operation 'dumpp'"),
+])
+def test_bad_values_are_usage_errors(call, needle):
+    with pytest.raises(fastckpt.UsageError) as e:
+        call(_criu.Opts())
+    assert needle in str(e.value), str(e.value)
+    assert isinstance(e.value, fastckpt.Error) and e.value.errno == errno.EINVAL
+
+
+def test_paths_are_encoded_as_the_file_system_does(tmp_path):
+    """A path that is not UTF-8 (surrogate-escaped, as os.fsdecode gives it) reaches libcriu as its bytes."""
+    o = _criu.Opts()
+    odd = os.fsdecode(b"/tmp/\xff\xfe-root")
+    o.set_root(odd)  # str.encode() would raise UnicodeEncodeError (a ValueError) here
+    o.set_root(b"/tmp/\xff\xfe-root")
+    o.add_ext_mount(odd, odd)
+
+
+def test_api_refuses_bad_externals_before_touching_anything(tmp_path):
+    for bad, needle in (([1], "must be a string"), (["a\0b"], "NUL byte"), ("net[1]:x", "a list")):
+        with pytest.raises(fastckpt.UsageError, match=needle):
+            fastckpt.CheckpointOptions(image_path=str(tmp_path / "img"), extra_externals=bad)
+    assert not (tmp_path / "img").exists()
+
+
+def open_fds() -> set:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_service_socket_is_owned_by_opts(tmp_path):
+    """The socket handed over belongs to the Opts: closed by libcriu after a request, by the Opts when
+    none was made; a used-up socket is never used again (its number may be another file's by then)."""
+    before = open_fds()
+    for _ in range(20):
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        o = _criu.Opts()
+        o.set_service_fd(a.detach())
+        del o  # no request made: the Opts closes it
+        b.close()
+    assert open_fds() == before
+
+    opts = engine.new_opts()
+    ret, _err, _stopped = criu_proc.run(opts, "version", engine.criu_binary())
+    assert ret > 0
+    with pytest.raises(fastckpt.CriuError, match="used up by an earlier operation"):
+        opts.run("version")  # the fd number libcriu closed is not ours any more
+
+
+def test_failing_setups_leak_no_descriptor():
+    """criu_proc.run() whose set-up fails after the socket was handed over: nothing stays open, no
+    criu is left running."""
+    binary = engine.criu_binary()
+
+    def refuse(pid):
+        raise fastckpt.Error("set-up failed on purpose")
+
+    run = lambda: criu_proc.run(engine.new_opts(), "check", binary, setup=refuse)  # noqa: E731
+    with pytest.raises(fastckpt.Error):
+        run()  # once first: modules, caches and the kdat cache are in place from here on
+    before = open_fds()
+    for _ in range(15):
+        with pytest.raises(fastckpt.Error, match="on purpose"):
+            run()
+    assert open_fds() == before, "descriptors leaked by failing set-ups"
+    assert not criu_proc.descendants(os.getpid()), "a criu outlived its failed set-up"
+
+
+def test_feature_check_gives_a_dict_or_raises():
+    features = engine.features()
+    assert set(features) == {"mem_track", "lazy_pages", "pidfd_store"}
+    assert all(isinstance(v, bool) for v in features.values())

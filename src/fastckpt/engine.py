@@ -83,7 +83,7 @@ def run_op(opts, op: str, session=None, *, log_path: str | None = None,
     """Run one CRIU operation: in a session's warm service, or in a criu of our own
     spawning (its own session, under a watchdog); a watchdog stop is a CriuError."""
     if session is not None:
-        return getattr(opts, op)()
+        return criu_proc.call(opts, op)
     r = criu_proc.run(opts, op, criu_binary(), log_path=log_path, timeout=timeout, setup=setup,
                       on_stop=on_stop)
     if isinstance(r, dict):
@@ -109,15 +109,14 @@ def criu_version() -> tuple[int, int, int]:
 
 
 def features() -> dict[str, bool]:
-    r = run_op(new_opts(), "feature_check")
-    if isinstance(r, tuple):
-        raise CriuError("feature-check", *r)
-    return r
+    """The kernel features CRIU finds (a CriuError when it cannot say)."""
+    return run_op(new_opts(), "feature_check")
 
 
 def check() -> dict[str, object]:
     """What `fastckpt check` reports: CRIU's path, version, `criu check` and kernel features."""
     path = criu_binary()
+    require_privileges("check")  # CRIU's probes need them: refused in one line, as a checkpoint is
     version = criu_version()
     ret, err = run_op(new_opts(), "check")
     return {
@@ -424,8 +423,8 @@ def checkpoint(container_id: str | None = None, options: CheckpointOptions | Non
     if session is None:
         criu_proc.prespawn()  # its exec overlaps the set-up below
     try:
-        # a container dump has CRIU set up cgroups: that must not wait a grace period
-        with lock, cgroups.FastMigrations(container_id is not None):
+        # a container dump has CRIU set up cgroups: opted in, that does not wait a grace period
+        with lock, cgroups.FastMigrations(container_id is not None and options.fast_migrations):
             return _checkpoint_locked(container_id, options, pid, root, session, t0)
     finally:
         criu_proc.discard_spare()  # not used: the checkpoint stopped before CRIU
