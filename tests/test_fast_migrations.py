@@ -44,13 +44,18 @@ def _no_warm_environment(monkeypatch):
     monkeypatch.delenv("FASTCKPT_WARM", raising=False)
 
 
-def test_off_unless_asked_for(procs_file):
+def assert_no_warm_up(requested: bool) -> None:
+    """Neither FastMigrations(REQUESTED) nor the command line's priming start a thread."""
     before = tasks()
-    with cgroups.FastMigrations(False) as fm:
+    with cgroups.FastMigrations(requested) as fm:
         assert not fm.started
         assert tasks() == before
-    cgroups.prime_fast_migrations(False)
+    cgroups.prime_fast_migrations(requested)
     assert tasks() == before
+
+
+def test_off_unless_asked_for(procs_file):
+    assert_no_warm_up(False)
 
 
 def test_on_by_environment(procs_file, monkeypatch):
@@ -116,12 +121,7 @@ def test_an_unusable_file_means_no_thread_and_no_error(procs_file, tmp_path):
 def test_off_by_environment_whatever_was_asked(procs_file, monkeypatch):
     monkeypatch.setenv("FASTCKPT_NO_WARM", "1")
     monkeypatch.setenv("FASTCKPT_WARM", "1")
-    before = tasks()
-    with cgroups.FastMigrations(True) as fm:
-        assert not fm.started
-        assert tasks() == before
-    cgroups.prime_fast_migrations(True)
-    assert tasks() == before
+    assert_no_warm_up(True)
 
 
 def test_bad_periods_and_limits_are_refused(procs_file):

@@ -24,13 +24,15 @@ import gzip
 import os
 import random
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # tests/: the shim's tests describe a tree
+
+from test_tar_shim import tree as snapshot  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SOURCE = os.path.join(ROOT, "ext", "tar_shim.c")
 CORPUS = os.path.join(HERE, "corpus")
@@ -140,29 +142,6 @@ def mutate(rng: random.Random, base: bytes) -> bytes:
         if rng.random() < 0.85:
             fix_checksum(ar, off)
     return bytes(ar)
-
-
-def snapshot(root: str) -> dict:
-    """Every entry under ROOT (ROOT included): type and mode, owner, mtime, device, target or content."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            out[os.path.relpath(path, root)] = describe(path)
-    out["."] = describe(root)
-    return out
-
-
-def describe(path: str) -> tuple:
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        what = os.readlink(path)
-    elif stat.S_ISREG(st.st_mode):
-        with open(path, "rb") as f:
-            what = f.read()
-    else:
-        what = st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else None
-    return oct(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime), what
 
 
 def _undate(tree: dict, since: int) -> dict:
