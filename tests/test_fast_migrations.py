@@ -133,3 +133,29 @@ def test_bad_periods_and_limits_are_refused(procs_file):
     assert _libc.warm_start(procs_file) == 0  # still usable afterwards
     _libc.warm_stop()
     assert tasks() == before
+
+
+@pytest.mark.parametrize("flag, env, threads", [
+    ((), {}, 1),                                              # the default: no warm-up
+    (("--fast-migrations",), {}, 2),                          # asked for on the command line
+    ((), {"FASTCKPT_WARM": "1"}, 2),                          # or in the environment
+    (("--fast-migrations",), {"FASTCKPT_NO_WARM": "1"}, 1),   # never with FASTCKPT_NO_WARM=1
+])
+def test_the_command_warms_up_only_when_asked(procs_file, tmp_path, flag, env, threads):
+    """The real command, held while it builds its parser (after it would have primed the warm-up):
+    its threads are counted, then it is interrupted."""
+    import robust_support as rb
+
+    mark = str(tmp_path / "parsing")
+    cli = rb.Cli(["--root", str(tmp_path / "runc"), "checkpoint", *flag, "--image-path", str(tmp_path / "img"),
+                  "no-such-container"], str(tmp_path), env=env, slow={"cli.build_parser": mark})
+    try:
+        wait_until(lambda: os.path.exists(mark) or not cli.running(), "the command to build its parser")
+        assert cli.running(), "the command ended before it built its parser"
+        seen = len(os.listdir(f"/proc/{cli.pid}/task"))
+    finally:
+        if cli.running():
+            cli.signal_group(signal.SIGINT)
+        res = cli.wait()
+    assert seen == threads, f"{seen} threads in `fastckpt checkpoint {' '.join(flag)}` with {env}"
+    assert res.returncode == 130, res
