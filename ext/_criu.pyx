@@ -11,7 +11,7 @@ gives back libcriu's ``(ret, errno)`` for the caller to classify with CRIU's log
 """
 import os
 
-from libc.errno cimport errno
+from libc.errno cimport errno, EBADF, ENOMEM
 from cpython.pythread cimport PyThread_get_thread_ident
 from libc.limits cimport INT_MAX, UINT_MAX
 from posix.unistd cimport close
@@ -130,7 +130,7 @@ cdef class Opts:
         self._service_fd = -1
         if c.criu_local_init_opts(&self._o) < 0:
             self._o = NULL
-            raise libcriu_error("options", -12, None)
+            raise libcriu_error("options", -ENOMEM, None)
 
     def __dealloc__(self):
         self._close_service_fd()
@@ -274,7 +274,7 @@ cdef class Opts:
         except KeyError:
             raise UsageError(f"unknown CRIU operation {op!r} (one of {', '.join(OPERATIONS)})") from None
         if self._service_fd_used:
-            raise CriuError(op, -9, 9, detail="the criu service socket was used up by an earlier operation "
+            raise CriuError(op, -EBADF, EBADF, detail="the criu service socket was used up by an earlier operation "
                                               "(libcriu closes it after each request): hand over a new one")
         if self._service_fd >= 0:  # libcriu closes it, whatever happens
             self._service_fd = -1
@@ -307,7 +307,7 @@ cdef class Opts:
         cdef c.criu_feature_check f
         cdef int ret, err
         if self._service_fd_used:
-            raise CriuError("feature-check", -9, 9, detail="the criu service socket was used up by an earlier "
+            raise CriuError("feature-check", -EBADF, EBADF, detail="the criu service socket was used up by an earlier "
                                                            "operation: hand over a new one")
         if self._service_fd >= 0:
             self._service_fd = -1

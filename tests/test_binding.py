@@ -162,3 +162,33 @@ def test_feature_check_gives_a_dict_or_raises():
     features = engine.features()
     assert set(features) == {"mem_track", "lazy_pages", "pidfd_store"}
     assert all(isinstance(v, bool) for v in features.values())
+
+
+def test_a_criu_path_that_is_not_utf8_works_through_the_command(tmp_path):
+    """FASTCKPT_CRIU naming a criu in a directory whose name is not UTF-8: the path reaches libcriu as
+    its bytes (str.encode() raised UnicodeEncodeError, a ValueError: a traceback from the command)."""
+    import subprocess
+    import sys
+
+    odd_dir = os.path.join(os.fsencode(str(tmp_path)), b"criu-\xff")
+    os.mkdir(odd_dir)
+    os.symlink(os.fsencode(engine.criu_binary()), os.path.join(odd_dir, b"criu"))
+    env = dict(os.environ)
+    env["FASTCKPT_CRIU"] = os.fsdecode(os.path.join(odd_dir, b"criu"))
+    env["FASTCKPT_KDAT_CACHE"] = "0"  # the host's kernel-probe cache is keyed to the criu path: not ours to touch
+    env["PYTHONIOENCODING"] = "utf-8:strict"  # stdout strict about encoding, as under most users' locales
+    r = subprocess.run([sys.executable, "-m", "fastckpt", "check"], env=env, capture_output=True, timeout=120)
+    assert b"Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 0, r
+    assert b"criu: " + os.path.join(odd_dir, b"criu") in r.stdout, r.stdout
+
+
+def test_the_kernel_probe_cache_stamp_may_hold_any_path(tmp_path):
+    """The stamp beside /run/criu.kdat holds the criu path it was made with: bytes that are not UTF-8
+    must read back as they were written (they made every later fastckpt fail with a traceback)."""
+    from fastckpt import kdat
+
+    stamp = tmp_path / "stamp"
+    key = "boot-id " + os.fsdecode(b"/opt/criu-\xff/criu") + " 1795992593"
+    kdat._write_atomic(str(stamp), os.fsencode(key))
+    assert kdat._read(str(stamp)) == key

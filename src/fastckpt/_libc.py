@@ -29,8 +29,8 @@ def _check(ret: int, what: str, path: str = None) -> None:
 
 def mount(source: str, target: str, fstype: str = None, flags: int = 0) -> None:
     ffi, lib = _lib()
-    _check(lib.mount(source.encode() if source else ffi.NULL, target.encode(),
-                     fstype.encode() if fstype else ffi.NULL, flags, ffi.NULL), "mount", target)
+    _check(lib.mount(os.fsencode(source) if source else ffi.NULL, os.fsencode(target),
+                     os.fsencode(fstype) if fstype else ffi.NULL, flags, ffi.NULL), "mount", target)
 
 
 def bind_mount(source: str, target: str) -> None:
@@ -40,7 +40,7 @@ def bind_mount(source: str, target: str) -> None:
 
 def umount(target: str, flags: int = MNT_DETACH) -> None:
     _, lib = _lib()
-    _check(lib.umount2(target.encode(), flags), "umount", target)
+    _check(lib.umount2(os.fsencode(target), flags), "umount", target)
 
 
 def setns(fd: int, nstype: int) -> None:

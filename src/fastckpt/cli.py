@@ -252,6 +252,10 @@ def _cmd_check(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
+    try:  # paths are printed as they are, bytes that are not UTF-8 included (as os.fsdecode gave them)
+        sys.stdout.reconfigure(errors="surrogateescape")
+    except (AttributeError, ValueError):
+        pass
     from .signals import install_cli_handlers
 
     install_cli_handlers()  # SIGTERM and SIGHUP stop fastckpt the way Ctrl-C does
