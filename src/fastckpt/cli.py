@@ -151,11 +151,6 @@ def _needs_fast_migrations(argv: list[str]) -> bool:
     return _runs_criu(argv) and (_requested(argv) == "restore" or "--pid" not in argv)
 
 
-def _fast_migrations_requested(argv: list[str]) -> bool:
-    """--fast-migrations among ARGV, or FASTCKPT_WARM=1: the warm-up is opt-in (cgroups.warm_wanted)."""
-    return "--fast-migrations" in argv or os.environ.get("FASTCKPT_WARM", "") not in ("", "0")
-
-
 def build_parser(argv: list[str] | None = None):
     """The parser; given ARGV, only the command asked for gets its arguments (argparse
     spends ~0.1 ms an argument, a fifth of the command's start-up for all of them)."""
@@ -263,10 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     if spare:
         from . import criu_proc
     try:
-        if _needs_fast_migrations(argv) and _fast_migrations_requested(argv):
+        if _needs_fast_migrations(argv):
             from .cgroups import prime_fast_migrations
 
-            prime_fast_migrations(True)  # opted in: warm while the parser is built and the modules load
+            # opted in (--fast-migrations, FASTCKPT_WARM=1): warm while the parser is built and the modules load
+            prime_fast_migrations("--fast-migrations" in argv)
         if spare:
             criu_proc.prespawn()  # CRIU's exec and start-up overlap ours; it goes if the command never uses it
         return _main(argv)
