@@ -73,8 +73,7 @@ def _missing(reason: str) -> None:
 
 def test_check_as_non_root_is_one_line():
     setpriv = shutil.which("setpriv")
-    if not setpriv:
-        _missing("setpriv (util-linux) is not installed")
+    assert setpriv, "setpriv (util-linux, essential in Debian) is not installed"
     r = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
                         "fastckpt", "check"], cwd="/", stdin=subprocess.DEVNULL, capture_output=True, text=True,
                        timeout=120)

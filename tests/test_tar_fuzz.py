@@ -46,19 +46,13 @@ def _checksum_ok(h: bytes) -> bool:
 
 
 def test_fuzz_the_shim_against_gnu_tar(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
     seconds = float(os.environ.get("FASTCKPT_FUZZ_SECONDS", "25"))
     seed = int(os.environ["FUZZ_SEED"]) if os.environ.get("FUZZ_SEED") else None
-    try:
-        fuzzer = fz.Fuzzer(str(tmp_path), seed)
-    except RuntimeError as e:  # no compiler with the sanitizers: missing here, a failure in CI
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(str(e))
-        pytest.skip(str(e))
+    fuzzer = fz.Fuzzer(str(tmp_path), seed)  # gcc with ASan/UBSan comes with make deps (CRIU's build needs gcc)
     fuzzer.run(seconds)
     print(fuzzer.summary())
     assert not fuzzer.failures, fuzzer.summary() + "\n---\n" + "\n---\n".join(fuzzer.failures)
     assert fuzzer.cases >= len(fz.corpus())
+    assert fuzzer.parser_cases > 1000 and fuzzer.parser_parsed > 0, fuzzer.summary()
     # the shim's own parser must have had a good share of the cases, not GNU tar only
     assert fuzzer.cases - fuzzer.handed_over() >= fuzzer.cases // 10, fuzzer.summary()
