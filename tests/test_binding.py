@@ -192,3 +192,15 @@ def test_the_kernel_probe_cache_stamp_may_hold_any_path(tmp_path):
     key = "boot-id " + os.fsdecode(b"/opt/criu-\xff/criu") + " 1795992593"
     kdat._write_atomic(str(stamp), os.fsencode(key))
     assert kdat._read(str(stamp)) == key
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda: fastckpt.checkpoint(pid="1234"), "pid must be an integer, not str"),
+    (lambda: fastckpt.checkpoint(pid=True), "pid must be an integer, not bool"),
+    (lambda: fastckpt.CheckpointOptions(log_level="debug"), "Invalid log level 'debug'"),
+    (lambda: fastckpt.RestoreOptions(log_level=2.5), "Invalid log level 2.5"),
+])
+def test_bad_values_through_the_api_are_usage_errors(call, needle):
+    """(Were ValueError and TypeError from int() and a comparison.)"""
+    with pytest.raises(fastckpt.UsageError, match=needle):
+        call()

@@ -364,7 +364,9 @@ def load_checkpointable(container_id: str, root: str) -> tuple[runc.Container, s
 
 # --- checkpoint ----------------------------------------------------------------
 
-def _check_pid(pid: int) -> None:
+def _check_pid(pid) -> None:
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise UsageError(f"pid must be an integer, not {type(pid).__name__} {pid!r}")
     if pid <= 1:
         raise UsageError(f"cannot checkpoint pid {pid}")
     if pid == os.getpid():
@@ -418,8 +420,8 @@ def checkpoint(container_id: str | None = None, options: CheckpointOptions | Non
         runc.validate_id(container_id)
         lock = locks.container(root, container_id)
     else:
-        _check_pid(int(pid))
-        lock = locks.process(int(pid))
+        _check_pid(pid)
+        lock = locks.process(pid)
     if session is None:
         criu_proc.prespawn()  # its exec overlaps the set-up below
     try:

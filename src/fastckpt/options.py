@@ -214,8 +214,8 @@ class CheckpointOptions(_ImagePaths, Record, frozen=True):
         set_("network_lock", parse_network_lock(self.network_lock))
         set_("extra_externals", parse_externals(self.extra_externals))
         _normalize_paths(self, ("image_path", "work_path"))
-        if not 0 <= self.log_level <= 4:
-            raise UsageError(f"Invalid log level {self.log_level} (0-4)")
+        if isinstance(self.log_level, bool) or not isinstance(self.log_level, int) or not 0 <= self.log_level <= 4:
+            raise UsageError(f"Invalid log level {self.log_level!r} (an integer 0-4)")
 
 
 
@@ -247,8 +247,8 @@ class RestoreOptions(_ImagePaths, Record, frozen=True):
         set_("network_lock", parse_network_lock(self.network_lock))
         set_("extra_externals", parse_externals(self.extra_externals))
         _normalize_paths(self, ("image_path", "work_path", "bundle", "pid_file"))
-        if not 0 <= self.log_level <= 4:
-            raise UsageError(f"Invalid log level {self.log_level} (0-4)")
+        if isinstance(self.log_level, bool) or not isinstance(self.log_level, int) or not 0 <= self.log_level <= 4:
+            raise UsageError(f"Invalid log level {self.log_level!r} (an integer 0-4)")
 
     def resolved_bundle(self) -> str:
         return os.path.abspath(self.bundle or os.getcwd())
