@@ -37,7 +37,7 @@ def criu_extension():
     return Extension(
         "fastckpt._criu",
         sources=["ext/_criu.pyx"],
-        depends=["ext/warm.h", "ext/libcriu.pxd", "ext/tar_shim.c"],
+        depends=["ext/libcriu.pxd"],
         include_dirs=["ext"] + [f[2:] for f in cflags if f.startswith("-I")],
         library_dirs=libdirs,
         runtime_library_dirs=libdirs,

@@ -1,19 +1,24 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""fastckpt._criu: a thin Cython binding of libcriu's criu_local_* API.
+"""fastckpt._criu: a thin Cython binding of libcriu's criu_local_* API (libcriu only).
 
-It only marshals: an :class:`Opts` owns one ``criu_opts``, its setters map
-1:1 onto libcriu's, and each operation releases the GIL around the CRIU call
-and returns the raw ``(ret, errno)`` pair.  Errors, validation and the
-object model live in the Python package (``fastckpt.errors`` et al.).
+It marshals: an :class:`Opts` owns one ``criu_opts`` (and the service socket
+handed to it), its setters map 1:1 onto libcriu's, and :meth:`Opts.run`
+releases the GIL around the CRIU call.  What can go wrong here is raised as
+fastckpt's own errors, made by ``fastckpt.errors`` (the one translation): a
+value libcriu cannot take is a ``UsageError``, a CRIU operation that failed
+gives back libcriu's ``(ret, errno)`` for the caller to classify with CRIU's log
+(``fastckpt.errors.CriuError``).
 """
-from libc.errno cimport errno
+import os
+
+from libc.errno cimport errno, EBADF, ENOMEM
 from cpython.pythread cimport PyThread_get_thread_ident
+from libc.limits cimport INT_MAX, UINT_MAX
+from posix.unistd cimport close
+
+from fastckpt.errors import CriuError, UsageError, libcriu_error
 
 cimport libcriu as c
-
-cdef extern from "warm.h" nogil:
-    int fc_warm_run(const char *procs_path, long period_us, long limit_ms, int user)
-    void fc_warm_stop()
 
 # --- constants, exported as plain ints (wrapped as enums by fastckpt.constants)
 CLONE_NEWNS = c.CLONE_NEWNS
@@ -49,29 +54,13 @@ CRIU_LOG_DEBUG = c.CRIU_LOG_DEBUG
 LIBCRIU_VERSION = (c.CRIU_VERSION_MAJOR, c.CRIU_VERSION_MINOR, c.CRIU_VERSION_SUBLEVEL)
 
 
+# CRIU's operations, by name (Opts.run(name))
+cdef enum _Op:
+    _OP_DUMP, _OP_PRE_DUMP, _OP_RESTORE, _OP_RESTORE_CHILD, _OP_CHECK, _OP_VERSION
 
-def warm_start(procs_path, long period_us=3000, long limit_ms=600000, bint user=True):
-    """Keep cgroup migrations fast: rewrite "0" into PROCS_PATH every PERIOD_US (ext/warm.h).
-
-    PROCS_PATH is the cgroup.procs of a cgroup this process is in. Calls nest:
-    each one (USER true) needs one warm_stop(), whatever it returned. USER
-    false primes it ahead of the operation instead: not
-    counted, the thread ends LIMIT_MS from now at the latest, or with the last
-    warm_stop() of the users that come meanwhile. Returns 0, or -errno when no
-    thread could be started.
-    """
-    cdef bytes path = procs_path.encode() if isinstance(procs_path, str) else bytes(procs_path)
-    cdef const char *p = path
-    cdef int ret
-    with nogil:
-        ret = fc_warm_run(p, period_us, limit_ms, user)
-    return ret
-
-
-def warm_stop():
-    """One warm_start() done; the last one stops the thread (waits for it, at most one write)."""
-    with nogil:
-        fc_warm_stop()
+OPERATIONS = ("dump", "pre_dump", "restore", "restore_child", "check", "version")
+cdef dict _OPS = {"dump": _OP_DUMP, "pre_dump": _OP_PRE_DUMP, "restore": _OP_RESTORE,
+                  "restore_child": _OP_RESTORE_CHILD, "check": _OP_CHECK, "version": _OP_VERSION}
 
 
 # libcriu's notify callback carries no user data: the operation running in a
@@ -91,50 +80,110 @@ cdef int _notify_trampoline(char *action, c.criu_notify_arg_t na) noexcept with 
         return -1
 
 
-cdef inline bytes _b(s):
-    return s.encode() if isinstance(s, str) else bytes(s)
+cdef bytes _path(value, str what):
+    """A str or bytes (path, name, key) as libcriu's C string: os.fsencode, no NUL inside."""
+    try:
+        b = os.fsencode(value)
+    except TypeError:
+        raise UsageError(f"{what} must be a string, not {type(value).__name__}") from None
+    if b"\0" in b:
+        raise UsageError(f"{what} {value!r} contains a NUL byte")
+    return b
+
+
+cdef long long _int(value, str what, long long lo, long long hi) except? -1:
+    """An integer in [LO, HI] for a C int argument (bool is not taken for a number)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            value = value.__index__()
+        except AttributeError:
+            raise UsageError(f"{what} must be an integer, not {type(value).__name__}") from None
+    if not lo <= value <= hi:
+        raise UsageError(f"{what} {value} is out of range ({lo}-{hi})")
+    return value
 
 
 cdef inline const char *_cstr(bytes b):
     return NULL if b is None else <const char *>b
 
 
-cdef inline void _check(int r, str what) except *:
+cdef inline int _check(int r, str what, value) except -1:
     if r < 0:
-        if r == -12:
-            raise MemoryError(what)
-        raise ValueError(f"libcriu rejected {what} ({r})")
+        raise libcriu_error(what, r, value)
+    return 0
 
 
 cdef class Opts:
-    """One ``criu_opts``; freed with the object."""
+    """One ``criu_opts``; freed with the object.
+
+    A service socket given to :meth:`set_service_fd` belongs to the object:
+    libcriu closes it at the end of the next operation, and the object closes
+    it when no operation took it (:meth:`close_service_fd`, or when it is freed).
+    """
     cdef c.criu_opts *_o
     cdef object _notify
+    cdef int _service_fd       # the socket handed over and not yet used, or -1
+    cdef bint _service_fd_used  # the last one was used up: libcriu closed it
     cdef public object notify_error
 
     def __cinit__(self):
+        self._service_fd = -1
         if c.criu_local_init_opts(&self._o) < 0:
-            raise MemoryError("criu_local_init_opts")
+            self._o = NULL
+            raise libcriu_error("options", -ENOMEM, None)
 
     def __dealloc__(self):
+        self._close_service_fd()
         if self._o is not NULL:
             c.criu_local_free_opts(self._o)
             self._o = NULL
 
     # --- where CRIU runs
-    def set_service_address(self, path): _check(c.criu_local_set_service_address(self._o, _b(path)), "service address")
-    def set_service_fd(self, int fd): c.criu_local_set_service_fd(self._o, fd)
-    def set_service_binary(self, path): _check(c.criu_local_set_service_binary(self._o, _b(path)), "service binary")
+    def set_service_address(self, path):
+        self.close_service_fd()
+        self._service_fd_used = False
+        _check(c.criu_local_set_service_address(self._o, _path(path, "the criu service address")),
+               "the criu service address", path)
+
+    def set_service_fd(self, fd):
+        """Hand over FD, a connected socket of `criu swrk`: this object owns it from now on."""
+        cdef int n = <int>_int(fd, "the criu service fd", 0, INT_MAX)
+        if n != self._service_fd:
+            self.close_service_fd()
+        self._service_fd = n
+        self._service_fd_used = False
+        c.criu_local_set_service_fd(self._o, n)
+
+    def close_service_fd(self):
+        """Close the service socket handed over, if no operation used it (idempotent)."""
+        self._close_service_fd()
+
+    cdef void _close_service_fd(self) noexcept:
+        if self._service_fd >= 0:
+            close(self._service_fd)
+            self._service_fd = -1
+            self._service_fd_used = True  # the number is no longer ours to use
+
+    def set_service_binary(self, path):
+        self.close_service_fd()
+        self._service_fd_used = False
+        _check(c.criu_local_set_service_binary(self._o, _path(path, "the criu binary")), "the criu binary", path)
 
     # --- what and where
-    def set_pid(self, int pid): c.criu_local_set_pid(self._o, pid)
-    def set_images_dir_fd(self, int fd): c.criu_local_set_images_dir_fd(self._o, fd)
-    def set_work_dir_fd(self, int fd): c.criu_local_set_work_dir_fd(self._o, fd)
-    def set_parent_images(self, path): _check(c.criu_local_set_parent_images(self._o, _b(path)), "parent images")
-    def set_log_file(self, name): _check(c.criu_local_set_log_file(self._o, _b(name)), "log file")
-    def set_log_level(self, int level): c.criu_local_set_log_level(self._o, level)
-    def set_root(self, path): _check(c.criu_local_set_root(self._o, _b(path)), "root")
-    def set_timeout(self, unsigned int seconds): c.criu_local_set_timeout(self._o, seconds)
+    def set_pid(self, pid): c.criu_local_set_pid(self._o, <int>_int(pid, "pid", 1, INT_MAX))
+    def set_images_dir_fd(self, fd):
+        c.criu_local_set_images_dir_fd(self._o, <int>_int(fd, "the image directory fd", 0, INT_MAX))
+    def set_work_dir_fd(self, fd):
+        c.criu_local_set_work_dir_fd(self._o, <int>_int(fd, "the work directory fd", 0, INT_MAX))
+    def set_parent_images(self, path):
+        _check(c.criu_local_set_parent_images(self._o, _path(path, "the parent images path")),
+               "the parent images path", path)
+    def set_log_file(self, name):
+        _check(c.criu_local_set_log_file(self._o, _path(name, "the log file")), "the log file", name)
+    def set_log_level(self, level): c.criu_local_set_log_level(self._o, <int>_int(level, "the log level", 0, 4))
+    def set_root(self, path): _check(c.criu_local_set_root(self._o, _path(path, "the root")), "the root", path)
+    def set_timeout(self, seconds):
+        c.criu_local_set_timeout(self._o, <unsigned int>_int(seconds, "the timeout", 0, UINT_MAX))
 
     # --- behaviour flags
     def set_leave_running(self, bint v): c.criu_local_set_leave_running(self._o, v)
@@ -142,7 +191,9 @@ cdef class Opts:
     def set_tcp_skip_in_flight(self, bint v): c.criu_local_set_tcp_skip_in_flight(self._o, v)
     def set_tcp_close(self, bint v): c.criu_local_set_tcp_close(self._o, v)
     def set_ext_unix_sk(self, bint v): c.criu_local_set_ext_unix_sk(self._o, v)
-    def add_unix_sk(self, unsigned int inode): _check(c.criu_local_add_unix_sk(self._o, inode), "unix socket inode")
+    def add_unix_sk(self, inode):
+        _check(c.criu_local_add_unix_sk(self._o, <unsigned int>_int(inode, "the unix socket inode", 0, UINT_MAX)),
+               "the unix socket inode", inode)
     def set_shell_job(self, bint v): c.criu_local_set_shell_job(self._o, v)
     def set_file_locks(self, bint v): c.criu_local_set_file_locks(self._o, v)
     def set_orphan_pts_master(self, bint v): c.criu_local_set_orphan_pts_master(self._o, v)
@@ -156,76 +207,111 @@ cdef class Opts:
 
     # --- cgroups
     def set_manage_cgroups(self, bint v): c.criu_local_set_manage_cgroups(self._o, v)
-    def set_manage_cgroups_mode(self, int mode): c.criu_local_set_manage_cgroups_mode(self._o, <c.criu_cg_mode>mode)
-    def set_freeze_cgroup(self, path): _check(c.criu_local_set_freeze_cgroup(self._o, _b(path)), "freeze cgroup")
+    def set_manage_cgroups_mode(self, mode):
+        cdef int m = <int>_int(mode, "the manage cgroups mode", c.CRIU_CG_MODE_IGNORE, c.CRIU_CG_MODE_DEFAULT)
+        c.criu_local_set_manage_cgroups_mode(self._o, <c.criu_cg_mode>m)
+    def set_freeze_cgroup(self, path):
+        _check(c.criu_local_set_freeze_cgroup(self._o, _path(path, "the freeze cgroup")), "the freeze cgroup", path)
     def add_cg_root(self, ctrl, path):
-        cdef bytes bctrl = _b(ctrl) if ctrl else None
-        _check(c.criu_local_add_cg_root(self._o, _cstr(bctrl), _b(path)), "cgroup root")
+        cdef bytes bctrl = _path(ctrl, "the cgroup controller") if ctrl else None
+        _check(c.criu_local_add_cg_root(self._o, _cstr(bctrl), _path(path, "the cgroup root")),
+               "the cgroup root", path)
 
     # --- mounts, namespaces, externals
-    def add_ext_mount(self, key, val): _check(c.criu_local_add_ext_mount(self._o, _b(key), _b(val)), "external mount")
+    def add_ext_mount(self, key, val):
+        _check(c.criu_local_add_ext_mount(self._o, _path(key, "the external mount key"),
+                                          _path(val, "the external mount value")), "the external mount", key)
     def set_auto_ext_mnt(self, bint v): c.criu_local_set_auto_ext_mnt(self._o, v)
     def set_ext_sharing(self, bint v): c.criu_local_set_ext_sharing(self._o, v)
     def set_ext_masters(self, bint v): c.criu_local_set_ext_masters(self._o, v)
-    def add_skip_mnt(self, path): _check(c.criu_local_add_skip_mnt(self._o, _b(path)), "skip mount")
-    def add_external(self, key): _check(c.criu_local_add_external(self._o, _b(key)), "external")
-    def add_inherit_fd(self, int fd, key): _check(c.criu_local_add_inherit_fd(self._o, fd, _b(key)), "inherit fd")
-    def add_veth_pair(self, inside, outside): _check(c.criu_local_add_veth_pair(self._o, _b(inside), _b(outside)), "veth pair")
-    def set_empty_ns(self, int mask): c.criu_local_set_empty_ns(self._o, mask)
+    def add_skip_mnt(self, path):
+        _check(c.criu_local_add_skip_mnt(self._o, _path(path, "the skipped mount")), "the skipped mount", path)
+    def add_external(self, key):
+        _check(c.criu_local_add_external(self._o, _path(key, "the external")), "the external", key)
+    def add_inherit_fd(self, fd, key):
+        _check(c.criu_local_add_inherit_fd(self._o, <int>_int(fd, "the inherited fd", 0, INT_MAX),
+                                           _path(key, "the inherited fd's key")), "the inherited fd", key)
+    def add_veth_pair(self, inside, outside):
+        _check(c.criu_local_add_veth_pair(self._o, _path(inside, "the veth name inside"),
+                                          _path(outside, "the veth name outside")), "the veth pair", inside)
+    def set_empty_ns(self, mask): c.criu_local_set_empty_ns(self._o, <int>_int(mask, "the empty namespaces", 0, INT_MAX))
     def join_ns_add(self, ns, ns_file, extra_opt=None):
-        cdef bytes bextra = _b(extra_opt) if extra_opt else None
-        _check(c.criu_local_join_ns_add(self._o, _b(ns), _b(ns_file), _cstr(bextra)), "join ns")
-    def set_network_lock(self, int method): _check(c.criu_local_set_network_lock(self._o, <c.criu_network_lock_method>method), "network lock")
-    def set_page_server(self, address, int port):
+        cdef bytes bextra = _path(extra_opt, "the join-ns option") if extra_opt else None
+        _check(c.criu_local_join_ns_add(self._o, _path(ns, "the namespace to join"),
+                                        _path(ns_file, "the namespace file"), _cstr(bextra)), "the namespace to join", ns)
+    def set_network_lock(self, method):
+        cdef int m = <int>_int(method, "the network lock method", 0, INT_MAX)
+        _check(c.criu_local_set_network_lock(self._o, <c.criu_network_lock_method>m), "the network lock method", method)
+    def set_page_server(self, address, port):
         # libcriu (up to 4.2 at least) returns -ENOMEM from this setter even when it
         # succeeded, so its return value says nothing: it is not checked.
-        c.criu_local_set_page_server_address_port(self._o, _b(address), port)
+        cdef int p = <int>_int(port, "the page server port", 1, 65535)
+        c.criu_local_set_page_server_address_port(self._o, _path(address, "the page server address"), p)
 
     # --- notifications (CRIU's action scripts): handler(action: str, pid: int) -> int
     def set_notify(self, handler):
+        if handler is not None and not callable(handler):
+            raise UsageError(f"the notify handler must be callable, not {type(handler).__name__}")
         self._notify = handler
         if handler is None:
             c.criu_local_set_notify_cb(self._o, NULL)
         else:
             c.criu_local_set_notify_cb(self._o, _notify_trampoline)
 
-    # --- operations: each returns (ret, errno) with the GIL released meanwhile
-    cdef tuple _run(self, int op):
+    # --- operations
+    def run(self, str op):
+        """Run CRIU's operation OP (one of OPERATIONS), the GIL released meanwhile.
+
+        Returns libcriu's ``(ret, errno)``: ret >= 0 is success (restore_child:
+        the pid, version: the version number), a negative one a failure the
+        caller classifies with CRIU's log (fastckpt.engine.raise_criu_failure).
+        """
+        cdef int code
         cdef int ret = 0, err = 0
         cdef long tid = PyThread_get_thread_ident()
+        try:
+            code = _OPS[op]
+        except KeyError:
+            raise UsageError(f"unknown CRIU operation {op!r} (one of {', '.join(OPERATIONS)})") from None
+        if self._service_fd_used:
+            raise CriuError(op, -EBADF, EBADF, detail="the criu service socket was used up by an earlier operation "
+                                              "(libcriu closes it after each request): hand over a new one")
+        if self._service_fd >= 0:  # libcriu closes it, whatever happens
+            self._service_fd = -1
+            self._service_fd_used = True
         self.notify_error = None
         _running[tid] = self
         try:
             with nogil:
                 errno = 0
-                if op == 0:
+                if code == _OP_DUMP:
                     ret = c.criu_local_dump(self._o)
-                elif op == 1:
+                elif code == _OP_PRE_DUMP:
                     ret = c.criu_local_pre_dump(self._o)
-                elif op == 2:
+                elif code == _OP_RESTORE:
                     ret = c.criu_local_restore(self._o)
-                elif op == 3:
+                elif code == _OP_RESTORE_CHILD:
                     ret = c.criu_local_restore_child(self._o)
-                elif op == 4:
+                elif code == _OP_CHECK:
                     ret = c.criu_local_check(self._o)
-                elif op == 5:
+                else:
                     ret = c.criu_local_get_version(self._o)
                 err = errno
         finally:
             del _running[tid]
         return ret, err
 
-    def dump(self): return self._run(0)
-    def pre_dump(self): return self._run(1)
-    def restore(self): return self._run(2)
-    def restore_child(self): return self._run(3)
-    def check(self): return self._run(4)
-    def version(self): return self._run(5)
-
     def feature_check(self):
-        """{'mem_track': bool, 'lazy_pages': bool, 'pidfd_store': bool} or (ret, errno) on failure."""
+        """The kernel features CRIU found: {'mem_track': bool, 'lazy_pages': bool, 'pidfd_store': bool};
+        a CriuError when CRIU could not say."""
         cdef c.criu_feature_check f
         cdef int ret, err
+        if self._service_fd_used:
+            raise CriuError("feature-check", -EBADF, EBADF, detail="the criu service socket was used up by an earlier "
+                                                           "operation: hand over a new one")
+        if self._service_fd >= 0:
+            self._service_fd = -1
+            self._service_fd_used = True
         f.mem_track = True
         f.lazy_pages = True
         f.pidfd_store = True
@@ -234,6 +320,6 @@ cdef class Opts:
             ret = c.criu_local_feature_check(self._o, &f, sizeof(f))
             err = errno
         if ret < 0:
-            return ret, err
+            raise CriuError("feature-check", ret, err)
         return {"mem_track": bool(f.mem_track), "lazy_pages": bool(f.lazy_pages),
                 "pidfd_store": bool(f.pidfd_store)}

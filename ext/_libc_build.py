@@ -1,8 +1,11 @@
 """cffi build script (out-of-line, API mode) for fastckpt._libc_cffi.
 
-The few system calls Python's os module lacks.  Compiled at install time, so
-importing it costs no C parsing at run time.
+The few system calls Python's os module lacks, and the cgroup warm-up thread
+(warm.h).  Compiled at install time, so importing it costs no C parsing at run
+time.
 """
+import os
+
 from cffi import FFI
 
 ffibuilder = FFI()
@@ -12,13 +15,17 @@ int mount(const char *source, const char *target, const char *filesystemtype,
 int umount2(const char *target, int flags);
 int setns(int fd, int nstype);
 int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5);
+int fc_warm_run(const char *procs_path, long period_us, long limit_ms, int user);
+void fc_warm_stop(void);
 """)
 ffibuilder.set_source("fastckpt._libc_cffi", """
 #define _GNU_SOURCE
 #include <sched.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
-""")
+#include "warm.h"
+""", include_dirs=[os.path.dirname(os.path.abspath(__file__))], extra_compile_args=["-pthread"],
+                      extra_link_args=["-pthread"])
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

@@ -414,10 +414,26 @@ static int plain_path(const char *p)
 	}
 }
 
+/*
+ * GNU tar's test of whether directory D (a name as in the archive, trailing slashes taken off) is
+ * an ancestor of F: a directory's owner, mode and time are set once an entry outside it comes.
+ */
+static int gnu_ancestor(const char *d, const char *f)
+{
+	size_t dl = strlen(d), fl = strlen(f);
+
+	return dl < fl && f[dl] && (f[dl] == '/' || d[dl - 1] == '/') && !memcmp(f, d, dl);
+}
+
 /* Parse the archive; 1: not for us (real tar), -1: damaged (real tar says how). */
 static int parse(const unsigned char *ar, size_t len, struct entry *es, int *n)
 {
 	size_t off = 0;
+	/* directories whose owner, mode and time GNU tar has not set yet, latest last; and those it
+	 * set already (an entry outside them came), where a later entry would change their time */
+	static int open_dirs[MAX_ENTRIES];
+	static char closed[MAX_ENTRIES];
+	int depth = 0;
 
 	*n = 0;
 	while (off + BLOCK <= len) {
@@ -500,16 +516,23 @@ static int parse(const unsigned char *ar, size_t len, struct entry *es, int *n)
 			if (!strcmp(es[j].path, p))
 				return 1;
 		e->path = p;
-		/* the parent must be the root or a directory extracted before (GNU tar would make it) */
+		/* GNU tar sets the owner, mode and time of the directories this entry is not in now */
+		while (depth && !gnu_ancestor(names[open_dirs[depth - 1]], names[*n]))
+			closed[open_dirs[--depth]] = 1;
+		/* the parent must be the root or a directory extracted before (GNU tar would make it),
+		 * still open: an entry in a directory whose time GNU tar has set changes it again */
 		char *slash = strrchr(p, '/');
-		if (slash) {
-			int found = 0;
-			for (int j = 0; j < *n && !found; j++)
-				found = es[j].type == '5' && strlen(es[j].path) == (size_t)(slash - p) &&
-					!strncmp(es[j].path, p, slash - p);
-			if (!found)
-				return 1;
-		}
+		int parent = -1;
+		for (int j = 0; j < *n && parent < 0; j++)
+			if (slash ? es[j].type == '5' && strlen(es[j].path) == (size_t)(slash - p) &&
+					    !strncmp(es[j].path, p, slash - p)
+				  : strcmp(p, ".") && !strcmp(es[j].path, "."))
+				parent = j;
+		if ((slash && parent < 0) || (parent >= 0 && closed[parent]))
+			return 1;
+		closed[*n] = 0;
+		if (e->type == '5')
+			open_dirs[depth++] = *n;
 		(*n)++;
 	}
 	return -1; /* no end marker */
@@ -558,6 +581,42 @@ static int at_parent(int root, const char *path, const char **base)
 	return syscall(SYS_openat2, root, dir, &how, sizeof(how));
 }
 
+/*
+ * fchmodat() that never follows a symbolic link (something may put one in the node's place): the
+ * kernel's fchmodat2 with AT_SYMLINK_NOFOLLOW (6.6), else the node opened O_PATH | O_NOFOLLOW and
+ * changed through /proc/self/fd (what glibc does for it); a link is refused (ELOOP).
+ */
+#ifndef SYS_fchmodat2
+#define SYS_fchmodat2 452
+#endif
+static int chmod_nofollow(int dfd, const char *base, mode_t mode)
+{
+	char proc[64];
+	struct stat st;
+	int fd, ret;
+
+	if (!syscall(SYS_fchmodat2, dfd, base, mode, AT_SYMLINK_NOFOLLOW))
+		return 0;
+	if (errno != ENOSYS && errno != EINVAL)
+		return -1; /* EOPNOTSUPP: a link; or the reason chmod failed */
+	fd = openat(dfd, base, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	if (fstat(fd, &st)) {
+		close(fd);
+		return -1;
+	}
+	if (S_ISLNK(st.st_mode)) {
+		close(fd);
+		errno = ELOOP;
+		return -1;
+	}
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	ret = chmod(proc, mode);
+	close(fd);
+	return ret;
+}
+
 /* One entry, in the directory DFD under the name BASE; directories get their owner, mode and time later. */
 static int extract_one(int dfd, const char *base, const struct entry *e)
 {
@@ -593,7 +652,7 @@ static int extract_one(int dfd, const char *base, const struct entry *e)
 		mode_t kind = e->type == '3' ? S_IFCHR : e->type == '4' ? S_IFBLK : S_IFIFO;
 		if (make_way(dfd, base) || mknodat(dfd, base, kind | 0600, makedev(e->major, e->minor)))
 			return fail("make node", p);
-		if (fchownat(dfd, base, e->uid, e->gid, AT_SYMLINK_NOFOLLOW) || fchmodat(dfd, base, e->mode, 0))
+		if (fchownat(dfd, base, e->uid, e->gid, AT_SYMLINK_NOFOLLOW) || chmod_nofollow(dfd, base, e->mode))
 			return fail("set the owner and mode of", p);
 	}
 	}

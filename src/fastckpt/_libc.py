@@ -1,4 +1,4 @@
-"""The few system calls Python's os module lacks, through cffi.
+"""The few system calls Python's os module lacks, and the cgroup warm-up thread (ext/warm.h), through cffi.
 
 The cffi module is compiled at install time (ext/_libc_build.py, API mode),
 so loading it parses no C at run time.
@@ -29,8 +29,8 @@ def _check(ret: int, what: str, path: str = None) -> None:
 
 def mount(source: str, target: str, fstype: str = None, flags: int = 0) -> None:
     ffi, lib = _lib()
-    _check(lib.mount(source.encode() if source else ffi.NULL, target.encode(),
-                     fstype.encode() if fstype else ffi.NULL, flags, ffi.NULL), "mount", target)
+    _check(lib.mount(os.fsencode(source) if source else ffi.NULL, os.fsencode(target),
+                     os.fsencode(fstype) if fstype else ffi.NULL, flags, ffi.NULL), "mount", target)
 
 
 def bind_mount(source: str, target: str) -> None:
@@ -40,7 +40,7 @@ def bind_mount(source: str, target: str) -> None:
 
 def umount(target: str, flags: int = MNT_DETACH) -> None:
     _, lib = _lib()
-    _check(lib.umount2(target.encode(), flags), "umount", target)
+    _check(lib.umount2(os.fsencode(target), flags), "umount", target)
 
 
 def setns(fd: int, nstype: int) -> None:
@@ -51,3 +51,22 @@ def setns(fd: int, nstype: int) -> None:
 def set_child_subreaper(on: bool = True) -> None:
     _, lib = _lib()
     _check(lib.prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def warm_start(procs_path, period_us: int = 3000, limit_ms: int = 600_000, user: bool = True) -> int:
+    """Keep cgroup migrations fast: rewrite "0" into PROCS_PATH every PERIOD_US (ext/warm.h).
+
+    PROCS_PATH is the cgroup.procs of a cgroup this process is in. Calls nest:
+    each one (USER true) needs one warm_stop(), whatever it returned. USER
+    false primes it ahead of the operation instead: not counted, the thread
+    ends LIMIT_MS from now at the latest, or with the last warm_stop() of the
+    users that come meanwhile. Returns 0, or -errno when no thread could be started.
+    """
+    _, lib = _lib()
+    return lib.fc_warm_run(os.fsencode(procs_path), period_us, limit_ms, 1 if user else 0)
+
+
+def warm_stop() -> None:
+    """One warm_start() done; the last one stops the thread (waits for it, at most one write)."""
+    _, lib = _lib()
+    lib.fc_warm_stop()

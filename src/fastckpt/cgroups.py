@@ -41,15 +41,25 @@ def own() -> dict[str, str]:
     return out
 
 
-# --- fast migrations -----------------------------------------------------------------
+# --- fast migrations (opt-in) -----------------------------------------------------
 
 # hierarchies whose cgroup.procs the warm-up thread writes, in this order of preference
 _WARM_KEYS = ("pids", "freezer", "cpu", "memory", "")
+WARM_ENV = "FASTCKPT_WARM"  # =1: warm up as if --fast-migrations were given
+NO_WARM_ENV = "FASTCKPT_NO_WARM"  # =1: never warm up, whatever was asked
 
 
-def _warm_target() -> str | None:
-    """Where the warm-up writes: _own_procs_file(), unless FASTCKPT_NO_WARM is set."""
-    return None if os.environ.get("FASTCKPT_NO_WARM") else _own_procs_file()
+def warm_wanted(requested: bool = False) -> bool:
+    """The warm-up is off unless asked for: REQUESTED (--fast-migrations, the options'
+    fast_migrations) or FASTCKPT_WARM=1; FASTCKPT_NO_WARM=1 turns it off whatever was asked."""
+    if os.environ.get(NO_WARM_ENV, "") not in ("", "0"):
+        return False
+    return bool(requested) or os.environ.get(WARM_ENV, "") not in ("", "0")
+
+
+def _warm_target(requested: bool) -> str | None:
+    """Where the warm-up writes (_own_procs_file()), when it is wanted (warm_wanted())."""
+    return _own_procs_file() if warm_wanted(requested) else None
 
 
 def _own_procs_file() -> str | None:
@@ -68,46 +78,48 @@ def _own_procs_file() -> str | None:
 
 
 class FastMigrations:
-    """While open, moving tasks between cgroups skips the kernel's RCU grace period.
+    """While open, moving tasks between cgroups skips the kernel's RCU grace period: opt-in.
 
     The first cgroup migration after a quiet spell waits a grace period
     (~8-16 ms here): fastckpt's move of CRIU into a restored container's
-    cgroups, and CRIU's cgroup set-up in a container dump. A C thread keeps
-    the lock behind it warm meanwhile, by re-entering this process into the
-    cgroup it already is in every 3 ms (ext/warm.h). Off with
-    FASTCKPT_NO_WARM=1 or when nothing needs it (ON false).
+    cgroups, and CRIU's cgroup set-up in a container dump. When REQUESTED (or
+    FASTCKPT_WARM=1; never with FASTCKPT_NO_WARM=1), a C thread keeps the lock
+    behind it warm meanwhile, by re-entering this process into the cgroup it
+    already is in every 3 ms (ext/warm.h). Each of those writes takes the
+    host-wide cgroup_threadgroup_rwsem for writing, so every fork, exec and
+    exit on the host waits behind it: that is why it is off by default (see
+    the README: the kernel's favordynmods does the same for the whole host).
     """
 
-    def __init__(self, on: bool = True):
-        self.on = on
+    def __init__(self, requested: bool):
+        self.requested = requested
         self.started = False
 
     def __enter__(self) -> "FastMigrations":
-        if self.on:
-            path = _warm_target()
-            if path:
-                from . import _criu
+        path = _warm_target(self.requested)
+        if path:
+            from . import _libc
 
-                _criu.warm_start(path)  # nests; a failure only means no warm-up
-                self.started = True
+            _libc.warm_start(path)  # nests; a failure only means no warm-up
+            self.started = True
         return self
 
     def __exit__(self, *exc) -> None:
         if self.started:
-            from . import _criu
+            from . import _libc
 
             self.started = False
-            _criu.warm_stop()
+            _libc.warm_stop()
 
 
-def prime_fast_migrations() -> None:
+def prime_fast_migrations(requested: bool) -> None:
     """Start the warm-up ahead of an operation that will open FastMigrations (a command
     line has its modules to import first, and the first write waits the grace period)."""
-    path = _warm_target()
+    path = _warm_target(requested)
     if path:
-        from . import _criu
+        from . import _libc
 
-        _criu.warm_start(path, limit_ms=2000, user=False)
+        _libc.warm_start(path, limit_ms=2000, user=False)
 
 
 def paths_for(cg_config: dict) -> dict[str, str]:

@@ -15,11 +15,6 @@ import signal
 import threading
 import time
 
-# libcriu reports broken connections with perror() on our stderr; the command
-# says it in its own one line instead (cli sets this; an API caller's stderr is
-# left alone)
-MUTE_LIBCRIU_STDERR = False
-
 # A log that grows past this is a CRIU gone wrong (a restore of a damaged
 # pages image can loop writing ~25 MB/s of log); a normal one is < 10 MiB.
 LOG_LIMIT = 256 << 20
@@ -117,6 +112,8 @@ def criu_env() -> dict[str, str]:
     mounts, and hands anything else to the real tar. FASTCKPT_TAR_SHIM=0: off.
     """
     env = dict(os.environ)
+    # glibc's fatal messages ("free(): invalid pointer") go to CRIU's stderr, /dev/null, not to a tty
+    env["LIBC_FATAL_STDERR_"] = "1"
     if env.get("FASTCKPT_TAR_SHIM", "1") != "0" and os.access(os.path.join(LIBEXEC, "tar"), os.X_OK):
         env["PATH"] = LIBEXEC + os.pathsep + env.get("PATH", os.defpath)
     return env
@@ -147,8 +144,11 @@ def _spawn(binary: str) -> tuple[int, _socket.socket]:
         os.set_inheritable(theirs.fileno(), True)
         pid = os.posix_spawn(binary, [binary, "swrk", str(theirs.fileno())], criu_env(),
                              setsid=True, setsigmask=(),
-                             # CRIU logs to its log file; its stdout would only say "Looks good."
-                             file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)])
+                             # CRIU logs to its log file; its stdout would only say "Looks good.", its
+                             # stderr what it prints before its log is open (or glibc's abort message
+                             # when it crashes): fastckpt says what went wrong, from CRIU's log
+                             file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                                           (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)])
     except BaseException:
         ours.close()
         raise
@@ -203,6 +203,15 @@ def _take_spare(binary: str) -> tuple[int, _socket.socket] | None:
     return None
 
 
+def call(opts, op: str):
+    """OPTS.run(OP) (or its feature_check), libcriu's own prints held back: libcriu reports a broken
+    connection with perror() on our stderr; fastckpt says what went wrong in its own line instead."""
+    with _LibcriuStderr():
+        if op == "feature_check":
+            return opts.feature_check()
+        return opts.run(op)
+
+
 def run(opts, op: str, binary: str, *, log_path: str | None = None, timeout: float | None = None,
         log_limit: int = LOG_LIMIT, setup=None, on_stop=None):
     """Run OP ("dump", "restore", "check", ...) of OPTS in a ``criu swrk`` of its own (the spare one
@@ -213,7 +222,15 @@ def run(opts, op: str, binary: str, *, log_path: str | None = None, timeout: flo
     Returns (ret, errno, why CRIU was stopped or None) -- feature_check: its dict.
     """
     pid, ours = _take_spare(binary) or _spawn(binary)
-    opts.set_service_fd(ours.detach())  # libcriu closes it when the operation is over
+    try:
+        # OPTS owns the socket from here: libcriu closes it after the request, OPTS if none is made
+        opts.set_service_fd(ours.fileno())
+    except BaseException:
+        ours.close()
+        os.kill(pid, signal.SIGKILL)
+        _reap(pid)
+        raise
+    ours.detach()
     dog = Watchdog(pid, log_path, timeout, log_limit, on_stop)
     dog.start()
     try:
@@ -223,14 +240,9 @@ def run(opts, op: str, binary: str, *, log_path: str | None = None, timeout: flo
             except BaseException:
                 os.kill(pid, signal.SIGKILL)
                 raise
-        saved = _mute_stderr() if MUTE_LIBCRIU_STDERR else None
-        try:
-            result = getattr(opts, op)()
-        finally:
-            if saved is not None:
-                os.dup2(saved, 2)
-                os.close(saved)
+        result = call(opts, op)
     finally:
+        opts.close_service_fd()  # the request was never made: the socket is closed here
         dog.stop()
         _reap(pid)
     if isinstance(result, dict):  # feature_check's answer
@@ -238,12 +250,63 @@ def run(opts, op: str, binary: str, *, log_path: str | None = None, timeout: flo
     return (*result, dog.reason)
 
 
-def _mute_stderr() -> int:
-    saved = os.dup(2)
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    os.close(null)
-    return saved
+class _LibcriuStderr:
+    """Holds back libcriu's perror() lines (written on fd 2 by libcriu, in this process) during a
+    libcriu call: fd 2 goes to a memory file meanwhile, and what else was written there (by other
+    threads) is written to the real stderr afterwards. Calls from several threads share one
+    redirection (the first one in makes it, the last one out undoes it)."""
+
+    # libcriu's messages (lib/c/criu.c): perror()s and a few fprintf()s
+    LIBCRIU = ("Can't ", "Failed unpacking response", "Failed packing request", "Unexpected response type",
+               "The service address ", "ns parameter for join_ns")
+    _lock = threading.Lock()
+    _users = 0
+    _saved = -1
+    _mem = -1
+
+    def __enter__(self):
+        cls = _LibcriuStderr
+        with cls._lock:
+            if cls._users == 0:
+                try:
+                    mem = os.memfd_create("fastckpt-libcriu-stderr", os.MFD_CLOEXEC)
+                except OSError:
+                    return self  # nothing held back
+                cls._saved = os.dup(2)
+                os.dup2(mem, 2, inheritable=True)
+                cls._mem = mem
+            cls._users += 1
+            self.counted = True
+        return self
+
+    def __exit__(self, *exc):
+        cls = _LibcriuStderr
+        if not getattr(self, "counted", False):
+            return
+        with cls._lock:
+            cls._users -= 1
+            if cls._users:
+                return
+            os.dup2(cls._saved, 2, inheritable=True)
+            os.close(cls._saved)
+            mem, cls._mem, cls._saved = cls._mem, -1, -1
+        try:
+            data = b""
+            os.lseek(mem, 0, os.SEEK_SET)
+            while True:
+                chunk = os.read(mem, 1 << 16)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(mem)
+        others = b"".join(l for l in data.splitlines(keepends=True)
+                          if not l.decode("utf-8", "replace").startswith(self.LIBCRIU))
+        if others:
+            try:
+                os.write(2, others)
+            except OSError:
+                pass
 
 
 def _reap(pid: int) -> None:

@@ -83,7 +83,7 @@ def run_op(opts, op: str, session=None, *, log_path: str | None = None,
     """Run one CRIU operation: in a session's warm service, or in a criu of our own
     spawning (its own session, under a watchdog); a watchdog stop is a CriuError."""
     if session is not None:
-        return getattr(opts, op)()
+        return criu_proc.call(opts, op)
     r = criu_proc.run(opts, op, criu_binary(), log_path=log_path, timeout=timeout, setup=setup,
                       on_stop=on_stop)
     if isinstance(r, dict):
@@ -109,15 +109,14 @@ def criu_version() -> tuple[int, int, int]:
 
 
 def features() -> dict[str, bool]:
-    r = run_op(new_opts(), "feature_check")
-    if isinstance(r, tuple):
-        raise CriuError("feature-check", *r)
-    return r
+    """The kernel features CRIU finds (a CriuError when it cannot say)."""
+    return run_op(new_opts(), "feature_check")
 
 
 def check() -> dict[str, object]:
     """What `fastckpt check` reports: CRIU's path, version, `criu check` and kernel features."""
     path = criu_binary()
+    require_privileges("check")  # CRIU's probes need them: refused in one line, as a checkpoint is
     version = criu_version()
     ret, err = run_op(new_opts(), "check")
     return {
@@ -365,7 +364,9 @@ def load_checkpointable(container_id: str, root: str) -> tuple[runc.Container, s
 
 # --- checkpoint ----------------------------------------------------------------
 
-def _check_pid(pid: int) -> None:
+def _check_pid(pid) -> None:
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise UsageError(f"pid must be an integer, not {type(pid).__name__} {pid!r}")
     if pid <= 1:
         raise UsageError(f"cannot checkpoint pid {pid}")
     if pid == os.getpid():
@@ -393,9 +394,9 @@ def apply_common(opts: "_criu.Opts", o: CheckpointOptions, netns: str = NETNS_HO
         lock = auto_network_lock(netns, o.empty_ns, o.tcp_established, dumped_with)
     if lock is not None:
         opts.set_network_lock(int(lock))
-    return lock.name.lower() if lock is not None else "iptables"  # None: CRIU's default
     for key in o.extra_externals:
         opts.add_external(key)
+    return lock.name.lower() if lock is not None else "iptables"  # None: CRIU's default
 
 
 def checkpoint(container_id: str | None = None, options: CheckpointOptions | None = None, *,
@@ -419,13 +420,13 @@ def checkpoint(container_id: str | None = None, options: CheckpointOptions | Non
         runc.validate_id(container_id)
         lock = locks.container(root, container_id)
     else:
-        _check_pid(int(pid))
-        lock = locks.process(int(pid))
+        _check_pid(pid)
+        lock = locks.process(pid)
     if session is None:
         criu_proc.prespawn()  # its exec overlaps the set-up below
     try:
-        # a container dump has CRIU set up cgroups: that must not wait a grace period
-        with lock, cgroups.FastMigrations(container_id is not None):
+        # a container dump has CRIU set up cgroups: opted in, that does not wait a grace period
+        with lock, cgroups.FastMigrations(container_id is not None and options.fast_migrations):
             return _checkpoint_locked(container_id, options, pid, root, session, t0)
     finally:
         criu_proc.discard_spare()  # not used: the checkpoint stopped before CRIU

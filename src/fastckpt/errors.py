@@ -163,6 +163,15 @@ class CriuVersionError(CriuError):
     """
 
 
+def libcriu_error(what: str, ret: int, value=None) -> Error:
+    """The error for a libcriu setter that returned RET (< 0) for WHAT (VALUE): the one place
+    where libcriu's return codes become fastckpt's errors (the binding raises what this gives)."""
+    if ret == -_errno.ENOMEM:
+        return Error(f"out of memory while giving libcriu {what}", errno=_errno.ENOMEM)
+    shown = "" if value is None else f" {value!r}"
+    return UsageError(f"libcriu refused {what}{shown} ({os.strerror(-ret) if ret < -1 else 'invalid value'})")
+
+
 def log_errors(path: str | None, limit: int = 20) -> list:
     """The error lines of a CRIU log, without their prefixes, harmless ones left out.
 

@@ -41,8 +41,8 @@ def _key(criu: str) -> str:
 
 def _read(path: str) -> str | None:
     try:
-        with open(path) as f:
-            return f.read()
+        with open(path, "rb") as f:
+            return os.fsdecode(f.read())  # the key holds a path: its bytes, as os.fsencode wrote them
     except OSError:
         return None
 
@@ -92,7 +92,7 @@ def ensure(criu: str) -> None:
         except FileNotFoundError:
             pass
         if generate(criu):
-            _write_atomic(STAMP, key.encode())
+            _write_atomic(STAMP, os.fsencode(key))
         _ready = key
     except OSError:
         _ready = ""  # no cache: CRIU probes as usual

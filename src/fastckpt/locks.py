@@ -84,7 +84,7 @@ def _same(fd: int, path: str) -> bool:
 
 
 def container(root: str, container_id: str) -> Lock:
-    digest = f"{zlib.crc32(os.path.realpath(root).encode()):08x}"  # hashlib would load OpenSSL: ~2 ms
+    digest = f"{zlib.crc32(os.fsencode(os.path.realpath(root))):08x}"  # hashlib would load OpenSSL: ~2 ms
     return Lock(f"ct-{digest}-{container_id}", f"container {container_id!r}")
 
 

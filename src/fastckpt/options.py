@@ -147,6 +147,24 @@ def parse_network_lock(value: str | int | NetworkLock | None) -> NetworkLock | N
         raise UsageError(f"Invalid network lock method {value!r}") from None
 
 
+def parse_externals(value) -> tuple:
+    """CRIU's --external KEYs ("unix[INODE]", "net[INODE]:KEY", ...): a list of non-empty strings."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)):
+        raise UsageError(f"extra_externals must be a list of keys (a list, not the string {value!r})")
+    try:
+        keys = tuple(value)
+    except TypeError:
+        raise UsageError(f"extra_externals must be a list of keys, not {type(value).__name__}") from None
+    for key in keys:
+        if not isinstance(key, str) or not key:
+            raise UsageError(f"each of extra_externals must be a string, not {key!r}")
+        if "\0" in key:
+            raise UsageError(f"external {key!r} contains a NUL byte")
+    return keys
+
+
 class _ImagePaths:
     """Where images and logs go; shared by checkpoint and restore options."""
 
@@ -181,6 +199,7 @@ class CheckpointOptions(_ImagePaths, Record, frozen=True):
     network_lock: NetworkLock | None = DEFAULT_NETWORK_LOCK
     log_level: int = 4
     extra_externals: tuple = ()  # --external KEY strings handed to CRIU
+    fast_migrations: bool = False  # the cgroup warm-up (ext/warm.h): slows the host's forks meanwhile
 
     def __post_init__(self):
         ps = self.page_server
@@ -193,10 +212,10 @@ class CheckpointOptions(_ImagePaths, Record, frozen=True):
         set_("manage_cgroups_mode", parse_cgroup_mode(self.manage_cgroups_mode))
         set_("empty_ns", parse_empty_ns(self.empty_ns))
         set_("network_lock", parse_network_lock(self.network_lock))
-        set_("extra_externals", tuple(self.extra_externals))
+        set_("extra_externals", parse_externals(self.extra_externals))
         _normalize_paths(self, ("image_path", "work_path"))
-        if not 0 <= self.log_level <= 4:
-            raise UsageError(f"Invalid log level {self.log_level} (0-4)")
+        if isinstance(self.log_level, bool) or not isinstance(self.log_level, int) or not 0 <= self.log_level <= 4:
+            raise UsageError(f"Invalid log level {self.log_level!r} (an integer 0-4)")
 
 
 
@@ -219,16 +238,17 @@ class RestoreOptions(_ImagePaths, Record, frozen=True):
     network_lock: NetworkLock | None = DEFAULT_NETWORK_LOCK
     log_level: int = 4
     extra_externals: tuple = ()
+    fast_migrations: bool = False  # the cgroup warm-up (ext/warm.h): slows the host's forks meanwhile
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
         set_("manage_cgroups_mode", parse_cgroup_mode(self.manage_cgroups_mode))
         set_("empty_ns", parse_empty_ns(self.empty_ns))
         set_("network_lock", parse_network_lock(self.network_lock))
-        set_("extra_externals", tuple(self.extra_externals))
+        set_("extra_externals", parse_externals(self.extra_externals))
         _normalize_paths(self, ("image_path", "work_path", "bundle", "pid_file"))
-        if not 0 <= self.log_level <= 4:
-            raise UsageError(f"Invalid log level {self.log_level} (0-4)")
+        if isinstance(self.log_level, bool) or not isinstance(self.log_level, int) or not 0 <= self.log_level <= 4:
+            raise UsageError(f"Invalid log level {self.log_level!r} (an integer 0-4)")
 
     def resolved_bundle(self) -> str:
         return os.path.abspath(self.bundle or os.getcwd())

@@ -313,8 +313,8 @@ def restore(container_id: str | None = None, options: RestoreOptions | None = No
     if session is None:
         criu_proc.prespawn()  # its exec overlaps the checks of the images
     try:
-        # CRIU is moved into cgroups below: warm from here on, so that the move does not wait
-        with cgroups.FastMigrations():
+        # CRIU is moved into cgroups below: opted in, warm from here on, so that the move does not wait
+        with cgroups.FastMigrations(options.fast_migrations):
             result = _restore_checked(container_id, options, root, session, t0)
     finally:
         criu_proc.discard_spare()  # not used: the restore stopped before CRIU
