@@ -16,7 +16,7 @@ from ._record import Record, factory
 from . import _criu, cgroups, criu_proc, kdat, locks, manifest, netimages, runc, signals
 from .constants import MIN_CRIU_VERSION
 from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, DiskFull, Error,
-                     ImageDirError, Interrupted, PermissionDenied, UsageError, log_errors)
+                     ImageDirError, Interrupted, PermissionDenied, ProcessNotFound, UsageError, log_errors)
 from .options import NETNS_HOST, NETNS_OWN, NETNS_OWN_LO, CheckpointOptions, auto_network_lock
 
 DUMP_LOG = "dump.log"
@@ -26,6 +26,11 @@ _EXTERNAL_NS = {"NEWNET": ("net", "extRootNetNS"), "NEWPID": ("pid", "extRootPid
 
 
 class CheckpointResult(Record):
+    """What a checkpoint made: where its images and CRIU's log are, what was checkpointed
+    (``pid``, and ``container_id`` for a container), whether it was left running, how long it took
+    (``wall_time``, and ``frozen_time`` when fastckpt froze the container itself) and the image
+    files with their sizes (``files``). ``stats()`` decodes CRIU's statistics of the dump."""
+
     image_path: str
     work_path: str
     log_path: str
@@ -172,6 +177,8 @@ def make_private_dir(path: str, what: str) -> bool:
     hold process memory, and a writable one could be swapped under us).
     """
     made = not os.path.lexists(path)
+    if not made and not os.path.isdir(path):  # makedirs would say "File exists"
+        raise ImageDirError(f"{what} {path} is not a directory", errno=errno.ENOTDIR)
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as e:
@@ -371,7 +378,7 @@ def _check_pid(pid: int) -> None:
     if pid == os.getpid():
         raise UsageError("cannot checkpoint fastckpt's own process")
     if runc.proc_start_time(pid) is None:
-        raise Error(f"no running process with pid {pid}", errno=errno.ESRCH)
+        raise ProcessNotFound(f"no running process with pid {pid}")
 
 
 def apply_common(opts: "_criu.Opts", o: CheckpointOptions, netns: str = NETNS_HOST,

@@ -27,6 +27,11 @@ _INHERIT_NS = {"NEWNET": "extRootNetNS", "NEWPID": "extRootPidNS"}
 
 
 class RestoreResult(Record):
+    """What a restore brought back: the pid of the restored tree's root (a container's init),
+    where the images and CRIU's log are, the container's id and bundle (for a container), how long
+    it took (``wall_time``) and, for a container restored in the foreground, how it ended
+    (``exit_status``). ``stats()`` decodes CRIU's statistics of the restore."""
+
     pid: int
     image_path: str
     work_path: str
@@ -335,7 +340,8 @@ def _restore_checked(container_id: str | None, options: RestoreOptions, root: st
             who = f" of container {meta['id']!r}" if meta and meta.get("id") else " of a container"
             raise UsageError(f"the images in {image_path} are a checkpoint{who}: "
                              "restore them with a container id (and --bundle)")
-        return _guarded(lambda: _restore_process(options, t0, session), "the process tree")
+        with locks.process_images(image_path):
+            return _guarded(lambda: _restore_process(options, t0, session), "the process tree")
     runc.validate_id(container_id)
     if kind != "container":
         raise UsageError(f"the images in {image_path} are a checkpoint of a process tree, not of a "
