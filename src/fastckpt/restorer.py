@@ -261,6 +261,8 @@ def _open_dirs(options: RestoreOptions) -> tuple[str, str, list[int]]:
     work_path = options.resolved_work_path()
     if work_path != image_path:
         engine.make_private_dir(work_path, "work directory")
+    else:
+        engine.require_writable_work_dir(work_path, RESTORE_LOG)
     fds = [engine.open_dir_fd(image_path, "image directory")]
     fds.append(engine.open_dir_fd(work_path, "work directory") if work_path != image_path else fds[0])
     return image_path, work_path, fds
