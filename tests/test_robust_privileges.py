@@ -154,8 +154,9 @@ def test_capable_non_root_user_checkpoints_its_own_process(tmp_path, open_dir):
     lock_dir = f"/tmp/fastckpt-{NOBODY}"  # where fastckpt keeps a non-root user's locks without XDG_RUNTIME_DIR
     had_lock_dir = os.path.exists(lock_dir)
     with open(os.devnull, "r+b") as null:
+        # its working directory is one nobody may enter (CRIU, as nobody, stats it), wherever the checkout is
         sleeper = subprocess.Popen(setpriv() + ["sleep", "1000"], stdin=null, stdout=null, stderr=null,
-                                   start_new_session=True)
+                                   start_new_session=True, cwd=open_dir)
     try:
         rb.wait_for(lambda: os.stat(f"/proc/{sleeper.pid}").st_uid == NOBODY
                     and open(f"/proc/{sleeper.pid}/comm").read().strip() == "sleep", "nobody's sleep")
