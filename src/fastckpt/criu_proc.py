@@ -232,7 +232,10 @@ def prespawn() -> None:
     if getattr(_local, "spare", None) is None:
         binary = which(criu_name())
         if binary:
-            _local.spare = (binary, *_spawn(binary))
+            from .signals import deferred
+
+            with deferred():  # a Ctrl-C between its start and its record would leave it unknown to discard_spare()
+                _local.spare = (binary, *_spawn(binary))
 
 
 def discard_spare() -> None:

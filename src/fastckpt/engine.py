@@ -507,18 +507,40 @@ def checkpoint(container_id: str | None = None, options: CheckpointOptions | Non
     require_privileges("checkpoint")
     if container_id is not None:
         runc.validate_id(container_id)
-        lock = locks.container(root, container_id)
     else:
         _check_pid(int(pid))
-        lock = locks.process(int(pid))
-    if session is None:
-        criu_proc.prespawn()  # its exec overlaps the set-up below
+    result = None
     try:
+        lock = locks.container(root, container_id) if container_id is not None else locks.process(int(pid))
+        if session is None:
+            criu_proc.prespawn()  # its exec overlaps the set-up below
         # a container dump has CRIU set up cgroups: that must not wait a grace period
         with lock, cgroups.FastMigrations(container_id is not None):
-            return _checkpoint_locked(container_id, options, pid, root, session, t0)
+            result = _checkpoint_locked(container_id, options, pid, root, session, t0)
+        return result
+    except KeyboardInterrupt:
+        # outside _checkpoint_locked (which says what it left): before it (nothing was touched) or after
+        # it returned (the checkpoint is complete)
+        if result is not None:
+            what = f"container {container_id!r}" if container_id is not None else f"process {pid}"
+            gone = "was left running" if result.leave_running else "was checkpointed and is gone"
+            raise Interrupted(f"interrupted after the checkpoint completed: images in {result.image_path}; "
+                              f"{what} {gone}") from None
+        raise Interrupted(f"interrupted: nothing was checkpointed; {_untouched(container_id, pid, root)}") \
+            from None
     finally:
         criu_proc.discard_spare()  # not used: the checkpoint stopped before CRIU
+
+
+def _untouched(container_id: str | None, pid: int | None, root: str) -> str:
+    """What a checkpoint interrupted before it began left: its target as it was."""
+    if container_id is None:
+        return f"process {pid} is running"
+    try:
+        paused = runc.load(container_id, root).status() == runc.PAUSED
+    except Error:
+        paused = False
+    return f"container {container_id!r} " + ("is paused, as it was" if paused else "is running")
 
 
 def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, session, t0) -> CheckpointResult:
