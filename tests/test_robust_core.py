@@ -60,6 +60,31 @@ def test_pause_from_outside_during_the_dump(containers, tmp_path, leave_running)
     ct.assert_memory_intact()
 
 
+def test_ctrl_c_during_a_dump_hung_by_a_pause(containers, tmp_path):
+    """A Ctrl-C while CRIU is stuck on the paused container: (was: no effect, for ever) fastckpt stops CRIU,
+    exits 130 and says that nothing was checkpointed and that the container is paused by someone else."""
+    import signal
+
+    ct = containers(512)
+    images = str(tmp_path / "images")
+    cli = rb.Cli(["--root", ct.root, "checkpoint", "--image-path", images, ct.id], str(tmp_path))
+    pages = os.path.join(images, "pages-1.img")
+    rb.wait_for(lambda: (os.path.exists(pages) and os.path.getsize(pages) > (64 << 20)) or not cli.running(),
+                "CRIU to write pages", timeout=60)
+    assert cli.running(), "the dump ended before it could be paused"
+    assert cs.runc(ct.root, "pause", ct.id).returncode == 0
+    cli.signal_group(signal.SIGINT)
+    res = cli.wait(timeout=90)
+    rb.assert_failed(res, 130, f"interrupted: nothing was checkpointed; container {ct.id!r} is paused "
+                               "(by someone else, while the checkpoint ran)")
+    assert not rb.checkpoint_files(images), rb.checkpoint_files(images)
+    assert not rb.criu_left(str(tmp_path))
+    assert ct.status() == "paused"
+    assert cs.runc(ct.root, "resume", ct.id).returncode == 0
+    ct.assert_running_thawed_advancing()
+    ct.assert_memory_intact()
+
+
 def test_dump_has_a_bound():
     """A dump is bounded like a restore: a minute plus 20 s a GB of the tree's resident memory."""
     from fastckpt import criu_proc

@@ -55,17 +55,6 @@ def test_signals_are_released_for_the_command_and_its_children():
     assert held.stdout.strip() == "[]", held
 
 
-def _blocked(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("SigBlk:"):
-                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
-    except OSError:
-        pass
-    return False
-
-
 def _run_and_signal(args, sig, delay, cwd):
     with open(os.devnull, "rb") as null:
         p = subprocess.Popen([COMMAND, *args], stdin=null, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -73,7 +62,7 @@ def _run_and_signal(args, sig, delay, cwd):
     # the offset counts from the launcher's first instructions (its signals blocked): a signal that comes
     # while the kernel still execs it finds no program of fastckpt's to handle it, and kills it as it
     # would any program (the default action; nothing was done then)
-    rs.wait_until(lambda: _blocked(p.pid) or p.poll() is not None, "the launcher to block signals", timeout=10,
+    rs.wait_until(lambda: signal.SIGINT in rb.proc_signals(p.pid, "SigBlk") or p.poll() is not None, "the launcher to block signals", timeout=10,
                   interval=0.0001)
     if delay:
         time.sleep(delay)
