@@ -43,7 +43,7 @@ def _read(path: str) -> str | None:
     try:
         with open(path) as f:
             return f.read()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: not text (damaged, or written by something else): stale
         return None
 
 
