@@ -125,11 +125,46 @@ def build_ext_with_tar_shim():
     return BuildExt
 
 
+def build_scripts_launcher():
+    """build_scripts whose one script, the `fastckpt` command, is ext/launch.c compiled: it blocks
+    Ctrl-C, SIGTERM and SIGHUP before it execs this interpreter on fastckpt.cli.run(), so that one
+    that comes while Python starts waits for fastckpt to handle it (see the file)."""
+    from distutils.command.build_scripts import build_scripts
+    from distutils.ccompiler import new_compiler
+    from distutils.sysconfig import customize_compiler
+
+    class BuildScripts(build_scripts):
+        def copy_scripts(self):
+            self.mkpath(self.build_dir)
+            out = os.path.join(self.build_dir, "fastckpt")
+            compiler = new_compiler()
+            customize_compiler(compiler)
+            python = sys.executable.replace("\\", "\\\\").replace('"', '\\"')
+            objects = compiler.compile(["ext/launch.c"], output_dir=os.path.join(self.build_dir, ".launch"),
+                                       macros=[("FASTCKPT_PYTHON", f'"{python}"')],
+                                       extra_postargs=["-O2", "-Wall"])
+            try:  # static: it starts in a fraction of a millisecond, before any signal can kill it
+                compiler.link_executable(objects, "fastckpt", output_dir=self.build_dir,
+                                         extra_postargs=["-static", "-s"])
+            except Exception:
+                compiler.link_executable(objects, "fastckpt", output_dir=self.build_dir, extra_postargs=["-s"])
+            self.rmtree_launch_objects()
+            return [out], [out]
+
+        def rmtree_launch_objects(self):
+            import shutil
+
+            shutil.rmtree(os.path.join(self.build_dir, ".launch"), ignore_errors=True)
+
+    return BuildScripts
+
+
 if __name__ == "__main__":
     from Cython.Build import cythonize
 
     setup(
         ext_modules=cythonize([criu_extension()], include_path=["ext"], language_level=3),
         cffi_modules=["ext/_libc_build.py:ffibuilder"],
-        cmdclass={"build_ext": build_ext_with_tar_shim()},
+        cmdclass={"build_ext": build_ext_with_tar_shim(), "build_scripts": build_scripts_launcher()},
+        scripts=["ext/launch.c"],  # built into the `fastckpt` command (build_scripts above)
     )

@@ -260,14 +260,7 @@ class Cli:
 
     def handlers_installed(self) -> bool:
         """The CLI's main() is running: its SIGTERM handler is in place."""
-        try:
-            with open(f"/proc/{self.pid}/status") as f:
-                for line in f:
-                    if line.startswith("SigCgt:"):
-                        return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
-        except OSError:
-            pass
-        return False
+        return signal.SIGTERM in proc_signals(self.pid, "SigCgt")
 
     def running(self) -> bool:
         return self.popen.poll() is None
@@ -286,6 +279,20 @@ class Cli:
         os.unlink(self.out_path)
         os.unlink(self.err_path)
         return res
+
+
+def proc_signals(pid: int, field: str) -> set:
+    """The signals of one of /proc/PID/status's sets (FIELD: SigBlk blocked, SigCgt caught, SigPnd...);
+    empty when PID is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    bits = int(line.split()[1], 16)
+                    return {n for n in range(1, 65) if bits & (1 << (n - 1))}
+    except OSError:
+        pass
+    return set()
 
 
 def run_cli(args: Sequence[str], workdir: str, **kw) -> rs.Result:

@@ -203,10 +203,10 @@ CHECKPOINT = [
     ("page-server-non-ascii-digits", ck("--image-path", "{img}", "--page-server", "host:\u0662\u0667", "{id}"), 2,
      ["Invalid port number"]),
     # paths
-    ("image-path-is-a-file", ck("--image-path", "{file}", "{id}"), 1, ["cannot create image directory {file}"]),
+    ("image-path-is-a-file", ck("--image-path", "{file}", "{id}"), 1, ["image directory {file} is not a directory"]),
     # (was a bug: the image directory made just before the work directory was refused stayed behind)
     ("work-path-is-a-file", ck("--image-path", "{img}", "--work-path", "{file}", "{id}"), 1,
-     ["cannot create work directory {file}"]),
+     ["work directory {file} is not a directory"]),
     ("root-does-not-exist", ["--root", "{no_root}", "checkpoint", "--image-path", "{img}", "{id}"], 1,
      ["container '{id}' does not exist (in runc root {no_root})"]),
     ("root-is-a-file", ["--root", "{file}", "checkpoint", "--image-path", "{img}", "{id}"], 1, ["'{id}'"]),
@@ -295,7 +295,7 @@ RESTORE = [
      ["the rootfs {no_rootfs}/rootfs of bundle {no_rootfs} does not exist"]),
     # image and work directories
     ("image-path-is-a-file", rt("--image-path", "{file}", "-b", "{bundle}", "{cid}"), 1, ["{file}"]),
-    ("work-path-is-a-file", rt_ok("--work-path", "{file}"), 1, ["cannot create work directory {file}"]),
+    ("work-path-is-a-file", rt_ok("--work-path", "{file}"), 1, ["work directory {file} is not a directory"]),
     ("work-path-writable-by-others", rt_ok("--work-path", "{open_work}"), 1,
      ["work directory {open_work} is writable by others (mode 777): refused"]),
     ("work-path-of-another-user", rt_ok("--work-path", "{other_work}"), 1,

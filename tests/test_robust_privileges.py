@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 import sys
 
 import pytest
@@ -45,7 +46,60 @@ def setpriv(*caps: str):
 
 
 def as_nobody(args, workdir: str, caps=()) -> rs.Result:
-    return rs.run(setpriv(*caps) + [sys.executable, "-m", "fastckpt", *args], workdir)
+    return rs.run(setpriv(*caps) + nobody_fastckpt() + list(args), workdir)
+
+
+_NOBODY_CMD: list = []
+
+
+def _nobody_can_run(python: str) -> bool:
+    want = "%d.%d" % sys.version_info[:2]
+    code = "import sys; print('%d.%d' % sys.version_info[:2])"
+    try:
+        r = subprocess.run(setpriv() + [python, "-I", "-c", code], capture_output=True, text=True, timeout=30,
+                           cwd="/")
+    except OSError:
+        return False
+    return r.returncode == 0 and r.stdout.strip() == want
+
+
+def nobody_fastckpt() -> list:
+    """The command that runs fastckpt as nobody, wherever the checkout is: the checkout (and its .venv) may
+    be in a directory only root may enter (a clone under /root, 0700), so what the command needs -- the
+    package as installed (with its compiled modules and libexec/tar) and cffi's backend -- is copied to a
+    directory of its own under /tmp that anyone may read, and run by an interpreter of the same version
+    that nobody may run."""
+    if _NOBODY_CMD:
+        return list(_NOBODY_CMD)
+    import glob
+    import tempfile
+
+    import fastckpt
+    import _cffi_backend
+
+    candidates = [sys.executable, os.path.realpath(sys.executable), getattr(sys, "_base_executable", ""),
+                  f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}", "/usr/bin/python3"]
+    python = next((c for c in candidates if c and os.path.exists(c) and _nobody_can_run(c)), None)
+    assert python, f"no Python {sys.version_info[0]}.{sys.version_info[1]} that uid {NOBODY} may run among {candidates}"
+    lib = tempfile.mkdtemp(prefix="fastckpt-nobody-", dir="/tmp")
+    os.chmod(lib, 0o755)
+    pkg = os.path.dirname(fastckpt.__file__)
+    shutil.copytree(pkg, os.path.join(lib, "fastckpt"), ignore=shutil.ignore_patterns("__pycache__"))
+    for f in glob.glob(os.path.join(os.path.dirname(_cffi_backend.__file__), "_cffi_backend*.so")):
+        shutil.copy2(f, lib)
+    for dirpath, dirnames, filenames in os.walk(lib):
+        for n in dirnames:
+            os.chmod(os.path.join(dirpath, n), 0o755)
+        for n in filenames:
+            path = os.path.join(dirpath, n)
+            os.chmod(path, 0o755 if os.access(path, os.X_OK) else 0o644)
+    import atexit
+
+    atexit.register(shutil.rmtree, lib, True)
+    # -I: neither the environment nor the working directory nor the user's site decide what is imported
+    _NOBODY_CMD[:] = [python, "-I", "-c", "import sys; sys.path.insert(0, %r); from fastckpt.cli import run; run()"
+                      % lib]
+    return list(_NOBODY_CMD)
 
 
 @pytest.fixture
@@ -100,8 +154,9 @@ def test_capable_non_root_user_checkpoints_its_own_process(tmp_path, open_dir):
     lock_dir = f"/tmp/fastckpt-{NOBODY}"  # where fastckpt keeps a non-root user's locks without XDG_RUNTIME_DIR
     had_lock_dir = os.path.exists(lock_dir)
     with open(os.devnull, "r+b") as null:
+        # its working directory is one nobody may enter (CRIU, as nobody, stats it), wherever the checkout is
         sleeper = subprocess.Popen(setpriv() + ["sleep", "1000"], stdin=null, stdout=null, stderr=null,
-                                   start_new_session=True)
+                                   start_new_session=True, cwd=open_dir)
     try:
         rb.wait_for(lambda: os.stat(f"/proc/{sleeper.pid}").st_uid == NOBODY
                     and open(f"/proc/{sleeper.pid}/comm").read().strip() == "sleep", "nobody's sleep")

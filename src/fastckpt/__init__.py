@@ -16,7 +16,8 @@ _EXPORTS = {
     "restore": "restorer", "RestoreResult": "restorer", "Session": "session",
     "CheckpointOptions": "options", "RestoreOptions": "options", "PageServer": "options",
     "CgroupMode": "constants", "LogLevel": "constants", "Namespace": "constants", "NetworkLock": "constants",
-    "Error": "errors", "UsageError": "errors", "ContainerNotFound": "errors", "ContainerStateError": "errors",
+    "Error": "errors", "UsageError": "errors", "ContainerNotFound": "errors", "ProcessNotFound": "errors",
+    "ContainerStateError": "errors",
     "CriuError": "errors", "CriuNotFound": "errors", "CriuVersionError": "errors",
     "FeatureUnavailable": "errors", "ImageDirError": "errors", "DiskFull": "errors", "Interrupted": "errors",
     "PermissionDenied": "errors", "ImageError": "errors", "DamagedImage": "errors",
@@ -44,7 +45,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .constants import CgroupMode, LogLevel, Namespace, NetworkLock
     from .engine import CheckpointResult, check, checkpoint, criu_version, features
     from .errors import (ContainerNotFound, ContainerStateError, CriuError, CriuNotFound, CriuVersionError,
-                         DamagedImage, Error, FeatureUnavailable, ImageDirError, ImageError, UsageError)
+                         DamagedImage, Error, FeatureUnavailable, ImageDirError, ImageError, ProcessNotFound,
+                         UsageError)
     from .images import read_stats
     from .inspection import inspect, inspect_path
     from .options import CheckpointOptions, PageServer, RestoreOptions

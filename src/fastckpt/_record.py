@@ -22,24 +22,49 @@ class factory:
     def __init__(self, make):
         self.make = make
 
+    def __repr__(self) -> str:  # as help() shows the default: a fresh one of these
+        return f"{getattr(self.make, '__name__', 'factory')}()"
+
+
+class _Signature:
+    """``Record.__signature__``: the fields as parameters, for help() and inspect.signature().
+
+    Made on access only: ``inspect`` costs milliseconds to import and the command never needs it.
+    """
+
+    def __get__(self, obj, cls):
+        import inspect
+
+        params = []
+        for name in cls._fields:
+            default = cls._defaults.get(name, inspect.Parameter.empty)
+            annotation = cls._annotations.get(name, inspect.Parameter.empty)
+            params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
+                                            annotation=annotation))
+        return inspect.Signature(params)
+
 
 class Record:
     _fields: tuple = ()
     _defaults: dict = {}
     _frozen: bool = False
+    _annotations: dict = {}
+    __signature__ = _Signature()
 
     def __init_subclass__(cls, frozen: bool = False, **kwargs):
         super().__init_subclass__(**kwargs)
         fields = list(cls._fields)
         defaults = dict(cls._defaults)
-        for name in cls.__dict__.get("__annotations__", {}):
+        annotations = dict(cls._annotations)
+        for name, annotation in cls.__dict__.get("__annotations__", {}).items():
             if name.startswith("_"):
                 continue
+            annotations[name] = annotation
             if name not in fields:
                 fields.append(name)
             if name in cls.__dict__:
                 defaults[name] = cls.__dict__[name]
-        cls._fields, cls._defaults = tuple(fields), defaults
+        cls._fields, cls._defaults, cls._annotations = tuple(fields), defaults, annotations
         cls._frozen = frozen or cls._frozen
         if not cls._frozen:
             cls.__hash__ = None  # mutable: unhashable, as dataclasses make it

@@ -193,16 +193,6 @@ def build_parser(argv: list[str] | None = None):
     return parser
 
 
-def _report(res, args, op: str, state: str) -> None:
-    """Print the result; an interruption now changes nothing done, and says so."""
-    try:
-        _print_result(res, args)
-    except KeyboardInterrupt:
-        from .errors import Interrupted
-
-        raise Interrupted(f"interrupted after the {op} completed: {state}") from None
-
-
 def _print_result(res, args) -> None:
     """--json: the result; --print-stats: its statistics ({"criu": ..., "wall_time_ms": ...}); both: one object."""
     import json
@@ -220,28 +210,40 @@ def _print_result(res, args) -> None:
 def _cmd_checkpoint(args) -> int:
     from . import engine, runc
     from .options import CheckpointOptions
-    from .errors import UsageError
+    from .errors import Interrupted, UsageError
 
     if args.container_id and args.pid is not None:
         raise UsageError("give a container id or --pid, not both")
     if not args.container_id and args.pid is None:
         raise UsageError('"checkpoint" requires a container id (or --pid PID)')
     options = _options(CheckpointOptions, args)
+    # an interruption inside engine.checkpoint() is its to describe; once it has returned, the checkpoint
+    # is complete, whatever comes
     res = engine.checkpoint(args.container_id, options, pid=args.pid, root=args.root or runc.DEFAULT_ROOT)
-    what = f"container {res.container_id!r}" if res.container_id else f"process {res.pid}"
-    _report(res, args, "checkpoint", f"images in {res.image_path}; {what} "
-            + ("was left running" if res.leave_running else "was checkpointed and is gone"))
+    state = f"images in {res.image_path}"
+    try:
+        what = f"container {res.container_id!r}" if res.container_id else f"process {res.pid}"
+        state += f"; {what} " + ("was left running" if res.leave_running else "was checkpointed and is gone")
+        _print_result(res, args)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted after the checkpoint completed: {state}") from None
     return 0
 
 
 def _cmd_restore(args) -> int:
     from . import restorer, runc
+    from .errors import Interrupted
     from .options import RestoreOptions
 
     options = _options(RestoreOptions, args)
+    # an interruption inside restorer.restore() is its to describe; once it has returned, the restore
+    # is complete, whatever comes
     res = restorer.restore(args.container_id or None, options, root=args.root or runc.DEFAULT_ROOT)
-    what = f"container {res.container_id!r}" if res.container_id else "the process tree"
-    _report(res, args, "restore", f"{what} runs (pid {res.pid})")
+    try:
+        what = f"container {res.container_id!r}" if res.container_id else "the process tree"
+        _print_result(res, args)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted after the restore completed: {what} runs (pid {res.pid})") from None
     return res.exit_status or 0
 
 
@@ -278,13 +280,17 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="surrogateescape")
     except (AttributeError, ValueError):
         pass
-    from .signals import install_cli_handlers
+    from .signals import install_cli_handlers, release_held
 
     install_cli_handlers()  # SIGTERM and SIGHUP stop fastckpt the way Ctrl-C does
     spare = _runs_criu(argv)
-    if spare:
-        from . import criu_proc
+    criu_proc = None
     try:
+        # the launcher held signals back since before Python started: one that came meanwhile is taken
+        # here, where it gets its one line (`python -m fastckpt` has them unblocked already)
+        release_held()
+        if spare:
+            from . import criu_proc
         if _needs_fast_migrations(argv):
             from .cgroups import prime_fast_migrations
 
@@ -298,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        if spare:
+        if criu_proc is not None:
             criu_proc.discard_spare()
 
 
@@ -320,7 +326,13 @@ def _main(argv: list[str]) -> int:
             return EXIT_USAGE
         return EXIT_INTERRUPTED if isinstance(e, Interrupted) else EXIT_ERROR
     except KeyboardInterrupt:
-        print("fastckpt: interrupted", file=sys.stderr)
+        # checkpoint and restore say themselves what an interruption once they began left: this one
+        # came before (while their modules loaded, their options were checked)
+        command = _requested(argv)
+        if command in ("checkpoint", "restore"):
+            print(f"fastckpt: interrupted before the {command} began: nothing was done", file=sys.stderr)
+        else:
+            print("fastckpt: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as e:
         print(f"fastckpt: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)

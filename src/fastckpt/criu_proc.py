@@ -21,18 +21,27 @@ LOG_LIMIT = 256 << 20
 
 
 class Watchdog(threading.Thread):
-    def __init__(self, pid: int, log_path: str | None, timeout: float | None, log_limit: int, on_stop=None):
+    def __init__(self, pid: int, log_path: str | None, timeout: float | None, log_limit: int, on_stop=None,
+                 watch=None):
         super().__init__(name="fastckpt-criu-watchdog", daemon=True)
         self.pid, self.log_path, self.timeout, self.log_limit = pid, log_path, timeout, log_limit
         self.on_stop = on_stop
+        self.watch = watch  # called at each look: a reason to stop CRIU, or None
         self.reason: str | None = None
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         start = time.monotonic()
         interval = 0.05
+        # a watch looks often: the freezer's thawed spell it waits for may be short
+        longest = 0.02 if self.watch is not None else 0.5
         while not self._stop_event.wait(interval):
-            interval = min(interval * 2, 0.5)
+            interval = min(interval * 2, longest)
+            if self.watch is not None:
+                why = self.watch()
+                if why:
+                    self._kill(why)
+                    return
             if self.timeout is not None and time.monotonic() - start > self.timeout:
                 self._kill(f"CRIU did not finish within {self.timeout:g} s and was stopped")
                 return
@@ -78,6 +87,59 @@ class Watchdog(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join()
+
+
+# --- the bounds of a dump ------------------------------------------------------------------
+
+def dump_bound(pid: int) -> float:
+    """How long a dump of the tree rooted at PID may take before CRIU is stopped: a minute plus 20 s a GB
+    of the tree's resident memory (what CRIU writes), as a restore is bounded by its pages."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    rss = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                rss += int(f.read().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            pass
+    return 60.0 + rss / 50e6
+
+
+class OutsidePause:
+    """Watches a container's freezer while CRIU dumps it, for a pause by someone else (`runc pause`).
+
+    CRIU thaws the cgroup once it has seized the tasks, and works on them thawed; frozen again under
+    it, they cannot run CRIU's parasite code and CRIU waits for ever. Frozen again for longer than
+    GRACE (CRIU itself freezes a cgroup it found frozen again just before it lets the tasks go, and
+    exits at once) is a pause by someone else: CRIU is stopped, and the pause is left in place.
+    """
+
+    GRACE = 2.0
+
+    def __init__(self, is_frozen):
+        self.is_frozen = is_frozen
+        self.seen_thawed = False
+        self.frozen_since: float | None = None
+        self.paused = False  # someone else paused the container during the dump
+
+    def __call__(self) -> str | None:
+        try:
+            frozen = self.is_frozen()
+        except OSError:
+            return None
+        if not frozen:
+            self.seen_thawed, self.frozen_since = True, None
+            return None
+        if not self.seen_thawed:
+            return None  # still fastckpt's own freeze: CRIU has not seized the tasks yet
+        now = time.monotonic()
+        if self.frozen_since is None:
+            self.frozen_since = now
+        elif now - self.frozen_since > self.GRACE:
+            self.paused = True
+            return ("the container was paused (frozen) by someone else while CRIU dumped it, and CRIU cannot "
+                    "go on with frozen tasks: the checkpoint was stopped; the container stays paused")
+        return None
 
 
 def descendants(pid: int) -> list[int]:
@@ -170,7 +232,10 @@ def prespawn() -> None:
     if getattr(_local, "spare", None) is None:
         binary = which(criu_name())
         if binary:
-            _local.spare = (binary, *_spawn(binary))
+            from .signals import deferred
+
+            with deferred():  # a Ctrl-C between its start and its record would leave it unknown to discard_spare()
+                _local.spare = (binary, *_spawn(binary))
 
 
 def discard_spare() -> None:
@@ -213,12 +278,13 @@ def call(opts, op: str):
 
 
 def run(opts, op: str, binary: str, *, log_path: str | None = None, timeout: float | None = None,
-        log_limit: int = LOG_LIMIT, setup=None, on_stop=None):
+        log_limit: int = LOG_LIMIT, setup=None, on_stop=None, watch=None):
     """Run OP ("dump", "restore", "check", ...) of OPTS in a ``criu swrk`` of its own (the spare one
     prespawn() started, or a new one).
 
     SETUP(pid), if given, runs once criu exists and before it gets its request;
-    ON_STOP(), if given, when the watchdog stops CRIU: it kills all CRIU started.
+    ON_STOP(), if given, when the watchdog stops CRIU: it kills all CRIU started; WATCH(), if given,
+    at each look of the watchdog: a reason to stop CRIU now, or None.
     Returns (ret, errno, why CRIU was stopped or None) -- feature_check: its dict.
     """
     pid, ours = _take_spare(binary) or _spawn(binary)
@@ -231,7 +297,7 @@ def run(opts, op: str, binary: str, *, log_path: str | None = None, timeout: flo
         _reap(pid)
         raise
     ours.detach()
-    dog = Watchdog(pid, log_path, timeout, log_limit, on_stop)
+    dog = Watchdog(pid, log_path, timeout, log_limit, on_stop, watch)
     dog.start()
     try:
         if setup is not None:

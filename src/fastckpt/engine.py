@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 import time
 
@@ -16,7 +17,7 @@ from ._record import Record, factory
 from . import _criu, cgroups, criu_proc, kdat, locks, manifest, netimages, runc, signals
 from .constants import MIN_CRIU_VERSION
 from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, DiskFull, Error,
-                     ImageDirError, Interrupted, PermissionDenied, UsageError, log_errors)
+                     ImageDirError, Interrupted, PermissionDenied, ProcessNotFound, UsageError, log_errors)
 from .options import NETNS_HOST, NETNS_OWN, NETNS_OWN_LO, CheckpointOptions, auto_network_lock
 
 DUMP_LOG = "dump.log"
@@ -26,6 +27,11 @@ _EXTERNAL_NS = {"NEWNET": ("net", "extRootNetNS"), "NEWPID": ("pid", "extRootPid
 
 
 class CheckpointResult(Record):
+    """What a checkpoint made: where its images and CRIU's log are, what was checkpointed
+    (``pid``, and ``container_id`` for a container), whether it was left running, how long it took
+    (``wall_time``, and ``frozen_time`` when fastckpt froze the container itself) and the image
+    files with their sizes (``files``). ``stats()`` decodes CRIU's statistics of the dump."""
+
     image_path: str
     work_path: str
     log_path: str
@@ -79,13 +85,13 @@ def new_opts(session=None) -> "_criu.Opts":
 
 
 def run_op(opts, op: str, session=None, *, log_path: str | None = None,
-           timeout: float | None = None, setup=None, on_stop=None) -> tuple[int, int]:
+           timeout: float | None = None, setup=None, on_stop=None, watch=None) -> tuple[int, int]:
     """Run one CRIU operation: in a session's warm service, or in a criu of our own
     spawning (its own session, under a watchdog); a watchdog stop is a CriuError."""
     if session is not None:
         return criu_proc.call(opts, op)
     r = criu_proc.run(opts, op, criu_binary(), log_path=log_path, timeout=timeout, setup=setup,
-                      on_stop=on_stop)
+                      on_stop=on_stop, watch=watch)
     if isinstance(r, dict):
         return r
     ret, err, stopped = r
@@ -139,7 +145,10 @@ def raise_criu_failure(op: str, ret: int, err: int, log_path: str | None,
         raise DiskFull(f"criu {op} failed: no space left on the disk holding {image_path}; the partial "
                        f"images were removed ({_free_bytes(image_path) >> 20} MiB free now)"
                        + (f" (log: {log_path})" if log_path else ""), errno=errno.ENOSPC)
-    if any("session leader" in l and "outside of its pid namespace" in l for l in lines):
+    taken = next((m for m in map(_FORK_EXISTS.search, lines) if m), None)
+    if taken:
+        detail = f"{taken.group(0)}: pid {taken.group(1)}, which the restored tree needs, {_pid_holder(int(taken.group(1)))}"
+    elif any("session leader" in l and "outside of its pid namespace" in l for l in lines):
         # CRIU refuses this whatever the options, so say what does help
         detail = (f"{lines[0]}: the tree's session leader is in an outer pid namespace; start the tree "
                   "with setsid (--shell-job does not help here)")
@@ -152,6 +161,70 @@ def raise_criu_failure(op: str, ret: int, err: int, log_path: str | None,
             raise CriuVersionError(op, ret, err, log_path, lines,
                                    f"CRIU {'.'.join(map(str, v))} is too old (need >= 4.1)")
     raise CriuError(op, ret, err, log_path, lines, detail)
+
+
+_FORK_EXISTS = re.compile(r"Can't fork for (\d+): File exists")
+
+
+def _pid_holder(pid: int) -> str:
+    """Who holds PID, as said after "pid N, which the restored tree needs, ..."."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return "was taken and is free now: try again"
+    comm = data[data.index("(") + 1:data.rindex(")")]
+    state, ppid = data[data.rindex(")") + 2:].split()[:2]
+    if state in ("Z", "X"):
+        return (f"is held by {comm!r}, a dead process (zombie) that its parent (pid {ppid}) has not reaped yet: "
+                "try again once it has")
+    return f"is taken by {comm!r} (parent pid {ppid}), a running process"
+
+
+# A dump that ends a process tree leaves its processes as zombies until their new parent (PID 1, or a
+# subreaper) reaps them -- ~1.5 s on some hosts -- and a zombie still holds its pid and its process group
+# and session ids, which a restore of the tree needs: the checkpoint returns once they are free.
+TREE_IDS_WAIT = 10.0
+
+
+def _stat_start(pid: int) -> bytes | None:
+    """PID's start time (a zombie's too), or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return data[data.rindex(b")") + 2:].split()[19]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def tree_members(pid: int) -> list[tuple[int, bytes]]:
+    """The processes below PID, each with its start time (which tells it from a later one of its pid), and
+    PID itself when its parent is PID 1 (a detached or restored tree; another parent reaps it when it
+    will -- fastckpt's caller may be that parent)."""
+    out = []
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        root_reaped_by_init = data[data.rindex(b")") + 2:].split()[1] == b"1"
+    except (OSError, ValueError, IndexError):
+        root_reaped_by_init = False
+    for p in ([pid] if root_reaped_by_init else []) + criu_proc.descendants(pid):
+        start = _stat_start(p)
+        if start is not None:
+            out.append((p, start))
+    return out
+
+
+def wait_ids_free(members: list[tuple[int, bytes]], timeout: float = TREE_IDS_WAIT) -> None:
+    """Wait (at most TIMEOUT) until the processes MEMBERS are gone, reaped by their parent."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while members:
+        members = [(p, start) for p, start in members if _stat_start(p) == start]
+        if not members or time.monotonic() > deadline:
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def _free_bytes(path: str) -> int:
@@ -171,6 +244,8 @@ def make_private_dir(path: str, what: str) -> bool:
     hold process memory, and a writable one could be swapped under us).
     """
     made = not os.path.lexists(path)
+    if not made and not os.path.isdir(path):  # makedirs would say "File exists"
+        raise ImageDirError(f"{what} {path} is not a directory", errno=errno.ENOTDIR)
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as e:
@@ -208,6 +283,21 @@ def check_private_dir(path: str, what: str, st: os.stat_result | None = None) ->
     if st.st_mode & 0o022:
         raise ImageDirError(f"{what} {path} is writable by others (mode {stat.S_IMODE(st.st_mode):o}): refused",
                             errno=errno.EPERM)
+
+
+def require_writable_work_dir(path: str, log: str) -> None:
+    """CRIU writes its LOG in the work directory (the image directory without --work-path): one it
+    cannot write in is refused before CRIU runs (CRIU would fail naming a log it could not create)."""
+    if os.access(path, os.W_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    why = "is on a read-only file system" if read_only else "is not writable"
+    raise ImageDirError(f"the work directory {path} {why}: CRIU cannot write its log ({log}) there; "
+                        "give a writable directory with --work-path (work_path=)",
+                        errno=errno.EROFS if read_only else errno.EACCES)
 
 
 # Linux capability numbers
@@ -372,7 +462,7 @@ def _check_pid(pid) -> None:
     if pid == os.getpid():
         raise UsageError("cannot checkpoint fastckpt's own process")
     if runc.proc_start_time(pid) is None:
-        raise Error(f"no running process with pid {pid}", errno=errno.ESRCH)
+        raise ProcessNotFound(f"no running process with pid {pid}")
 
 
 def apply_common(opts: "_criu.Opts", o: CheckpointOptions, netns: str = NETNS_HOST,
@@ -418,18 +508,40 @@ def checkpoint(container_id: str | None = None, options: CheckpointOptions | Non
     require_privileges("checkpoint")
     if container_id is not None:
         runc.validate_id(container_id)
-        lock = locks.container(root, container_id)
     else:
         _check_pid(pid)
-        lock = locks.process(pid)
-    if session is None:
-        criu_proc.prespawn()  # its exec overlaps the set-up below
+    result = None
     try:
+        lock = locks.container(root, container_id) if container_id is not None else locks.process(pid)
+        if session is None:
+            criu_proc.prespawn()  # its exec overlaps the set-up below
         # a container dump has CRIU set up cgroups: opted in, that does not wait a grace period
         with lock, cgroups.FastMigrations(container_id is not None and options.fast_migrations):
-            return _checkpoint_locked(container_id, options, pid, root, session, t0)
+            result = _checkpoint_locked(container_id, options, pid, root, session, t0)
+        return result
+    except KeyboardInterrupt:
+        # outside _checkpoint_locked (which says what it left): before it (nothing was touched) or after
+        # it returned (the checkpoint is complete)
+        if result is not None:
+            what = f"container {container_id!r}" if container_id is not None else f"process {pid}"
+            gone = "was left running" if result.leave_running else "was checkpointed and is gone"
+            raise Interrupted(f"interrupted after the checkpoint completed: images in {result.image_path}; "
+                              f"{what} {gone}") from None
+        raise Interrupted(f"interrupted: nothing was checkpointed; {_untouched(container_id, pid, root)}") \
+            from None
     finally:
         criu_proc.discard_spare()  # not used: the checkpoint stopped before CRIU
+
+
+def _untouched(container_id: str | None, pid: int | None, root: str) -> str:
+    """What a checkpoint interrupted before it began left: its target as it was."""
+    if container_id is None:
+        return f"process {pid} is running"
+    try:
+        paused = runc.load(container_id, root).status() == runc.PAUSED
+    except Error:
+        paused = False
+    return f"container {container_id!r} " + ("is paused, as it was" if paused else "is running")
 
 
 def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, session, t0) -> CheckpointResult:
@@ -451,9 +563,15 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
         opts = new_opts(session)
         state = f"{what} was left running" if options.leave_running else f"{what} was checkpointed and is gone"
         manifest_error: Error | None = None
+        # the processes a dump that ends the tree leaves as zombies (their ids wanted by a restore)
+        members = tree_members(target_pid) if ct is None and not options.leave_running else []
         with signals.deferred():
-            ret, err, known, frozen = _dump(opts, options, ct, was_paused, target_pid, image_path, work_path,
-                                            session)
+            try:
+                ret, err, known, frozen = _dump(opts, options, ct, was_paused, target_pid, image_path, work_path,
+                                                session)
+            except CriuError:  # CRIU stopped by the watchdog: nothing may look like a checkpoint
+                _discard_partial_images(image_path)
+                raise
             if ret < 0:
                 full = _disk_full(image_path, work_path)  # before the partial images go
                 _discard_partial_images(image_path)
@@ -472,6 +590,7 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
             raise ImageDirError(f"the checkpoint completed (images in {image_path}; {state}), but its manifest "
                                 f"could not be written: {manifest_error}; a restore can check only the images' "
                                 "structure", errno=manifest_error.errno) from manifest_error
+        wait_ids_free(members)
         return CheckpointResult(
             image_path=image_path, work_path=work_path, log_path=log_path, pid=target_pid,
             container_id=container_id, leave_running=options.leave_running,
@@ -482,6 +601,8 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
             raise Interrupted(f"interrupted after the checkpoint completed: images in {image_path}; {state}") \
                 from None
         running = "is running" if not was_paused else "is paused, as it was"
+        if not was_paused and ct is not None and ct.is_frozen():
+            running = "is paused (by someone else, while the checkpoint ran)"
         raise Interrupted(f"interrupted: nothing was checkpointed; {what} {running}") from None
 
 
@@ -543,6 +664,9 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
                 frozen_at.append(time.monotonic())
                 ct.freeze_and_wait()
 
+        # a pause by someone else while CRIU works would hang it: the watchdog stops CRIU then
+        outside_pause = criu_proc.OutsidePause(ct.is_frozen) if ct is not None and not was_paused \
+            and ct.freezer_state_file else None
         try:
             if session is not None:
                 freeze()
@@ -550,15 +674,19 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
             follower = manifest.Follower(image_path) if options.page_server is None else None
             try:
                 ret, err = run_op(opts, "dump", session, log_path=os.path.join(work_path, DUMP_LOG),
-                                  setup=freeze if session is None else None)
+                                  setup=freeze if session is None else None, timeout=criu_proc.dump_bound(target_pid),
+                                  watch=outside_pause)
             finally:
                 known = follower.stop() if follower else None
         finally:
             if ct is not None and ct.is_frozen():
                 # CRIU leaves a cgroup it found frozen frozen: thaw what we froze, and a
                 # paused container whose processes CRIU killed (they die once thawed);
-                # a paused container that is still there stays paused
-                if not was_paused or (ret >= 0 and not options.leave_running):
+                # a paused container that is still there stays paused, as does one
+                # paused by someone else meanwhile
+                if outside_pause is not None and outside_pause.paused:
+                    pass
+                elif not was_paused or (ret >= 0 and not options.leave_running):
                     ct.thaw()
         frozen = time.monotonic() - frozen_at[0] if frozen_at else None
         return ret, err, known, frozen

@@ -49,7 +49,15 @@ class UsageError(Error, ValueError):
 
 
 class ContainerNotFound(Error, LookupError):
+    """No container of that id in the runc root."""
+
     default_errno = _errno.ENOENT
+
+
+class ProcessNotFound(Error, LookupError):
+    """No running process has the pid given to a process-tree checkpoint."""
+
+    default_errno = _errno.ESRCH
 
 
 class ContainerStateError(Error):

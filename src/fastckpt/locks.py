@@ -1,6 +1,7 @@
 """One fastckpt operation per container (or process tree) at a time.
 
-A lock file per (runc root, container id) -- or per pid -- held with flock
+A lock file per (runc root, container id) -- or per pid, or per image
+directory for a process-tree restore -- held with flock
 for the length of the operation; a second operation on the same target is
 refused at once with a "busy" error, operations on different targets run in
 parallel.  The lock dies with its process, so a crash leaves none behind.
@@ -83,10 +84,19 @@ def _same(fd: int, path: str) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+def _digest(path: str) -> str:
+    return f"{zlib.crc32(os.fsencode(os.path.realpath(path))):08x}"  # hashlib would load OpenSSL: ~2 ms
+
+
 def container(root: str, container_id: str) -> Lock:
-    digest = f"{zlib.crc32(os.fsencode(os.path.realpath(root))):08x}"  # hashlib would load OpenSSL: ~2 ms
-    return Lock(f"ct-{digest}-{container_id}", f"container {container_id!r}")
+    return Lock(f"ct-{_digest(root)}-{container_id}", f"container {container_id!r}")
 
 
 def process(pid: int) -> Lock:
     return Lock(f"pid-{pid}", f"process {pid}")
+
+
+def process_images(image_path: str) -> Lock:
+    """A process-tree restore: the tree has no pid before it is restored (and comes back with the
+    pids its images hold), so its images are what one restore at a time works on."""
+    return Lock(f"tree-{_digest(image_path)}", f"the process tree in {image_path}")

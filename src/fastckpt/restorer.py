@@ -27,6 +27,11 @@ _INHERIT_NS = {"NEWNET": "extRootNetNS", "NEWPID": "extRootPidNS"}
 
 
 class RestoreResult(Record):
+    """What a restore brought back: the pid of the restored tree's root (a container's init),
+    where the images and CRIU's log are, the container's id and bundle (for a container), how long
+    it took (``wall_time``) and, for a container restored in the foreground, how it ended
+    (``exit_status``). ``stats()`` decodes CRIU's statistics of the restore."""
+
     pid: int
     image_path: str
     work_path: str
@@ -256,6 +261,8 @@ def _open_dirs(options: RestoreOptions) -> tuple[str, str, list[int]]:
     work_path = options.resolved_work_path()
     if work_path != image_path:
         engine.make_private_dir(work_path, "work directory")
+    else:
+        engine.require_writable_work_dir(work_path, RESTORE_LOG)
     fds = [engine.open_dir_fd(image_path, "image directory")]
     fds.append(engine.open_dir_fd(work_path, "work directory") if work_path != image_path else fds[0])
     return image_path, work_path, fds
@@ -312,10 +319,17 @@ def restore(container_id: str | None = None, options: RestoreOptions | None = No
     engine.require_privileges("restore")
     if session is None:
         criu_proc.prespawn()  # its exec overlaps the checks of the images
+    done: list = []  # the result, once the restore is complete
     try:
         # CRIU is moved into cgroups below: opted in, warm from here on, so that the move does not wait
         with cgroups.FastMigrations(options.fast_migrations):
-            result = _restore_checked(container_id, options, root, session, t0)
+            result = _restore_checked(container_id, options, root, session, t0, done)
+    except KeyboardInterrupt:  # outside _guarded (which says what it left): before it, or once it is complete
+        if done:
+            what = f"container {container_id!r}" if container_id is not None else "the process tree"
+            raise Interrupted(f"interrupted after the restore completed: {what} runs (pid {done[0].pid})") \
+                from None
+        raise
     finally:
         criu_proc.discard_spare()  # not used: the restore stopped before CRIU
     if not options.detach and container_id is not None:
@@ -324,7 +338,7 @@ def restore(container_id: str | None = None, options: RestoreOptions | None = No
 
 
 def _restore_checked(container_id: str | None, options: RestoreOptions, root: str, session,
-                     t0: float) -> RestoreResult:
+                     t0: float, done: list) -> RestoreResult:
     check_pid_file(options.pid_file)
     image_path = options.resolved_image_path()
     kind, meta = image_kind(image_path)
@@ -335,22 +349,25 @@ def _restore_checked(container_id: str | None, options: RestoreOptions, root: st
             who = f" of container {meta['id']!r}" if meta and meta.get("id") else " of a container"
             raise UsageError(f"the images in {image_path} are a checkpoint{who}: "
                              "restore them with a container id (and --bundle)")
-        return _guarded(lambda: _restore_process(options, t0, session), "the process tree")
+        with locks.process_images(image_path):
+            return _guarded(lambda: _restore_process(options, t0, session), "the process tree", done)
     runc.validate_id(container_id)
     if kind != "container":
         raise UsageError(f"the images in {image_path} are a checkpoint of a process tree, not of a "
                          "container: restore them without a container id")
     with locks.container(root, container_id):
         return _guarded(lambda: _restore_container(container_id, options, root, meta, t0),
-                        f"container {container_id!r}")
+                        f"container {container_id!r}", done)
 
 
-def _guarded(run, what: str) -> RestoreResult:
-    """Run a restore with Ctrl-C/SIGTERM held back until it is complete or undone."""
+def _guarded(run, what: str, done: list) -> RestoreResult:
+    """Run a restore with Ctrl-C/SIGTERM held back until it is complete or undone (then its result is
+    appended to DONE, for the caller to tell an interruption after it from one before)."""
     result = None
     try:
         with signals.deferred():
             result = run()
+            done.append(result)
         return result
     except KeyboardInterrupt:
         if result is not None:

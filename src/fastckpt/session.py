@@ -58,10 +58,12 @@ class Session:
                             .strip() or "criu service did not start")
 
     def checkpoint(self, container_id: str | None = None, options=None, **kwargs):
+        """:func:`fastckpt.checkpoint` (the same arguments) done by this session's warm CRIU."""
         kwargs.setdefault("root", self.root)
         return engine.checkpoint(container_id, options, session=self, **kwargs)
 
     def restore(self, container_id: str | None = None, options=None, **kwargs):
+        """:func:`fastckpt.restore` (the same arguments) done by this session's warm CRIU."""
         from .restorer import restore
 
         kwargs.setdefault("root", self.root)

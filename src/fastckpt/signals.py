@@ -41,3 +41,9 @@ def raise_keyboard_interrupt(signum, frame):
 def install_cli_handlers() -> None:
     for sig in (_signal.SIGTERM, _signal.SIGHUP):
         _signal.signal(sig, raise_keyboard_interrupt)
+
+
+def release_held() -> None:
+    """Unblock the signals above: the `fastckpt` launcher (ext/launch.c) blocks them before Python
+    starts, so that one that comes meanwhile waits (pending) for the CLI to handle it; it is taken here."""
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, DEFERRED)
