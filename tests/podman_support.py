@@ -2,8 +2,9 @@
 
 podman 4.3 (Debian 12, installed by `make deps`) runs here without systemd
 with a containers.conf of the test's own (passed by CONTAINERS_CONF):
-cgroupfs, the file events logger, runc (Debian's crun has no CRIU support)
-and ulimits this host's hard limits allow.  Every command gets
+cgroupfs, the file events logger, runc (Debian's crun has no CRIU support),
+ulimits this host's hard limits allow and no pids limit (the simulated
+cgroup v2 host has no pids controller).  Every command gets
 ``--root/--runroot/--tmpdir`` below the test's directory and containers run
 with ``--network none``: nothing of the host's podman is touched, and
 ``cleanup()`` removes every container, unmounts what podman mounted there and
@@ -27,6 +28,8 @@ runtime = "runc"
 
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
+# no pids limit: a unified (cgroup v2) host here lacks the pids controller, and runc fails to set one
+pids_limit = 0
 """
 
 
