@@ -198,8 +198,8 @@ def config_dump(container_id: str, spec: dict, image_name: str | None, image_id:
 class _CrcReader:
     """A file's bytes for tarfile, counted and checksummed; a file that shrank is padded with zeros."""
 
-    def __init__(self, fd: int, size: int):
-        self.fd, self.left, self.crc = fd, size, 0
+    def __init__(self, fd: int, size: int, crc: bool = True):
+        self.fd, self.left, self.crc, self.checksum = fd, size, 0, crc
 
     def read(self, n: int = -1) -> bytes:
         n = self.left if n < 0 else min(n, self.left)
@@ -207,7 +207,8 @@ class _CrcReader:
         if len(data) < n and not data:
             data = bytes(n)  # the file shrank while exported: zeros keep the archive whole
         self.left -= len(data)
-        self.crc = zlib.crc32(data, self.crc)
+        if self.checksum:
+            self.crc = zlib.crc32(data, self.crc)
         return data
 
 
@@ -260,7 +261,7 @@ class _Writer:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise Error(f"cannot export {path}: not a regular file")
-            reader = _CrcReader(fd, st.st_size)
+            reader = _CrcReader(fd, st.st_size, crc="/" not in name)  # checkpoint/: the manifest has them
             self.tar.addfile(_info(name, st.st_size, stat.S_IMODE(st.st_mode)), reader)
         finally:
             os.close(fd)
@@ -447,8 +448,6 @@ def export(image_path: str, path: str, *, spec: dict, container_id: str, compres
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "crc32": dict(w.crcs)}
             w.add_bytes(ARCHIVE_META, json.dumps(meta, indent=1).encode())
             w.close()
-            out.flush()
-            os.fsync(out.fileno())
         os.rename(tmp, path)
     except BaseException as e:
         try:
@@ -505,8 +504,8 @@ class _Budget:
             raise _refused(self.archive, member, f"more than {self.limits.max_bytes} bytes unpacked")
 
 
-def _copy_out(src, fd: int, size: int) -> int:
-    """Copy SIZE bytes of the member's stream to FD; their CRC32."""
+def _copy_out(src, fd: int, size: int, checksum: bool = True) -> int:
+    """Copy SIZE bytes of the member's stream to FD; their CRC32 (0 unless CHECKSUM)."""
     crc = 0
     left = size
     while left:
@@ -516,7 +515,8 @@ def _copy_out(src, fd: int, size: int) -> int:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        crc = zlib.crc32(data, crc)
+        if checksum:
+            crc = zlib.crc32(data, crc)
         left -= len(data)
     return crc
 
@@ -613,7 +613,7 @@ def unpack(path: str, directory: str, limits: Limits | None = None) -> Imported:
                     continue  # podman's ctr.log, artifacts/, volumes/...: not needed to restore
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                 try:
-                    crc = _copy_out(tar.extractfile(ti), fd, ti.size)
+                    crc = _copy_out(tar.extractfile(ti), fd, ti.size, checksum=len(parts) == 1)
                 finally:
                     os.close(fd)
                 if len(parts) == 1:
@@ -779,7 +779,7 @@ class _Root:
                 fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                              dir_fd=parent)
                 try:
-                    _copy_out(data, fd, ti.size)
+                    _copy_out(data, fd, ti.size, checksum=False)
                     os.fchown(fd, ti.uid, ti.gid)
                     os.fchmod(fd, mode)
                 finally:
