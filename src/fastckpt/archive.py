@@ -98,7 +98,7 @@ class Imported(Record):
     config: dict
     meta: dict  # fastckpt-archive.json, or {} for an archive of podman's
     files: dict  # top-level file name -> size
-    rootfs_root: tarfile.TarInfo | None = None
+    counted: tuple = (0, 0)  # members and bytes the archive took of the import's bounds
 
 
 # --- errors -----------------------------------------------------------------------------
@@ -628,7 +628,9 @@ def unpack(path: str, directory: str, limits: Limits | None = None) -> Imported:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise Error(f"no space left to unpack the archive {path} in {directory}", errno=e.errno) from None
             raise Error(f"cannot unpack the archive {path}: {e.strerror or e}", errno=e.errno) from None
-    return _finish(path, directory, images, crcs, sizes, limits)
+    imp = _finish(path, directory, images, crcs, sizes, limits)
+    imp.counted = (budget.members, budget.bytes)
+    return imp
 
 
 def _read_json(directory: str, name: str, path: str):
@@ -947,7 +949,8 @@ def build_bundle(imp: Imported, bundle: str, archive: str, limits: Limits | None
     with rootfs-diff.tar applied and deleted.files removed.  Every tar is
     checked before anything of it is extracted."""
     limits = limits or Limits()
-    budget = _Budget(archive, limits)
+    budget = _Budget(archive, limits)  # the archive's members count too
+    budget.members, budget.bytes = imp.counted
     made: list[str] = []
     rootfs = os.path.join(bundle, "rootfs")
     full = imp.meta.get("rootfs") == "full"
