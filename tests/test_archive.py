@@ -24,6 +24,10 @@ import restore_support as rs  # noqa: E402
 from robust_support import MemContainer, containers, mem_binary  # noqa: E402,F401
 
 SKIP = rs.skip_reason()
+# run argv[2:], exit with its code, write the peak RSS (KiB) of it and its waited-for children to argv[1]
+MAXRSS = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[2:]).returncode; "
+          "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+          "sys.exit(rc)")
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(SKIP is not None, reason=SKIP or "")]
 
 
@@ -154,6 +158,23 @@ def test_damaged_archive_is_refused_and_leaves_nothing(env):
     env.track(new, bundle).assert_running()
 
 
+def test_export_keeps_image_path_and_reports_json(env):
+    import json
+
+    ct = env.start()
+    archive = os.path.join(env.workdir, "kept.tar")
+    images = os.path.join(env.workdir, "kept-images")
+    r = env.fastckpt("checkpoint", "--export", archive, "--compress", "none", "--image-path", images, "--json",
+                     ct.id)
+    assert r.returncode == 0, str(r)
+    out = json.loads(r.stdout)
+    assert out["archive"]["path"] == archive and out["archive"]["compress"] == "none", out
+    assert out["archive"]["bytes"] == os.path.getsize(archive) and out["image_path"] == images
+    assert os.path.exists(os.path.join(images, "inventory.img")), "--image-path was not kept"
+    with open(archive, "rb") as f:
+        assert f.read(1 << 20).count(b"ustar") >= 1  # a plain tar
+
+
 def test_api_export_and_import(env):
     import fastckpt
 
@@ -188,10 +209,16 @@ def test_one_gib_round_trip_memory_verifies(containers, tmp_path):
     ct = containers(1024)
     stopped = ct.counter.last()
     archive = str(tmp_path / "big.tar.zst")
-    r = rs.run(rs.fastckpt_cmd("--root", ct.root, "checkpoint", "--export", archive, ct.id), str(tmp_path),
-               timeout=600)
+    # the export streams: its memory stays far below the 1 GiB it writes (peak RSS of the command
+    # and of CRIU, whichever is larger, measured by a wrapper that waits for them)
+    peak = str(tmp_path / "peak-rss")
+    r = rs.run([sys.executable, "-c", MAXRSS, peak] + rs.fastckpt_cmd("--root", ct.root, "checkpoint", "--export",
+                                                                      archive, ct.id), str(tmp_path), timeout=600)
     assert r.returncode == 0, str(r)
     assert os.path.getsize(archive) > 64 << 20, "the pages are not in the archive"
+    with open(peak) as f:
+        peak_kib = int(f.read())
+    assert peak_kib < 256 << 10, f"export of 1 GiB peaked at {peak_kib >> 10} MiB of memory"
     bundle = str(tmp_path / "big-import")
     new = rs.new_id("big")
     restored = MemContainer(new, bundle, ct.root, 1024)
