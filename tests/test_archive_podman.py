@@ -126,6 +126,7 @@ def test_fastckpt_archive_restores_with_podman(podman, image, env, compress):
     assert r.returncode == 0, str(r)
     stopped_at = ct.counter.last()
     podman.track(ct.id)
+    assert not rs.cgroup_dirs(ct.id), "fastckpt's checkpoint left the container's cgroups"
     podman.ok("container", "restore", "--import", archive)
     assert podman.status(ct.id) == "running"
     counter = _podman_counter(podman, ct.id)
@@ -133,6 +134,7 @@ def test_fastckpt_archive_restores_with_podman(podman, image, env, compress):
     # podman knows it as its own: exec, stop
     assert podman.ok("exec", ct.id, "hostname") == "fastckpt"
     podman.ok("rm", "-f", "-t", "0", ct.id)
+    assert not rs.cgroup_dirs(ct.id), "cgroups named after the runc container appeared while podman had it"
 
 
 def test_fastckpt_archive_without_podman_image_is_refused_by_podman(podman, image, env):
