@@ -74,9 +74,9 @@ def test_export_then_import_into_an_empty_bundle(env, compress):
 
 
 def test_archive_is_gnu_tar_and_runc_restores_its_images(env):
-    """The archive's images, read out by GNU tar (zstd), restore with `runc restore` in the first bundle."""
-    if not shutil.which("zstd"):
-        pytest.skip("zstd (the command) is not installed")
+    """The archive's images, read out by GNU tar, restore with `runc restore` in the first bundle."""
+    import zstandard
+
     ct = env.start()
     archive = os.path.join(env.workdir, "ct.tar.zst")
     r = env.fastckpt("checkpoint", "--export", archive, ct.id)
@@ -84,8 +84,11 @@ def test_archive_is_gnu_tar_and_runc_restores_its_images(env):
     stopped_at = ct.counter.last()
     out = os.path.join(env.workdir, "out")
     os.mkdir(out)
-    p = subprocess.run(["tar", "--zstd", "-xf", archive, "-C", out], capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
+    tar = subprocess.Popen(["tar", "-x", "-C", out], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    with open(archive, "rb") as f:  # zstd by the library (the zstd command may be missing), tar by GNU tar
+        zstandard.ZstdDecompressor().copy_stream(f, tar.stdin)
+    tar.stdin.close()
+    assert tar.wait() == 0, tar.stderr.read().decode()
     names = sorted(os.listdir(out))
     assert {"checkpoint", "spec.dump", "config.dump", "network.status", "rootfs-diff.tar",
             "fastckpt-archive.json"} <= set(names), names

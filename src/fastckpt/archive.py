@@ -204,8 +204,12 @@ class _CrcReader:
     def read(self, n: int = -1) -> bytes:
         n = self.left if n < 0 else min(n, self.left)
         data = os.read(self.fd, n) if n else b""
-        if len(data) < n and not data:
-            data = bytes(n)  # the file shrank while exported: zeros keep the archive whole
+        while len(data) < n:
+            more = os.read(self.fd, n - len(data))
+            if not more:  # the file shrank while exported: zeros keep the archive whole
+                data += bytes(n - len(data))
+                break
+            data += more
         self.left -= len(data)
         if self.checksum:
             self.crc = zlib.crc32(data, self.crc)
