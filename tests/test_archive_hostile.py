@@ -428,3 +428,12 @@ def test_cli_usage_errors(tmp_path):
     assert r.returncode == 2 and "--compress needs --export" in r.stderr
     r = cli("restore", "--import", str(tmp_path / "a"), "--image-path", str(tmp_path), "x")
     assert r.returncode == 2 and "exclude each other" in r.stderr
+
+
+def test_full_rootfs_archive_refuses_a_nonempty_rootfs(good, world):
+    """The archive's whole rootfs does not go over files the user has there (nothing is merged)."""
+    os.makedirs(os.path.join(world.bundle, "rootfs", "mine"))
+    imp = archive.unpack(good, world.dir)
+    with pytest.raises(UsageError, match="must not exist or be empty"):
+        archive.build_bundle(imp, world.bundle, good)
+    assert os.listdir(os.path.join(world.bundle, "rootfs")) == ["mine"]

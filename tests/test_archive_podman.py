@@ -83,7 +83,8 @@ def _podman_counter(podman, name: str) -> rs.Counter:
 @pytest.mark.parametrize("compress", ["zstd", "gzip"])
 def test_podman_archive_restores_with_fastckpt(podman, image, env, compress):
     rootfs, _ = image
-    name = podman.run(IMAGE, "sh", "-c", rs.CONTAINER_COUNTER)
+    # a file of the image deleted (deleted.files) and one in podman's /dev/shm (devshm-checkpoint.tar)
+    name = podman.run(IMAGE, "sh", "-c", "rm /etc/passwd; echo note > /dev/shm/note; " + rs.CONTAINER_COUNTER)
     counter = _podman_counter(podman, name)
     counter.wait_reach(3)
     archive = os.path.join(env.workdir, f"podman.tar.{compress}")
@@ -103,12 +104,16 @@ def test_podman_archive_restores_with_fastckpt(podman, image, env, compress):
     ct.assert_own_cgroups()
     log = ct.counter.assert_continued(1)  # rootfs-diff.tar brought the counter's log; it goes on from it
     assert ct.exec("cat", "/etc/hostname").returncode == 0  # podman's bind mounts have stand-ins
+    assert ct.exec("cat", "/dev/shm/note").stdout == "note\n", "podman's /dev/shm content did not come back"
+    assert not os.path.exists(os.path.join(bundle, "rootfs", "etc", "passwd")), "deleted.files was not applied"
+    assert os.path.exists(os.path.join(rootfs, "etc", "passwd"))
 
     # podman restores the same archive (the oracle): its counter goes on from the same point
     podman.track(name)
     podman.ok("container", "restore", "--import", archive)
     theirs = _podman_counter(podman, name)
     theirs.assert_continued(1)
+    assert podman.exec_cat(name, "/dev/shm/note") == "note\n" and podman.exec_cat(name, "/etc/passwd") is None
     ours_first = [v for v in log if v <= len(theirs.log())]
     assert theirs.log()[:len(ours_first)] == ours_first
     ct.kill_and_delete()
