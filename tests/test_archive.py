@@ -178,6 +178,18 @@ def test_export_keeps_image_path_and_reports_json(env):
         assert f.read(1 << 20).count(b"ustar") >= 1  # a plain tar
 
 
+def test_print_stats_with_export(env):
+    """--print-stats works though the images' directory (a private one) is gone after the export."""
+    import json
+
+    ct = env.start()
+    r = env.fastckpt("checkpoint", "--export", os.path.join(env.workdir, "s.tar.zst"), "--print-stats", ct.id)
+    assert r.returncode == 0, str(r)
+    stats = json.loads(r.stdout)
+    assert stats["criu"]["pages_written"] > 0 and stats["wall_time_ms"] > 0, stats
+    _no_temporaries(env.workdir)
+
+
 def test_api_export_and_import(env):
     import fastckpt
 

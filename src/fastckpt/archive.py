@@ -1123,6 +1123,34 @@ def checkpoint_export(container_id: str | None, options, *, pid=None, root: str,
         raise Error(f"the checkpoint completed (images in {res.image_path}; container {container_id!r} "
                     f"{state}), but the export failed: {e}", errno=e.errno) from e
     if tmp:  # the images live on in the archive only
+        if res.work_path == tmp:
+            _keep_stats(res)
         shutil.rmtree(tmp, ignore_errors=True)
         res.image_path = None
     return res
+
+
+def _keep_stats(res) -> None:
+    """res.stats() after its work directory is gone: CRIU's statistics are kept (a few bytes) and decoded
+    when asked for, from a private copy."""
+    try:
+        with open(os.path.join(res.work_path, STATS_DUMP), "rb") as f:
+            raw = f.read()
+    except OSError:
+        return
+    stats_of_directory = res.stats
+
+    def stats():
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="fastckpt-stats-") as d:
+            with open(os.path.join(d, STATS_DUMP), "wb") as f:
+                f.write(raw)
+            object.__setattr__(res, "work_path", d)
+            try:
+                return stats_of_directory()
+            finally:
+                object.__setattr__(res, "work_path", None)
+
+    res.work_path = res.log_path = None
+    res.stats = stats
