@@ -437,3 +437,29 @@ def test_full_rootfs_archive_refuses_a_nonempty_rootfs(good, world):
     with pytest.raises(UsageError, match="must not exist or be empty"):
         archive.build_bundle(imp, world.bundle, good)
     assert os.listdir(os.path.join(world.bundle, "rootfs")) == ["mine"]
+
+
+def test_export_follows_no_link_out_of_the_rootfs(tmp_path):
+    """The exported rootfs holds its links as links; a path through one (a running container swapping a
+    directory for a link to the host's files) is not opened, and its file's bytes become zeros."""
+    import errno as _errno
+
+    outside = tmp_path / "host-secret"
+    outside.mkdir()
+    (outside / "key").write_bytes(b"SECRET")
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "d").mkdir(parents=True)
+    (rootfs / "d" / "key").write_bytes(b"public")
+    (rootfs / "l").symlink_to(outside)
+    tar = archive.RootfsTar(str(rootfs))
+    names = [n for n, _, _ in tar.items]
+    assert "l" in names and not any(n.startswith("l/") for n in names)
+    # the swap, after the listing: d becomes a link to the host's directory
+    (rootfs / "d" / "key").unlink()
+    (rootfs / "d").rmdir()
+    (rootfs / "d").symlink_to(outside)
+    with pytest.raises(OSError) as ei:
+        archive._open_in(str(rootfs), "d/key", directory=False)
+    assert ei.value.errno in (_errno.ELOOP, _errno.ENOTDIR)
+    data = b"".join(tar.chunks())
+    assert len(data) == tar.size and b"SECRET" not in data

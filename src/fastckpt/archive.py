@@ -288,28 +288,56 @@ class _Writer:
         self.z.close()
 
 
+def _open_in(rootfs: str, rel: str, directory: bool) -> int:
+    """An fd of REL below ROOTFS, following no link on the way (a running container may swap a
+    directory for a link to the host's files while it is exported: that fails with ELOOP/ENOTDIR)."""
+    fd = os.open(rootfs, _DIR_FLAGS)
+    try:
+        parts = [p for p in rel.split("/") if p] if rel else []
+        for i, p in enumerate(parts):
+            last = i == len(parts) - 1
+            flags = _DIR_FLAGS if directory or not last else os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            nfd = os.open(p, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _rootfs_entries(rootfs: str):
     """(relative name, lstat, link target) of every file of ROOTFS, parents first, on its own filesystem.
 
     Sockets are left out (nothing can be restored of them); the contents of
-    mounts below the rootfs are too."""
+    mounts below the rootfs are too.  Directories are read through fds opened
+    without following links."""
     root_dev = os.lstat(rootfs).st_dev
     stack = [""]
     while stack:
         rel = stack.pop()
-        full = os.path.join(rootfs, rel) if rel else rootfs
         try:
-            with os.scandir(full) as it:
-                entries = sorted(it, key=lambda e: e.name)
+            fd = _open_in(rootfs, rel, directory=True)
+            try:
+                names = sorted(os.listdir(fd))
+                found = []
+                for n in names:
+                    try:
+                        st = os.lstat(n, dir_fd=fd)
+                        target = os.readlink(n, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
+                    except FileNotFoundError:
+                        continue  # gone meanwhile (a container left running)
+                    found.append((n, st, target))
+            finally:
+                os.close(fd)
         except OSError as e:
-            raise Error(f"cannot read {full} of the rootfs: {e.strerror}", errno=e.errno) from None
+            raise Error(f"cannot read {os.path.join(rootfs, rel)} of the rootfs: {e.strerror}",
+                        errno=e.errno) from None
         subdirs = []
-        for e in entries:
-            name = f"{rel}/{e.name}" if rel else e.name
-            st = e.stat(follow_symlinks=False)
+        for n, st, target in found:
+            name = f"{rel}/{n}" if rel else n
             if stat.S_ISSOCK(st.st_mode):
                 continue
-            target = os.readlink(e.path) if stat.S_ISLNK(st.st_mode) else None
             yield name, st, target
             if stat.S_ISDIR(st.st_mode) and st.st_dev == root_dev:
                 subdirs.append(name)
@@ -385,11 +413,13 @@ class RootfsTar:
         yield bytes(tail)
 
     def _data(self, name: str, size: int):
-        path = os.path.join(self.rootfs, name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = _open_in(self.rootfs, name, directory=False)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                fd = None
         except OSError:
-            fd = None  # gone meanwhile (a container left running): zeros keep the archive whole
+            fd = None  # gone or swapped meanwhile (a container left running): zeros keep the archive whole
         left = size
         try:
             while left:
