@@ -243,3 +243,49 @@ def test_one_gib_round_trip_memory_verifies(containers, tmp_path):
                str(tmp_path), timeout=600)
     assert r.returncode == 0, str(r)
     restored.assert_coherent_after_restore(stopped)
+
+
+def test_ctrl_c_during_export_keeps_the_images(containers, tmp_path):
+    """Ctrl-C once the checkpoint is done, while the archive is written: exit 130, the message says where
+    the images are, no archive appears, and the images restore: nothing is lost."""
+    import robust_support as rb
+
+    ct = containers()
+    archive = str(tmp_path / "x.tar.zst")
+    mark = str(tmp_path / "exporting")
+    cli = rb.Cli(["--root", ct.root, "checkpoint", "--export", archive, ct.id], str(tmp_path),
+                 slow={"archive.export": mark})
+    rs.wait_until(lambda: os.path.exists(mark), "the export to begin", timeout=60)
+    stopped = ct.counter.last()
+    cli.signal_group(2)
+    res = cli.wait()
+    line = rb.assert_failed(res, 130, "interrupted after the checkpoint completed", "no archive was written")
+    images = line.split("images in ", 1)[1].split(";", 1)[0]
+    assert os.path.exists(os.path.join(images, "inventory.img")) and not os.path.exists(archive), line
+    new = rs.new_id("kept")
+    restored = MemContainer(new, ct.bundle, ct.root, 0)
+    containers.containers.append(restored)
+    r = rs.run(rs.fastckpt_cmd("--root", ct.root, "restore", "-d", "--image-path", images, "-b", ct.bundle, new),
+               str(tmp_path))
+    assert r.returncode == 0, str(r)
+    restored.counter.assert_continued(stopped)
+
+
+def test_ctrl_c_during_import_leaves_nothing(env):
+    import robust_support as rb
+
+    ct = env.start()
+    archive = os.path.join(env.workdir, "x.tar.zst")
+    assert env.fastckpt("checkpoint", "--export", archive, ct.id).returncode == 0
+    mark = os.path.join(env.workdir, "building")
+    bundle = os.path.join(env.workdir, "new-bundle")
+    new = rs.new_id("int")
+    env.track(new, bundle)
+    cli = rb.Cli(["--root", env.root, "restore", "-d", "--import", archive, "--bundle", bundle, new], env.workdir,
+                 slow={"archive.build_bundle": mark})
+    rs.wait_until(lambda: os.path.exists(mark), "the import to begin", timeout=60)
+    cli.signal_group(2)
+    res = cli.wait()
+    rb.assert_failed(res, 130, "nothing was restored and nothing was left behind")
+    assert not os.path.exists(bundle), os.listdir(bundle)
+    rs.assert_nothing_left(new, env.root, env.workdir)

@@ -1075,9 +1075,15 @@ def restore_import(container_id: str | None, options, *, root: str, session=None
         made.append(bundle)
     tmp = None
     try:
-        tmp = tempfile.mkdtemp(prefix=".fastckpt-import-", dir=bundle)
-        imp = unpack(archive, tmp, limits)
-        made += build_bundle(imp, bundle, archive, limits)
+        try:
+            tmp = tempfile.mkdtemp(prefix=".fastckpt-import-", dir=bundle)
+            imp = unpack(archive, tmp, limits)
+            made += build_bundle(imp, bundle, archive, limits)
+        except KeyboardInterrupt:
+            from .errors import Interrupted
+
+            raise Interrupted(f"interrupted while the archive was unpacked: nothing was restored and nothing "
+                              f"was left behind for container {container_id!r}") from None
         return restorer.restore(container_id, options.replace(import_archive=None, image_path=imp.images,
                                                               bundle=bundle), root=root, session=session)
     except BaseException:
