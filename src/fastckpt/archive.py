@@ -123,7 +123,8 @@ def _compressor(f, compress: str, threads: int = 0):
     if compress == "zstd":
         import zstandard
 
-        return zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=threads, write_checksum=True).stream_writer(f, closefd=False)
+        cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=threads, write_checksum=True)
+        return cctx.stream_writer(f, closefd=False)
     if compress == "gzip":
         import gzip
 
