@@ -151,3 +151,15 @@ def test_fastckpt_archive_without_podman_image_is_refused_by_podman(podman, imag
     r = podman("container", "restore", "--import", archive)
     assert r.returncode != 0, str(r)
     assert podman("ps", "-aq").stdout.strip() == ""
+
+
+def test_export_for_podman_refuses_a_rootfs_podman_cannot_match(podman, image, env):
+    """podman's overlay root is 0555 and CRIU checks the root's mode: a 0755 rootfs is refused before
+    anything is checkpointed (the container goes on), instead of an archive podman cannot restore."""
+    _, image_id = image
+    ct = env.start()
+    r = env.fastckpt("checkpoint", "--export", os.path.join(env.workdir, "x.tar.zst"), "--podman-image", IMAGE,
+                     "--podman-image-id", image_id, ct.id)
+    rs.assert_error(r, 2, "mode 555", "chmod 555")
+    ct.assert_running()
+    ct.counter.wait_advancing()

@@ -1133,6 +1133,12 @@ def checkpoint_export(container_id: str | None, options, *, pid=None, root: str,
         raise UsageError(f"--export {path}: its directory {parent} is not writable")
     runc.validate_id(container_id)
     spec, rootfs = _container_spec(runc.load(container_id, root))
+    if options.podman_image:
+        mode = stat.S_IMODE(os.stat(rootfs).st_mode)
+        if mode != PODMAN_ROOT_MODE:
+            raise UsageError(f"--podman-image: podman restores on an overlay root of mode "
+                             f"{PODMAN_ROOT_MODE:o} and CRIU checks it, but the container's rootfs {rootfs} "
+                             f"has mode {mode:o} (chmod {PODMAN_ROOT_MODE:o} it before the container starts)")
     wanted = options
     options = options.replace(export=None, compress=None, ignore_rootfs=False, podman_image=None,
                               podman_image_id=None)
