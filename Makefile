@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps build demo test soak bench clean
+.PHONY: deps build demo test soak bench bench-archive clean
 
 deps:
 	@bash scripts/provision.sh
@@ -28,6 +28,10 @@ soak: deps
 
 bench: deps
 	@$(PY) benchmarks/side_by_side.py
+
+# checkpoint archives: fastckpt vs podman (export, import) and vs tar | zstd (1 GiB)
+bench-archive: deps
+	@$(PY) benchmarks/archive_side_by_side.py
 
 clean:
 	rm -rf build src/*.egg-info src/fastckpt/_criu*.so ext/_criu.c

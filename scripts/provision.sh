@@ -30,6 +30,8 @@ APT_PACKAGES=(
   python3-protobuf xz-utils
   # runtime: containers, their network lock, and the demo rootfs
   runc busybox-static iptables nftables iproute2
+  # podman (its conmon; runc is its runtime here): archives both ways in the tests
+  podman
   # the virtualenv
   python3-venv
 )

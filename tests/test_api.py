@@ -101,10 +101,3 @@ def test_image_path_that_is_a_file(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
-
-
-def test_package_metadata_has_project_urls():
-    urls = metadata.metadata("fastckpt").get_all("Project-URL") or []
-    names = {u.split(",", 1)[0].strip() for u in urls}
-    assert {"Homepage", "Source", "Issues"} <= names, urls
-    assert all(u.split(",", 1)[1].strip().startswith("https://") for u in urls), urls

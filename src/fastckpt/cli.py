@@ -96,6 +96,7 @@ def _add_checkpoint(sub, full: bool = True) -> None:
     p.add_argument("--pid", type=int, help="checkpoint the process tree rooted at PID instead of a container")
     p.add_argument("--leave-running", action="store_true", help="leave the process running after checkpointing")
     p.add_argument("--page-server", default="", metavar="ADDRESS:PORT", help="ADDRESS:PORT of the page server")
+    _add_export(p)
     _add_shared(p, "path for saving criu image files")
 
 
@@ -112,7 +113,21 @@ def _add_restore(sub, full: bool = True) -> None:
     p.add_argument("--pid-file", default="", help="file to write the process id to")
     p.add_argument("--no-subreaper", action="store_true", help="disable the use of the subreaper")
     p.add_argument("--no-pivot", action="store_true", help="do not use pivot root to jail the process")
+    p.add_argument("--import", dest="import_archive", default=None, metavar="FILE",
+                   help="restore from a checkpoint archive (podman's layout: podman's or fastckpt's --export); "
+                        "the bundle is built in --bundle DIR (DIR/rootfs holds the image's files when the "
+                        "archive carries none)")
     _add_shared(p, "path to criu image files for restoring")
+
+
+def _add_export(p) -> None:
+    p.add_argument("--export", default=None, metavar="FILE",
+                   help="write the checkpoint as one archive FILE in podman's layout (with the whole rootfs)")
+    p.add_argument("--compress", default=None, metavar="ALGO", help="archive compression: zstd (default), gzip, none")
+    p.add_argument("--ignore-rootfs", action="store_true", help="leave the rootfs out of the archive")
+    p.add_argument("--podman-image", default=None, metavar="NAME",
+                   help="the image (podman has it) that `podman container restore --import` restores on")
+    p.add_argument("--podman-image-id", default=None, metavar="ID", help="that image's id")
 
 
 def _options(cls, args):
@@ -202,7 +217,7 @@ def _print_result(res, args) -> None:
         out = res.asdict()
         if stats is not None:
             out["stats"] = stats
-        print(json.dumps(out, indent=2))
+        print(json.dumps(out, indent=2, default=lambda o: o.asdict()))  # records inside (the archive)
     elif stats is not None:
         print(json.dumps(stats))
 

@@ -43,6 +43,7 @@ class CheckpointResult(Record):
     # to the end of the dump when CRIU killed it); None when fastckpt did not freeze it
     frozen_time: float | None = None
     files: dict[str, int] = factory(dict)  # image file -> size in bytes
+    archive: object = None  # with --export: the archive.ExportResult
 
     def stats(self) -> dict[str, object]:
         """CRIU's statistics of this dump and fastckpt's wall time, as ``--print-stats`` prints them:
@@ -505,6 +506,10 @@ def checkpoint(container_id: str | None = None, options: CheckpointOptions | Non
         options = options.replace(**kwargs)
     if (container_id is None) == (pid is None):
         raise UsageError("give either a container id or a pid")
+    if options.export:
+        from .archive import checkpoint_export
+
+        return checkpoint_export(container_id, options, pid=pid, root=root, session=session)
     require_privileges("checkpoint")
     if container_id is not None:
         runc.validate_id(container_id)

@@ -200,6 +200,12 @@ class CheckpointOptions(_ImagePaths, Record, frozen=True):
     log_level: int = 4
     extra_externals: tuple = ()  # --external KEY strings handed to CRIU
     fast_migrations: bool = False  # the cgroup warm-up (ext/warm.h): slows the host's forks meanwhile
+    # --export: the checkpoint as an archive in podman's layout (fastckpt.archive)
+    export: str | None = None
+    compress: str | None = None  # zstd (default), gzip or none
+    ignore_rootfs: bool = False  # leave the rootfs out of the archive (podman's flag)
+    podman_image: str | None = None  # config.dump's rootfsImageName: the image podman restores it on
+    podman_image_id: str | None = None  # ... and its id (rootfsImageID)
 
     def __post_init__(self):
         ps = self.page_server
@@ -213,9 +219,10 @@ class CheckpointOptions(_ImagePaths, Record, frozen=True):
         set_("empty_ns", parse_empty_ns(self.empty_ns))
         set_("network_lock", parse_network_lock(self.network_lock))
         set_("extra_externals", parse_externals(self.extra_externals))
-        _normalize_paths(self, ("image_path", "work_path"))
+        _normalize_paths(self, ("image_path", "work_path", "export"))
         if isinstance(self.log_level, bool) or not isinstance(self.log_level, int) or not 0 <= self.log_level <= 4:
             raise UsageError(f"Invalid log level {self.log_level!r} (an integer 0-4)")
+        _check_export(self)
 
 
 
@@ -239,6 +246,7 @@ class RestoreOptions(_ImagePaths, Record, frozen=True):
     log_level: int = 4
     extra_externals: tuple = ()
     fast_migrations: bool = False  # the cgroup warm-up (ext/warm.h): slows the host's forks meanwhile
+    import_archive: str | None = None  # --import: a checkpoint archive (podman's layout)
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -246,7 +254,9 @@ class RestoreOptions(_ImagePaths, Record, frozen=True):
         set_("empty_ns", parse_empty_ns(self.empty_ns))
         set_("network_lock", parse_network_lock(self.network_lock))
         set_("extra_externals", parse_externals(self.extra_externals))
-        _normalize_paths(self, ("image_path", "work_path", "bundle", "pid_file"))
+        _normalize_paths(self, ("image_path", "work_path", "bundle", "pid_file", "import_archive"))
+        if self.import_archive and self.image_path:
+            raise UsageError("--import and --image-path exclude each other (the images are in the archive)")
         if isinstance(self.log_level, bool) or not isinstance(self.log_level, int) or not 0 <= self.log_level <= 4:
             raise UsageError(f"Invalid log level {self.log_level!r} (an integer 0-4)")
 
@@ -266,3 +276,17 @@ def _normalize_paths(obj, names) -> None:
         if "\0" in v:
             raise UsageError(f"--{name.replace('_', '-')} contains a NUL byte")
         object.__setattr__(obj, name, v or None)
+
+
+def _check_export(o: CheckpointOptions) -> None:
+    """--compress and the podman image go with --export only; the compression is one of three."""
+    if not o.export:
+        for name in ("compress", "ignore_rootfs", "podman_image", "podman_image_id"):
+            if getattr(o, name):
+                raise UsageError(f"--{name.replace('_', '-')} needs --export FILE")
+        return
+    if o.page_server is not None:
+        raise UsageError("--export and --page-server exclude each other (the pages go to the page server)")
+    from .archive import check_compress
+
+    object.__setattr__(o, "compress", check_compress(o.compress))

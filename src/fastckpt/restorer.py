@@ -316,6 +316,10 @@ def restore(container_id: str | None = None, options: RestoreOptions | None = No
         options = RestoreOptions(**kwargs)
     elif kwargs:
         options = options.replace(**kwargs)
+    if options.import_archive:
+        from .archive import restore_import
+
+        return restore_import(container_id, options, root=root, session=session)
     engine.require_privileges("restore")
     if session is None:
         criu_proc.prespawn()  # its exec overlaps the checks of the images

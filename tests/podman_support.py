@@ -1,0 +1,158 @@
+"""A private podman for the archive tests: its own containers.conf, storage, run and tmp directories.
+
+podman 4.3 (Debian 12, installed by `make deps`) runs here without systemd
+with a containers.conf of the test's own (passed by CONTAINERS_CONF):
+cgroupfs, the file events logger, runc (Debian's crun has no CRIU support),
+ulimits this host's hard limits allow and no pids limit (the simulated
+cgroup v2 host has no pids controller).  Every command gets
+``--root/--runroot/--tmpdir`` below the test's directory and containers run
+with ``--network none``: nothing of the host's podman is touched, and
+``cleanup()`` removes every container, unmounts what podman mounted there and
+deletes the directory.
+
+Its stdout/stderr go to files, never pipes: conmon outlives ``podman run -d``
+and would keep a pipe open.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from typing import List, Optional
+
+CONF = """[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+runtime = "runc"
+
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
+# no pids limit: a unified (cgroup v2) host here lacks the pids controller, and runc fails to set one
+pids_limit = 0
+"""
+
+
+def why_not() -> Optional[str]:
+    """Why podman cannot be used here, or None."""
+    if os.geteuid() != 0:
+        return "podman tests need root"
+    if not shutil.which("podman"):
+        return "podman is not installed (`make deps` installs it)"
+    if not shutil.which("runc"):
+        return "runc is not installed"
+    return None
+
+
+def require() -> None:
+    """Skip (locally) or fail (CI=true) when podman cannot run: a skipped test in CI hides a missing piece."""
+    import pytest
+
+    reason = why_not()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"podman tests cannot run: {reason}")
+        pytest.skip(reason)
+
+
+class Result:
+    def __init__(self, args, returncode: int, stdout: str, stderr: str):
+        self.args, self.returncode, self.stdout, self.stderr = args, returncode, stdout, stderr
+
+    def __str__(self) -> str:
+        return f"{' '.join(self.args)}: exit {self.returncode}\nstdout: {self.stdout}\nstderr: {self.stderr}"
+
+
+class Podman:
+    def __init__(self, base: str):
+        self.base = base
+        os.makedirs(base, exist_ok=True)
+        self.conf = os.path.join(base, "containers.conf")
+        with open(self.conf, "w") as f:
+            f.write(CONF)
+        self.dirs = {d: os.path.join(base, d) for d in ("storage", "run", "tmp")}
+        self.env = dict(os.environ, CONTAINERS_CONF=self.conf)
+        self.names: List[str] = []
+
+    def cmd(self, *args: str) -> List[str]:
+        return ["podman", "--root", self.dirs["storage"], "--runroot", self.dirs["run"],
+                "--tmpdir", self.dirs["tmp"], *args]
+
+    def __call__(self, *args: str, timeout: float = 180) -> Result:
+        tag = uuid.uuid4().hex[:8]
+        out, err = os.path.join(self.base, f".out-{tag}"), os.path.join(self.base, f".err-{tag}")
+        cmd = self.cmd(*args)
+        with open(os.devnull, "rb") as null, open(out, "w+") as o, open(err, "w+") as e:
+            rc = subprocess.run(cmd, stdin=null, stdout=o, stderr=e, env=self.env, timeout=timeout).returncode
+            o.seek(0)
+            e.seek(0)
+            res = Result(cmd, rc, o.read(), e.read())
+        os.unlink(out)
+        os.unlink(err)
+        return res
+
+    def ok(self, *args: str, timeout: float = 180) -> str:
+        r = self(*args, timeout=timeout)
+        assert r.returncode == 0, str(r)
+        return r.stdout.strip()
+
+    def import_rootfs(self, rootfs: str, name: str) -> str:
+        """`tar -C ROOTFS -c . | podman import - NAME` (no registry here); returns the image's id."""
+        tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        with open(os.devnull, "wb") as null:
+            r = subprocess.run(self.cmd("import", "-", name), stdin=tar.stdout, stdout=null,
+                               stderr=subprocess.PIPE, env=self.env, timeout=180)
+        tar.stdout.close()
+        assert tar.wait() == 0 and r.returncode == 0, f"podman import: {r.stderr.decode(errors='replace')}"
+        return self.ok("image", "inspect", "--format", "{{.Id}}", name)
+
+    def run(self, image: str, *args: str, name: Optional[str] = None) -> str:
+        name = name or f"fcp-{uuid.uuid4().hex[:10]}"
+        self.names.append(name)
+        self.ok("run", "-d", "--network", "none", "--name", name, image, *args)
+        return name
+
+    def track(self, name: str) -> None:
+        self.names.append(name)
+
+    def exec_cat(self, name: str, path: str) -> Optional[str]:
+        r = self("exec", name, "cat", path, timeout=60)
+        return r.stdout if r.returncode == 0 else None
+
+    def status(self, name: str) -> Optional[str]:
+        r = self("inspect", "--format", "{{.State.Status}}", name)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    def cleanup(self) -> List[str]:
+        """Remove every container, then podman's mounts and files below the base directory."""
+        problems = []
+        for name in self.names:
+            self("rm", "-f", "-t", "0", name)
+        r = self("ps", "-aq")
+        if r.returncode == 0 and r.stdout.strip():
+            problems.append(f"podman containers left: {r.stdout.split()}")
+            self("rm", "-af", "-t", "0")
+        # not `podman system reset`: it also removes networks, which are the host's, not the test's
+        for m in _mounts_under(self.base):
+            problems.append(f"mount {m}")
+            subprocess.run(["umount", "-l", m], stdin=subprocess.DEVNULL, capture_output=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+        return problems
+
+
+def _mounts_under(path: str) -> List[str]:
+    prefix = os.path.realpath(path).rstrip("/") + "/"
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mnt = line.split()[4].replace("\\040", " ")
+            if mnt.startswith(prefix):
+                out.append(mnt)
+    return sorted(out, key=len, reverse=True)
+
+
+def read_log(text: Optional[str]) -> List[int]:
+    """The counter's count.log as read through `podman exec cat` (a last, partial line left out)."""
+    if not text:
+        return []
+    return [int(l) for l in text.split("\n")[:-1] if l.strip()]
