@@ -1,4 +1,4 @@
-"""The public API as a user meets it: help(), docstrings, the errors of wrong input, package metadata."""
+"""The public API as a user meets it: help(), docstrings, the errors of wrong input."""
 from __future__ import annotations
 
 import inspect
@@ -6,7 +6,6 @@ import os
 import pydoc
 import subprocess
 import sys
-from importlib import metadata
 
 import pytest
 
