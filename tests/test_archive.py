@@ -11,6 +11,7 @@ was (a refused export) or nothing at all (a refused import).
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -57,6 +58,14 @@ def test_export_then_import_into_an_empty_bundle(env, compress):
     assert ct.state() is None, "the container is still known to runc after its checkpoint"
     stopped_at = ct.counter.last()
     _no_temporaries(env.workdir)
+    if compress == "zstd":  # what the archive holds, read by inspect straight from the file
+        r = env.fastckpt("inspect", "--json", archive)
+        assert r.returncode == 0, str(r)
+        info = json.loads(r.stdout)
+        assert info["path"] == archive and info["archive"] and info["made_by"] == "fastckpt"
+        c = info["container"]
+        assert (c["id"], c["name"], c["runtime"]) == (ct.id, ct.id, "runc") and len(c["podman_id"]) == 64, c
+        assert any(p["pid"] == 1 for p in info["processes"]), info["processes"]
 
     bundle = os.path.join(env.workdir, "imported")  # does not exist: all comes from the archive
     new = rs.new_id("imp")

@@ -59,9 +59,26 @@ def inspect_path(path: str) -> dict:
         return inspect(path)
     if not stat.S_ISREG(st.st_mode):
         raise ImageError(f"{path} is neither a checkpoint directory nor a checkpoint archive", path=path)
-    # an archive: to be unpacked (streamed) into a temporary directory and inspected there
-    raise ImageError(f"{path} is a file: inspecting checkpoint archives is not supported yet "
-                     f"(archives: not yet); unpack it and inspect its directory", path=path, errno=errno.ENOTSUP)
+    return _inspect_archive(path)
+
+
+def _inspect_archive(path: str) -> dict:
+    """An archive (fastckpt's or podman's export) is unpacked, checked as an import checks it, into a
+    private temporary directory, inspected there and removed; the result names the archive."""
+    import shutil
+    import tempfile
+
+    from . import archive
+
+    tmp = tempfile.mkdtemp(prefix="fastckpt-inspect-")
+    try:
+        archive.unpack(path, tmp)
+        info = inspect(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    info["path"] = os.path.abspath(path)
+    info["archive"] = True
+    return info
 
 
 def _images_dir(path: str) -> tuple[str, str | None]:
@@ -202,7 +219,11 @@ def _container(meta, podman: dict, r: _Reader, root_ids) -> dict:
             out["bundle"] = labels["bundle"]
     cfg = podman.get("config.dump") or {}
     spec = podman.get("spec.dump") or {}
-    if cfg:
+    if cfg and out["id"] is not None:
+        # fastckpt's own archive: the container is the runc one; config.dump is for podman's import
+        out["podman_id"] = cfg.get("id")
+        out["image"] = cfg.get("rootfsImageName") or cfg.get("rootfsImageID") or None
+    elif cfg:
         out["id"] = cfg.get("id") or out["id"]
         out["name"] = cfg.get("name") or out["name"]
         out["image"] = cfg.get("rootfsImageName") or cfg.get("rootfsImageID")
