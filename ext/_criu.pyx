@@ -135,6 +135,7 @@ cdef class Opts:
     def set_log_level(self, int level): c.criu_local_set_log_level(self._o, level)
     def set_root(self, path): _check(c.criu_local_set_root(self._o, _b(path)), "root")
     def set_timeout(self, unsigned int seconds): c.criu_local_set_timeout(self._o, seconds)
+    def set_config_file(self, path): _check(c.criu_local_set_config_file(self._o, _b(path)), "config file")
 
     # --- behaviour flags
     def set_leave_running(self, bint v): c.criu_local_set_leave_running(self._o, v)
@@ -153,6 +154,11 @@ cdef class Opts:
     def set_weak_sysctls(self, bint v): c.criu_local_set_weak_sysctls(self._o, v)
     def set_skip_file_rwx_check(self, bint v): c.criu_local_set_skip_file_rwx_check(self._o, v)
     def set_unprivileged(self, bint v): c.criu_local_set_unprivileged(self._o, v)
+    def set_pre_dump_mode(self, int mode): _check(c.criu_local_set_pre_dump_mode(self._o, <c.criu_pre_dump_mode>mode), "pre-dump mode")
+
+    # --- security modules (restore)
+    def set_lsm_profile(self, name): _check(c.criu_local_set_lsm_profile(self._o, _b(name)), "LSM profile")
+    def set_lsm_mount_context(self, ctx): _check(c.criu_local_set_lsm_mount_context(self._o, _b(ctx)), "LSM mount context")
 
     # --- cgroups
     def set_manage_cgroups(self, bint v): c.criu_local_set_manage_cgroups(self._o, v)
@@ -188,6 +194,11 @@ cdef class Opts:
             c.criu_local_set_notify_cb(self._o, NULL)
         else:
             c.criu_local_set_notify_cb(self._o, _notify_trampoline)
+
+    # --- the pty master CRIU sent with its 'orphan-pts-master' notification (-1: none yet);
+    # valid in the notify handler of that action (libcriu keeps it in one global)
+    @staticmethod
+    def orphan_pts_master_fd(): return c.criu_get_orphan_pts_master_fd()
 
     # --- operations: each returns (ret, errno) with the GIL released meanwhile
     cdef tuple _run(self, int op):

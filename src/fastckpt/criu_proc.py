@@ -204,14 +204,18 @@ def _take_spare(binary: str) -> tuple[int, _socket.socket] | None:
 
 
 def run(opts, op: str, binary: str, *, log_path: str | None = None, timeout: float | None = None,
-        log_limit: int = LOG_LIMIT, setup=None, on_stop=None):
+        log_limit: int = LOG_LIMIT, setup=None, on_stop=None, fresh: bool = False):
     """Run OP ("dump", "restore", "check", ...) of OPTS in a ``criu swrk`` of its own (the spare one
     prespawn() started, or a new one).
 
     SETUP(pid), if given, runs once criu exists and before it gets its request;
     ON_STOP(), if given, when the watchdog stops CRIU: it kills all CRIU started.
+    FRESH: a criu started now, not the spare: it inherits the descriptors opened since (the
+    namespace files given to CRIU as inherit fds exist in CRIU only if they were there at its start).
     Returns (ret, errno, why CRIU was stopped or None) -- feature_check: its dict.
     """
+    if fresh:
+        discard_spare()
     pid, ours = _take_spare(binary) or _spawn(binary)
     opts.set_service_fd(ours.detach())  # libcriu closes it when the operation is over
     dog = Watchdog(pid, log_path, timeout, log_limit, on_stop)

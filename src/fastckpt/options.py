@@ -181,6 +181,12 @@ class CheckpointOptions(_ImagePaths, Record, frozen=True):
     network_lock: NetworkLock | None = DEFAULT_NETWORK_LOCK
     log_level: int = 4
     extra_externals: tuple = ()  # --external KEY strings handed to CRIU
+    # runc's flags for iterative and lazy migration
+    pre_dump: bool = False  # dump memory only (needs soft-dirty tracking), leave the container running
+    parent_path: str | None = None  # previous (pre-dump) images, relative to the image path
+    lazy_pages: bool = False  # leave memory to a lazy-pages daemon (needs userfaultfd and a page server)
+    status_fd: int | None = None  # fd that gets a \0 once the lazy page server is ready
+    auto_dedup: bool = False  # punch the pages a later dump repeats out of the parent's images
 
     def __post_init__(self):
         ps = self.page_server
@@ -194,10 +200,50 @@ class CheckpointOptions(_ImagePaths, Record, frozen=True):
         set_("empty_ns", parse_empty_ns(self.empty_ns))
         set_("network_lock", parse_network_lock(self.network_lock))
         set_("extra_externals", tuple(self.extra_externals))
-        _normalize_paths(self, ("image_path", "work_path"))
+        _normalize_paths(self, ("image_path", "work_path", "parent_path"))
         if not 0 <= self.log_level <= 4:
             raise UsageError(f"Invalid log level {self.log_level} (0-4)")
+        if self.parent_path and os.path.isabs(self.parent_path):
+            raise UsageError("--parent-path must be relative (to the image path)")
+        set_("status_fd", parse_status_fd(self.status_fd))
+        if self.status_fd is not None and not self.lazy_pages:
+            raise UsageError("--status-fd is only used with --lazy-pages")
+        if self.lazy_pages and self.pre_dump:
+            raise UsageError("--lazy-pages and --pre-dump cannot be used together")
 
+    def resolved_parent_path(self) -> str | None:
+        """The parent images as a path (--parent-path is relative to the image path), or None."""
+        if not self.parent_path:
+            return None
+        return os.path.normpath(os.path.join(self.resolved_image_path(), self.parent_path))
+
+
+def parse_status_fd(value) -> int | None:
+    """--status-fd: a file descriptor number (runc's default -1: none)."""
+    if value is None or value == "" or value == -1:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise UsageError(f"invalid --status-fd argument {value!r}: a file descriptor number")
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit()):
+            raise UsageError(f"invalid --status-fd argument {value!r}: a file descriptor number")
+        value = int(value)
+    if value < 0:
+        raise UsageError(f"invalid --status-fd argument {value}: a file descriptor number")
+    return value
+
+
+# --lsm-profile TYPE:NAME, as CRIU takes it
+LSM_TYPES = ("apparmor", "selinux")
+
+
+def parse_lsm_profile(value: str | None) -> str | None:
+    if not value:
+        return None
+    kind, sep, name = value.partition(":")
+    if not sep or kind not in LSM_TYPES or not name:
+        raise UsageError(f"invalid --lsm-profile {value!r}: use TYPE:NAME with TYPE apparmor or selinux")
+    return value
 
 
 class RestoreOptions(_ImagePaths, Record, frozen=True):
@@ -219,6 +265,12 @@ class RestoreOptions(_ImagePaths, Record, frozen=True):
     network_lock: NetworkLock | None = DEFAULT_NETWORK_LOCK
     log_level: int = 4
     extra_externals: tuple = ()
+    # runc's: the AF_UNIX socket that gets the master of a terminal container's new pty
+    console_socket: str | None = None
+    lazy_pages: bool = False  # memory comes from a lazy-pages daemon (criu lazy-pages) on demand
+    auto_dedup: bool = False
+    lsm_profile: str | None = None  # TYPE:NAME, the LSM profile the restored processes get
+    lsm_mount_context: str | None = None  # the SELinux mount context of the restored mounts
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -226,9 +278,11 @@ class RestoreOptions(_ImagePaths, Record, frozen=True):
         set_("empty_ns", parse_empty_ns(self.empty_ns))
         set_("network_lock", parse_network_lock(self.network_lock))
         set_("extra_externals", tuple(self.extra_externals))
-        _normalize_paths(self, ("image_path", "work_path", "bundle", "pid_file"))
+        _normalize_paths(self, ("image_path", "work_path", "bundle", "pid_file", "console_socket",
+                                "lsm_profile", "lsm_mount_context"))
         if not 0 <= self.log_level <= 4:
             raise UsageError(f"Invalid log level {self.log_level} (0-4)")
+        set_("lsm_profile", parse_lsm_profile(self.lsm_profile))
 
     def resolved_bundle(self) -> str:
         return os.path.abspath(self.bundle or os.getcwd())
