@@ -268,11 +268,20 @@ def write_meta(image_path: str, ct: runc.Container | None, netns: str = NETNS_HO
     for a container, runc's state (its config) so that restore needs no
     conversion; what network namespace it had and how it was locked."""
     meta = {"format": 1, "kind": "container" if ct else "process", "netns": netns,
-            "network_lock": network_lock}
+            "network_lock": network_lock, "boot_id": boot_id()}
     if ct is not None:
         meta["id"] = ct.id
         meta["state"] = ct.state
     _write_private(os.path.join(image_path, META_FILE), json.dumps(meta).encode())
+
+
+def boot_id() -> str | None:
+    """This boot's id (a restore on the same boot as its checkpoint knows the clocks went on)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def read_meta(image_path: str) -> dict | None:

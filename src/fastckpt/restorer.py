@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import time
 
 from ._record import Record
@@ -20,6 +21,8 @@ from .options import NETNS_HOST, NETNS_OWN, RestoreOptions
 
 RESTORE_LOG = "restore.log"
 CRIU_ROOT = "criu-root"
+CRIU_IMAGES = "criu-images"  # the images as CRIU sees them when their host clocks are left out
+HOST_TIMENS_IMAGE = "timens-0.img"
 
 _NS_FILES = {"NEWCGROUP": "cgroup", "NEWIPC": "ipc", "NEWNET": "net", "NEWNS": "mnt", "NEWPID": "pid",
              "NEWUSER": "user", "NEWUTS": "uts"}
@@ -349,6 +352,7 @@ def restore(container_id: str | None = None, options: RestoreOptions | None = No
     elif kwargs:
         options = options.replace(**kwargs)
     engine.require_privileges("restore")
+    root = os.path.abspath(root)  # CRIU's root is made in it: CRIU needs it absolute
     if session is None:
         criu_proc.prespawn()  # its exec overlaps the checks of the images
     try:
@@ -469,6 +473,7 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
 
     undo: list = []  # what to take back on failure, last first
     ns_fds: list[int] = []
+    criu_images = None  # a view of the images without the host's clocks (see _host_clock_view)
     masters: list[int] = []  # a foreground terminal container's new pty master (fastckpt relays it)
     pid = 0
     # CRIU's root: the rootfs bind-mounted, as runc does (the rootfs need not be a mount)
@@ -493,11 +498,16 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
         _libc.bind_mount(cfg["rootfs"], criu_root)
         mounted = True
         _prepare_mountpoints(cfg)
+        image_fd = fds[0]
+        criu_images = _host_clock_view(image_path, meta)
+        if criu_images is not None:
+            image_fd = engine.open_dir_fd(criu_images, "image directory")
+            fds.append(image_fd)
 
         own_netns = any(ns.get("type") == "NEWNET" and not ns.get("path") for ns in cfg.get("namespaces") or [])
         # what the checkpoint says of its network namespace (runc's images say nothing)
         netns = (meta or {}).get("netns") or (NETNS_OWN if own_netns else NETNS_HOST)
-        opts = _new_opts(options, fds[0], fds[1], netns, dumped_with=(meta or {}).get("network_lock"))
+        opts = _new_opts(options, image_fd, fds[1], netns, dumped_with=(meta or {}).get("network_lock"))
         opts.set_root(criu_root)
         opts.set_manage_cgroups(True)
         opts.set_evasive_devices(True)
@@ -548,6 +558,8 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
             _libc.umount(criu_root)
             mounted = False
             os.rmdir(criu_root)
+            if criu_images is not None:
+                shutil.rmtree(criu_images, ignore_errors=True)
         if opts.notify_error is not None:
             raise opts.notify_error
         if ret <= 0:
@@ -578,6 +590,8 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
         if mounted:
             _libc.umount(criu_root)
             mounted = False
+        if criu_images is not None:
+            shutil.rmtree(criu_images, ignore_errors=True)
         for fn in reversed(undo):
             try:
                 fn()
@@ -595,6 +609,41 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
                         container_id=cid, bundle=bundle, wall_time=time.monotonic() - t0)
     res._relay_master = masters[0] if masters else None  # not a field: the foreground relay's
     return res
+
+
+def _host_clock_view(image_path: str, meta: dict | None) -> str | None:
+    """On the boot a container was checkpointed on, a view of its images without the host's clocks
+    (timens-0.img): a directory in the image directory with hard links to the other images (CRIU
+    opens images without following symlinks); or None to give CRIU the images as they are.
+
+    CRIU restores every tree into a new time namespace, shifted so that its monotonic clocks go on
+    from their value at the dump. On the same boot the host's clocks already did: the restored
+    container can stay in the host's time namespace (it sees the time it was checkpointed, as a
+    paused container does), and processes `runc exec` starts in it later (runc 1.1 knows no time
+    namespace to join) are in the same one as its init, so the container can be checkpointed and
+    restored again (CRIU cannot restore a tree spread over two time namespaces: "Can't restore
+    sub-task in NS"). A tree already in a time namespace of its own at the dump keeps it.
+    """
+    if not meta or not meta.get("boot_id") or meta.get("boot_id") != engine.boot_id():
+        return None
+    names = [e.name for e in os.scandir(image_path) if e.is_file(follow_symlinks=False) or e.is_symlink()]
+    if HOST_TIMENS_IMAGE not in names or any(n.startswith("timens-") and n != HOST_TIMENS_IMAGE for n in names):
+        return None
+    into = os.path.join(image_path, f".{CRIU_IMAGES}-{os.getpid()}-{time.monotonic_ns()}")
+    os.mkdir(into, 0o700)
+    try:
+        for name in names:
+            src = os.path.join(image_path, name)
+            if name == HOST_TIMENS_IMAGE:
+                continue
+            if os.path.islink(src):  # "parent": the pre-dump images
+                os.symlink(os.path.realpath(src), os.path.join(into, name))
+            else:
+                os.link(src, os.path.join(into, name))
+    except OSError:  # no hard links here: CRIU gets the images as they are
+        shutil.rmtree(into, ignore_errors=True)
+        return None
+    return into
 
 
 def _restore_notify(sock, masters: list[int]):
