@@ -8,74 +8,23 @@ the new master over its RPC socket with the notification "orphan-pts-master";
 fastckpt, like runc, passes that master on to the --console-socket, with
 SCM_RIGHTS, and closes its own copy.
 
-CRIU can restore one such slave only ("Only one slave external peer is
-allowed"): a container holding two ptys whose masters are outside (say its
-init's console and a `runc exec -t` shell's) could be dumped but never
-restored, so ``check_restorable()`` refuses to checkpoint it (unless it is
-left running) before anything is frozen.
+Such a container is always restorable by fastckpt: detached with
+--console-socket (CLI, or ``console_socket=`` in the API), or in the
+foreground, where fastckpt relays the terminal to its own stdio as runc does
+(``Relay``). A detached restore without a console socket is refused (runc's
+message) before anything is made, so the checkpoint of a terminal container
+needs no refusal of its own.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import socket
 
-from .errors import ContainerStateError, UsageError
+from .errors import UsageError
 
 NOTIFY_ACTION = "orphan-pts-master"  # CRIU's notification carrying the new master (runc's name for it too)
 _PTS_PREFIX = "/dev/pts/"
-_MASTERS = ("/dev/ptmx", "/dev/pts/ptmx")
-
-
-# --- checkpoint -----------------------------------------------------------------------------
-
-def _pty_fds(pid: int) -> tuple[set[int], set[int]]:
-    """(slave indexes, master indexes) of the ptys PID holds open."""
-    slaves, masters = set(), set()
-    fd_dir = f"/proc/{pid}/fd"
-    try:
-        fds = os.listdir(fd_dir)
-    except OSError:
-        return slaves, masters
-    for fd in fds:
-        try:
-            target = os.readlink(os.path.join(fd_dir, fd))
-        except OSError:
-            continue
-        if target in _MASTERS:
-            try:
-                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                    for line in f:
-                        if line.startswith("tty-index:"):
-                            masters.add(int(line.split()[1]))
-            except (OSError, ValueError):
-                pass
-        elif target.startswith(_PTS_PREFIX) and target[len(_PTS_PREFIX):].isdigit():
-            slaves.add(int(target[len(_PTS_PREFIX):]))
-    return slaves, masters
-
-
-def orphan_slaves(pids) -> set[int]:
-    """The pty slaves held by PIDS whose master none of them holds (the pty indexes)."""
-    slaves, masters = set(), set()
-    for pid in pids:
-        s, m = _pty_fds(pid)
-        slaves |= s
-        masters |= m
-    return slaves - masters
-
-
-def check_restorable(container_id: str, pids) -> None:
-    """Refuse a checkpoint that CRIU could dump but never restore: more than one outside pty."""
-    orphans = orphan_slaves(pids)
-    if len(orphans) > 1:
-        names = ", ".join(f"/dev/pts/{n}" for n in sorted(orphans))
-        raise ContainerStateError(
-            f"container {container_id!r} holds {len(orphans)} terminals whose masters are outside it ({names}; "
-            "e.g. a `runc exec -t` session besides its console): CRIU restores one only, so this checkpoint "
-            "could not be restored; end the other sessions first, or use --leave-running. Nothing was "
-            "checkpointed", errno=errno.EBUSY)
 
 
 # --- restore ------------------------------------------------------------------------------------
@@ -181,3 +130,46 @@ class Relay:
             os.close(self.master)
         except OSError:
             pass
+
+
+class Discard:
+    """A console socket that takes pty masters and closes them, for `runc create` of a terminal bundle
+    whose container is deleted at once (runc's config conversion): ``with Discard() as path:``."""
+
+    def __enter__(self) -> str:
+        import tempfile
+        import threading
+
+        self._fds: list[int] = []
+        self._dir = tempfile.mkdtemp(prefix="fastckpt-tty-")
+        self.path = os.path.join(self._dir, "sock")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self._sock.bind(self.path)
+        self._sock.listen(1)
+        self._thread = threading.Thread(target=self._take, daemon=True)
+        self._thread.start()
+        return self.path
+
+    def _take(self) -> None:
+        try:
+            conn, _ = self._sock.accept()
+        except OSError:
+            return
+        with conn:
+            try:
+                _, self._fds, _, _ = socket.recv_fds(conn, 64, 4)  # held until the container is deleted
+            except OSError:
+                return
+
+    def __exit__(self, *exc) -> None:
+        import shutil
+
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        self._thread.join(timeout=2)
+        for fd in self._fds:
+            os.close(fd)
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -13,7 +13,7 @@ import stat
 import time
 
 from ._record import Record, factory
-from . import _criu, cgroups, console, criu_proc, kdat, locks, manifest, migration, netimages, runc, signals
+from . import _criu, cgroups, criu_proc, kdat, locks, manifest, migration, netimages, runc, signals
 from .constants import MIN_CRIU_VERSION
 from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, DiskFull, Error,
                      ImageDirError, Interrupted, PermissionDenied, UsageError, log_errors)
@@ -349,19 +349,6 @@ def resolve_in_root(rootfs: str, path: str) -> str:
     return "/" + "/".join(out)
 
 
-def container_pids(ct: runc.Container) -> list[int]:
-    """Every process of the container (its cgroup's, else its init's tree)."""
-    for key in ("freezer", ""):
-        path = ct.cgroup_paths.get(key)
-        if path:
-            try:
-                with open(os.path.join(path, "cgroup.procs")) as f:
-                    return [int(x) for x in f.read().split()]
-            except (OSError, ValueError):
-                pass
-    return [ct.init_pid, *criu_proc.descendants(ct.init_pid)]
-
-
 def container_external_mounts(ct: runc.Container) -> list[tuple[str, str]]:
     """(key, value) pairs of the container's external mounts, as runc gives them to CRIU."""
     cfg = ct.config
@@ -569,8 +556,6 @@ def _check_before_freezing(options: CheckpointOptions, ct: runc.Container | None
             migration.require_mem_track(feats, "--pre-dump" if options.pre_dump else "--parent-path")
         if options.lazy_pages:
             migration.require_lazy_pages(feats)
-    if ct is not None and not (options.leave_running or options.pre_dump):
-        console.check_restorable(ct.id, container_pids(ct))
 
 
 def _notify_handler(options: CheckpointOptions):

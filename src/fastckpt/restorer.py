@@ -94,7 +94,7 @@ def config_from_bundle(bundle: str) -> dict:
     creates a throw-away container from the bundle in a private state root;
     its config is read and the container deleted at once.
     """
-    import shutil
+    import contextlib
     import subprocess
     import tempfile
 
@@ -105,9 +105,11 @@ def config_from_bundle(bundle: str) -> dict:
     log = os.path.join(tmp, "runc.log")
     base = ["runc", "--root", tmp, "--log", log, "--log-format", "json"]
     try:
-        with open(os.devnull, "r+b") as null:
-            rc = subprocess.run(base + ["create", "--bundle", bundle, cid], stdin=null, stdout=null,
-                                stderr=null).returncode
+        with open(os.devnull, "r+b") as null, contextlib.ExitStack() as stack:
+            create = base + ["create", "--bundle", bundle]
+            if console.spec_terminal(bundle):  # runc wants somewhere to send the pty master
+                create += ["--console-socket", stack.enter_context(console.Discard())]
+            rc = subprocess.run(create + [cid], stdin=null, stdout=null, stderr=null).returncode
             if rc:
                 raise Error(f"runc cannot create a container from bundle {bundle}: "
                             f"{runc_log_errors(log) or f'exit {rc}'}")
