@@ -75,7 +75,7 @@ def check_parent_path(image_path: str, parent_path: str) -> str:
     """runc's check of --parent-path: relative, and a directory relative to the image path."""
     if os.path.isabs(parent_path):
         raise UsageError("--parent-path must be relative (to the image path)")
-    real = os.path.join(image_path, parent_path)
+    real = os.path.normpath(os.path.join(image_path, parent_path))  # lexically, as Go's filepath.Join
     try:
         is_dir = stat.S_ISDIR(os.stat(real).st_mode)
     except OSError as e:
