@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from test_runc_checkpoint_bats import IN_CI, Bats
+from test_runc_checkpoint_bats import Bats, require_root_runc_criu
 from restore_support import assert_nothing_left
 
 pytestmark = pytest.mark.integration
@@ -21,13 +21,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def term(request, tmp_path):
-    import shutil
-
-    if os.geteuid() != 0 or not shutil.which("runc") or not shutil.which("criu"):
-        reason = "terminal container tests need root, runc and criu"
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_root_runc_criu("terminal container tests")
     b = Bats("fastckpt", str(tmp_path), request)
     b.setup_busybox()
     yield b

@@ -116,11 +116,7 @@ def test_global_flags_parsed_before_the_command():
 
 @pytest.fixture
 def env(runc_root, tmp_path):
-    e = rs.Env(runc_root, str(tmp_path))
-    yield e
-    problems = e.cleanup()
-    if problems:
-        pytest.fail("cleanup: " + "; ".join(problems))
+    yield from rs.Env.scoped(runc_root, str(tmp_path))
 
 
 def _still_running(env, ct, images: str | None = None) -> None:

@@ -300,7 +300,8 @@ def _cmd_check(args) -> int:
         print(f"criu check: {'ok' if info['check_ok'] else 'FAILED (run `criu check` for details)'}")
         print(f"libcriu (compiled against): {info['libcriu']}")
         for name, present in info["features"].items():
-            note = "" if present else (f" ({info['feature_notes'][name]})" if name in info.get("feature_notes", {})
+            note = "" if present else (f" (unavailable: {info['feature_notes'][name]})"
+                                       if name in info.get("feature_notes", {})
                                        else _MISSING.get(name, ""))
             print(f"feature {name}: {'yes' if present else 'no'}{note}")
     return 0 if info["version_ok"] and info["check_ok"] else EXIT_ERROR

@@ -446,12 +446,13 @@ def apply_common(opts: "_criu.Opts", o: CheckpointOptions, netns: str = NETNS_HO
     return lock.name.lower() if lock is not None else "iptables"  # None: CRIU's default
 
 
-def apply_config_file(opts: "_criu.Opts", labels, work_path: str, lazy_pages: bool = False) -> None:
+def apply_config_file(opts: "_criu.Opts", labels, work_path: str, lazy_pages: bool = False,
+                      page_server=None) -> None:
     """runc's container-specific CRIU configuration file (org.criu.config, else /etc/criu/runc.conf);
     with LAZY_PAGES, one of fastckpt's own that adds `lazy-pages` to it (libcriu has no setter)."""
     path = migration.criu_config_file(labels) if labels is not None else None  # None: not a container
     if lazy_pages:
-        path = migration.lazy_config_file(work_path, path)
+        path = migration.lazy_config_file(work_path, path, page_server)
     if path:
         opts.set_config_file(path)
 
@@ -593,7 +594,7 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
         opts.set_log_file(DUMP_LOG)
         opts.set_pid(target_pid)
         opts.set_leave_running(options.leave_running)
-        if options.page_server is not None:
+        if options.page_server is not None and not options.lazy_pages:  # lazy: the config file says it
             opts.set_page_server(options.page_server.address, options.page_server.port)
         netns = container_netns(ct) if ct is not None else NETNS_HOST
         lock = apply_common(opts, options, netns)
@@ -606,7 +607,7 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
             opts.set_notify(handler)
         if ct is not None or options.lazy_pages:
             apply_config_file(opts, (ct.config.get("labels") or []) if ct is not None else None, work_path,
-                              options.lazy_pages)
+                              options.lazy_pages, options.page_server)
         if ct is not None:
             opts.set_root(ct.rootfs)
             opts.set_manage_cgroups(True)

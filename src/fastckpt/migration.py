@@ -132,9 +132,11 @@ def criu_config_file(labels) -> str | None:
     return RUNC_CRIU_CONFIG
 
 
-def lazy_config_file(work_path: str, base: str | None) -> str:
+def lazy_config_file(work_path: str, base: str | None, page_server=None) -> str:
     """A CRIU configuration file asking for lazy pages (libcriu has no setter for it): the container's
-    own configuration file's lines (if any), then `lazy-pages`. Written in the work directory."""
+    own configuration file's lines (if any), then `lazy-pages`, and the address and port the lazy page
+    server listens on (CRIU reads a page server given over RPC before the file, as one to connect to).
+    Written in the work directory."""
     lines = ""
     if base:
         try:
@@ -146,4 +148,6 @@ def lazy_config_file(work_path: str, base: str | None) -> str:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(lines + ("\n" if lines and not lines.endswith("\n") else "") + "lazy-pages\n")
+        if page_server is not None:
+            f.write(f"address={page_server.address}\nport={page_server.port}\n")
     return path

@@ -545,14 +545,18 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
                 opts.add_inherit_fd(fd, key)
         for i, d in enumerate(descriptors[:3]):
             if d.startswith(("pipe:", "socket:")):
-                opts.add_inherit_fd(i, d)
+                # a copy above 2: the criu fastckpt starts has its stdout on /dev/null
+                fd = os.dup(i)
+                ns_fds.append(fd)
+                os.set_inheritable(fd, True)
+                opts.add_inherit_fd(fd, d)
 
         if not options.detach and not options.no_subreaper:
             _libc.set_child_subreaper(True)
         try:
             # CRIU restores the tree as its child; when it exits the tree goes to the
             # nearest subreaper: fastckpt when it waits in the foreground
-            # a criu of its own when namespace fds are handed over (the spare one was started before them)
+            # a criu of its own when fds are handed over (the spare one was started before they were opened)
             ret, err = engine.run_op(opts, "restore", log_path=log_path, timeout=restore_bound(image_path),
                                      setup=enter_cgroups, on_stop=lambda: _kill_cgroup_tasks(cg_paths),
                                      fresh=bool(ns_fds))
