@@ -205,9 +205,8 @@ class CheckpointOptions(_ImagePaths, Record, frozen=True):
             raise UsageError(f"Invalid log level {self.log_level} (0-4)")
         if self.parent_path and os.path.isabs(self.parent_path):
             raise UsageError("--parent-path must be relative (to the image path)")
-        set_("status_fd", parse_status_fd(self.status_fd))
-        if self.status_fd is not None and not self.lazy_pages:
-            raise UsageError("--status-fd is only used with --lazy-pages")
+        # as runc: --status-fd means something (and is checked) only with --lazy-pages
+        set_("status_fd", parse_status_fd(self.status_fd) if self.lazy_pages else None)
         if self.lazy_pages and self.pre_dump:
             raise UsageError("--lazy-pages and --pre-dump cannot be used together")
 
