@@ -148,6 +148,8 @@ def test_bad_checkpoint_values_change_nothing(env, args, code, needles):
     (["--log-format", "xml"], 'unknown log-format "xml"'),
     (["--criu", "/nonexistent/criu"], "--criu '/nonexistent/criu': no such executable"),
     (["--log", "/nonexistent-dir/fastckpt.log"], "cannot open log file /nonexistent-dir/fastckpt.log"),
+    (["--rootless", "maybe"], "invalid --rootless value 'maybe'"),
+    (["--systemd-cgroup"], "--systemd-cgroup is not supported"),
 ])
 def test_bad_global_values_change_nothing(env, argv, needle):
     ct = env.start()
@@ -197,7 +199,8 @@ def test_debug_log_json_and_criu_path(env):
     log = os.path.join(env.workdir, "fastckpt.log")
     images = os.path.join(env.workdir, "img")
     criu = shutil.which("criu")
-    r = rs.run(rs.fastckpt_cmd("--debug", "--log", log, "--log-format", "json", "--criu", criu, "--root", env.root,
+    r = rs.run(rs.fastckpt_cmd("--debug", "--log", log, "--log-format", "json", "--criu", criu, "--rootless", "auto",
+                               "--root", env.root,
                                "checkpoint", "--auto-dedup", "--image-path", images, ct.id), env.workdir)
     assert r.returncode == 0, str(r)
     recs = [json.loads(line) for line in open(log)]

@@ -145,7 +145,7 @@ _COMMANDS = {"checkpoint": _add_checkpoint, "restore": _add_restore, "check": _a
 
 
 # runc's global options that take a value (as separate words or --name=value)
-_GLOBAL_VALUES = ("--root", "--log", "--log-format", "--criu")
+_GLOBAL_VALUES = ("--root", "--log", "--log-format", "--criu", "--rootless")
 
 
 def _requested(argv: list[str]) -> str | None:
@@ -200,6 +200,11 @@ def build_parser(argv: list[str] | None = None):
                         help="set the log format ('text' (default), or 'json')")
     parser.add_argument("--criu", default=None, metavar="PATH",
                         help="path to the criu binary used for checkpoint and restore (default: criu from PATH)")
+    parser.add_argument("--systemd-cgroup", action="store_true",
+                        help="runc's systemd cgroup driver: not supported (fastckpt manages cgroupfs cgroups)")
+    parser.add_argument("--rootless", default="auto", metavar="VALUE",
+                        help="runc's 'true', 'false' or 'auto' (accepted; fastckpt runs CRIU unprivileged "
+                             "whenever it is not root)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
     for name, add in _COMMANDS.items():
         add(sub, full=argv is None or wanted == name or wanted not in _COMMANDS)
@@ -228,6 +233,19 @@ def _print_result(res, args) -> None:
         print(json.dumps(out, indent=2))
     elif stats is not None:
         print(json.dumps(stats))
+
+
+_BOOLS = {"1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False"}  # Go's ParseBool
+
+
+def _check_runc_globals(args) -> None:
+    from .errors import UsageError
+
+    if args.rootless != "auto" and args.rootless not in _BOOLS:
+        raise UsageError(f"invalid --rootless value {args.rootless!r}: use true, false or auto")
+    if args.systemd_cgroup:
+        raise UsageError("--systemd-cgroup is not supported: fastckpt manages the container's cgroups itself "
+                         "(cgroupfs), as runc does without it")
 
 
 def _debug_options(options) -> None:
@@ -356,6 +374,7 @@ def _main(argv: list[str]) -> int:
     criu_proc.MUTE_LIBCRIU_STDERR = True  # errors are fastckpt's one line, not libcriu's perror()s
     try:
         runlog.configure(args.debug, args.log, args.log_format)
+        _check_runc_globals(args)
         runlog.debug(f"fastckpt {__version__}: {' '.join(argv)}")
         return args.func(args)
     except Error as e:  # one line; CRIU's own error lines follow when CRIU failed
