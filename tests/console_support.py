@@ -29,16 +29,15 @@ class ConsoleReceiver:
         self._threads[0].start()
 
     def _accept(self) -> None:
+        from fastckpt.console import receive_master
+
         while not self._stop:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            with conn:
-                try:
-                    msg, fds, _, _ = socket.recv_fds(conn, 4096, 4)
-                except OSError:
-                    continue
+            got = receive_master(self._sock)
+            if got is None:
+                if self._stop:
+                    return
+                continue
+            msg, fds = got
             for fd in fds:
                 with self._lock:
                     self.masters.append(fd)

@@ -132,6 +132,21 @@ class Relay:
             pass
 
 
+def receive_master(listener: socket.socket) -> tuple[bytes, list[int]] | None:
+    """The other end of a console socket: one connection's message and descriptors (the pty master),
+    or None when the listener was closed or the sender sent nothing."""
+    try:
+        conn, _ = listener.accept()
+    except OSError:
+        return None
+    with conn:
+        try:
+            msg, fds, _, _ = socket.recv_fds(conn, 4096, 4)
+        except OSError:
+            return None
+    return msg, fds
+
+
 class Discard:
     """A console socket that takes pty masters and closes them, for `runc create` of a terminal bundle
     whose container is deleted at once (runc's config conversion): ``with Discard() as path:``."""
@@ -151,15 +166,9 @@ class Discard:
         return self.path
 
     def _take(self) -> None:
-        try:
-            conn, _ = self._sock.accept()
-        except OSError:
-            return
-        with conn:
-            try:
-                _, self._fds, _, _ = socket.recv_fds(conn, 64, 4)  # held until the container is deleted
-            except OSError:
-                return
+        got = receive_master(self._sock)
+        if got is not None:
+            self._fds = got[1]  # held until the container is deleted
 
     def __exit__(self, *exc) -> None:
         import shutil
