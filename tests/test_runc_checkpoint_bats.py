@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from typing import Callable, List, Optional
 

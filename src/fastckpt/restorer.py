@@ -14,7 +14,7 @@ import shutil
 import time
 
 from ._record import Record
-from . import _libc, cgroups, console, criu_proc, engine, locks, manifest, migration, runc, signals
+from . import _libc, cgroups, console, criu_proc, engine, locks, manifest, runc, signals
 from .errors import ContainerStateError, Error, ImageDirError, Interrupted, UsageError
 from .constants import CgroupMode, Namespace
 from .options import NETNS_HOST, NETNS_OWN, RestoreOptions
