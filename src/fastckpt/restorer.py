@@ -152,7 +152,7 @@ def _spec_cgroups_path(bundle: str) -> str | None:
             path = ((json.load(f).get("linux") or {}).get("cgroupsPath")) or ""
     except (OSError, ValueError, AttributeError):
         return None
-    return os.path.normpath("/" + path) if path else None
+    return os.path.normpath(path) if path else None
 
 
 # --- mounts --------------------------------------------------------------------
@@ -513,9 +513,11 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
         opts.set_root(criu_root)
         opts.set_manage_cgroups(True)
         opts.set_evasive_devices(True)
-        # a pty whose master was outside the container comes back with a new master, sent to us
+        # a pty whose master was outside the container comes back with a new master, sent to us in
+        # a notification (only asked for then: each costs CRIU a round trip)
         opts.set_orphan_pts_master(True)
-        opts.set_notify(_restore_notify(sock, masters))
+        if terminal:
+            opts.set_notify(_restore_notify(sock, masters))
         engine.apply_config_file(opts, cfg.get("labels") or [], work_path, options.lazy_pages)
         if options.manage_cgroups_mode in (None, CgroupMode.IGNORE):
             # CRIU itself runs in the container's new cgroups (as with runc) and its
