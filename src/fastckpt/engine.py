@@ -122,8 +122,9 @@ def check() -> dict[str, object]:
     ret, err = run_op(new_opts(), "check")
     feats = features()
     notes = {}
-    # userfaultfd alone does not make lazy pages work: CRIU's page server must size its pipe
-    problem = migration.lazy_pages_problem() if feats.get("lazy_pages") else None
+    # userfaultfd alone does not make lazy pages work: CRIU's page server must size its pipe, and a
+    # real lazy migration of a tiny process must work (probed once per boot, CRIU and limits)
+    problem = migration.lazy_pages_problem(path) if feats.get("lazy_pages") else None
     if problem:
         feats["lazy_pages"] = False
         notes["lazy_pages"] = problem
@@ -556,7 +557,7 @@ def _check_before_freezing(options: CheckpointOptions, ct: runc.Container | None
         if options.pre_dump or options.parent_path:
             migration.require_mem_track(feats, "--pre-dump" if options.pre_dump else "--parent-path")
         if options.lazy_pages:
-            migration.require_lazy_pages(feats)
+            migration.require_lazy_pages(feats, criu_binary())
 
 
 def _notify_handler(options: CheckpointOptions):

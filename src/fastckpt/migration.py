@@ -10,7 +10,9 @@ sets up its tee pipe with ``F_SETPIPE_SZ`` to PIPE_MAX_SIZE pages (~3.2 MiB:
 that; without it ``pipe_read_dest_init()`` fails, CRIU 4.2.1 ignores the
 failure, and its first page request splices into fd -1: "page-pipe: splice:
 -1: Bad file descriptor". ``lazy_pages_problem()`` tries exactly that pipe
-size with fastckpt's own credentials (those CRIU gets).
+size with fastckpt's own credentials (those CRIU gets), and
+``probe_lazy_migration()`` migrates a tiny process lazily for real (once per
+boot, CRIU binary, pipe limit and capability set; kept in /run/fastckpt).
 """
 from __future__ import annotations
 
@@ -32,8 +34,21 @@ def criu_lazy_pipe_bytes() -> int:
     return (8 * page // _KERNEL_PIPE_BUFFER) * page
 
 
-def lazy_pages_problem() -> str | None:
-    """Why a lazy dump would fail here (CRIU's page server cannot size its pipe), or None."""
+def lazy_pages_problem(criu: str | None = None) -> str | None:
+    """Why a lazy migration would fail here, or None. With CRIU (the binary), a real lazy migration of a
+    tiny process decides (cached; a CRIU that copes with a smaller pipe passes it), and a pipe CRIU's page
+    server cannot size is named as the reason; without, only the pipe is checked."""
+    pipe = _pipe_problem()
+    if criu is None:
+        return pipe
+    real = probe_lazy_migration(criu)
+    if real is None:
+        return None
+    return pipe or real
+
+
+def _pipe_problem() -> str | None:
+    """Why CRIU's lazy page server cannot size its pipe here, or None."""
     want = criu_lazy_pipe_bytes()
     r, w = os.pipe()
     try:
@@ -55,14 +70,155 @@ def lazy_pages_problem() -> str | None:
         os.close(w)
 
 
-def require_lazy_pages(features: dict[str, bool]) -> None:
+def require_lazy_pages(features: dict[str, bool], criu: str | None = None) -> None:
     if not features.get("lazy_pages"):
         raise Error("--lazy-pages needs userfaultfd (non-cooperative), which this kernel lacks: "
                     "nothing was checkpointed", errno=errno.EOPNOTSUPP)
-    problem = lazy_pages_problem()
+    problem = lazy_pages_problem(criu)
     if problem:
         raise Error(f"--lazy-pages cannot work on this host: {problem}; nothing was checkpointed",
                     errno=errno.EOPNOTSUPP)
+
+
+# --- a real lazy migration of a tiny process, once per boot (and CRIU, and limits) -------------------
+
+PROBE_CACHE = "/run/fastckpt/lazy-pages.probe"
+PROBE_TIMEOUT = 15.0
+
+
+def _probe_key(criu: str) -> str:
+    """What the probe's answer depends on: the boot, the CRIU binary, the pipe limit, our capabilities."""
+    def read(path):
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return "?"
+    caps = next((l.split()[1] for l in read("/proc/self/status").splitlines() if l.startswith("CapEff:")), "?")
+    st = os.stat(criu)
+    return (f"{read('/proc/sys/kernel/random/boot_id')} {criu} {st.st_mtime_ns} {st.st_size} "
+            f"{read(PIPE_MAX_SIZE_FILE)} {caps}")
+
+
+def probe_lazy_migration(criu: str) -> str | None:
+    """None if CRIU migrates a tiny process lazily here (dump with a lazy page server, `criu lazy-pages`,
+    `criu restore --lazy-pages`), else CRIU's first error; the answer is kept in PROBE_CACHE for this
+    boot, CRIU binary, pipe limit and set of capabilities."""
+    import json
+
+    try:
+        key = _probe_key(criu)
+    except OSError as e:
+        return f"cannot probe lazy pages: {e.strerror}"
+    try:
+        with open(PROBE_CACHE) as f:
+            cached = json.load(f)
+        if cached.get("key") == key:
+            return cached.get("problem")
+    except (OSError, ValueError, AttributeError):
+        pass
+    problem = _run_lazy_probe(criu)
+    try:
+        os.makedirs(os.path.dirname(PROBE_CACHE), mode=0o700, exist_ok=True)
+        tmp = f"{PROBE_CACHE}.{os.getpid()}.tmp"
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            json.dump({"key": key, "problem": problem}, f)
+        os.rename(tmp, PROBE_CACHE)
+    except OSError:
+        pass
+    return problem
+
+
+def _run_lazy_probe(criu: str) -> str | None:
+    """One lazy migration of `sleep` (the init of a pid namespace of its own, so that its restore does
+    not collide with it) over a loopback port; everything it started is killed afterwards."""
+    import select
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import tempfile
+    import time
+
+    from .errors import log_errors
+
+    tmp = tempfile.mkdtemp(prefix="fastckpt-lazyprobe-")
+    procs: list = []
+    restored = None
+    null = open(os.devnull, "r+b")
+
+    def spawn(args, **kw):
+        p = subprocess.Popen(args, stdin=null, stdout=null, stderr=null, start_new_session=True, cwd=tmp, **kw)
+        procs.append(p)
+        return p
+
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = str(s.getsockname()[1])
+        tree = spawn(["unshare", "--pid", "--fork", "--kill-child", "setsid", "sleep", "1000"])
+        child = None
+        deadline = time.monotonic() + 5
+        while child is None and time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{tree.pid}/task/{tree.pid}/children") as f:
+                    kids = f.read().split()
+                if kids and os.readlink(f"/proc/{kids[0]}/exe").endswith("/sleep"):
+                    child = kids[0]
+            except OSError:
+                pass
+            time.sleep(0.005)
+        if child is None:
+            return "cannot probe lazy pages: the probe's process did not start"
+        r, w = os.pipe()
+        try:
+            dump = spawn([criu, "dump", "-t", child, "-D", tmp, "-o", "dump.log", "--lazy-pages", "--address",
+                          "127.0.0.1", "--port", port, "--status-fd", str(w)], pass_fds=(w,))
+            os.close(w)
+            w = -1
+            ready, _, _ = select.select([r], [], [], PROBE_TIMEOUT)
+            if not ready or os.read(r, 1) != b"\0":
+                return "lazy dump failed: " + "; ".join(log_errors(os.path.join(tmp, "dump.log"))[:1] or ["no word"])
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+        daemon = spawn([criu, "lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", port, "-D", tmp,
+                        "-o", "lazy.log"])
+        deadline = time.monotonic() + 5  # the restore connects to the daemon's socket: wait for it
+        while not os.path.exists(os.path.join(tmp, "lazy-pages.socket")) and daemon.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.005)
+        rst = subprocess.run([criu, "restore", "-D", tmp, "-o", "restore.log", "--lazy-pages", "-d", "--pidfile",
+                              "pid"], stdin=null, stdout=null, stderr=null, cwd=tmp, timeout=PROBE_TIMEOUT)
+        try:
+            with open(os.path.join(tmp, "pid")) as f:
+                restored = int(f.read())
+        except (OSError, ValueError):
+            pass
+        try:  # without a restore nobody asks the dump for its pages: it is not waited for long
+            rc = dump.wait(PROBE_TIMEOUT if rst.returncode == 0 else 2)
+        except subprocess.TimeoutExpired:
+            rc = None
+        if rc == 0 and restored:
+            return None
+        errors = ((log_errors(os.path.join(tmp, "dump.log")) if rc else [])
+                  or log_errors(os.path.join(tmp, "restore.log")) or log_errors(os.path.join(tmp, "lazy.log")))
+        return "a lazy migration fails here: " + (errors[0] if errors else "CRIU did not finish it")
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"cannot probe lazy pages: {e}"
+    finally:
+        if restored:
+            try:
+                os.kill(restored, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        null.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def require_mem_track(features: dict[str, bool], flag: str) -> None:
