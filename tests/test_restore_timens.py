@@ -56,6 +56,14 @@ def test_a_tree_in_its_own_time_namespace_keeps_it(tmp_path):
     assert restorer._host_clock_view(image_path, meta) is None
 
 
+def _restored(env, ct, images: str, stopped: int) -> int:
+    """fastckpt restores CT from IMAGES; its counter goes on from STOPPED; returns its init's pid."""
+    r = env.restore(ct.id, images, ct.bundle)
+    assert r.returncode == 0, str(r)
+    ct.counter.assert_continued(stopped)
+    return ct.pid
+
+
 def _state(env, ct) -> dict:
     with open(os.path.join(env.root, ct.id, "state.json")) as f:
         return json.load(f)
@@ -70,20 +78,14 @@ def env(runc_root, tmp_path):
 def test_same_boot_restore_stays_in_the_hosts_time_namespace_and_execs_join_it(env):
     ct = env.start()
     images = os.path.join(env.workdir, "img")
-    stopped = env.checkpoint(ct, images)
-    r = env.restore(ct.id, images, ct.bundle)
-    assert r.returncode == 0, str(r)
-    ct.counter.assert_continued(stopped)
-    assert _timens(ct.pid) == _timens("self")
+    assert _timens(_restored(env, ct, images, env.checkpoint(ct, images))) == _timens("self")
     assert "NEWTIME" not in _state(env, ct)["namespace_paths"]
     r = ct.exec("sh", "-c", "sleep 1000 </dev/null >/dev/null 2>&1 & echo $!")
     assert r.returncode == 0, r.stderr
     execed = r.stdout.strip()
     # checkpoint and restore again, with the exec'd process
-    stopped = env.checkpoint(ct, os.path.join(env.workdir, "img2"))
-    r = env.restore(ct.id, os.path.join(env.workdir, "img2"), ct.bundle)
-    assert r.returncode == 0, str(r)
-    ct.counter.assert_continued(stopped)
+    images = os.path.join(env.workdir, "img2")
+    _restored(env, ct, images, env.checkpoint(ct, images))
     assert ct.exec("ls", "-ld", f"/proc/{execed}").returncode == 0  # the exec'd process came back too
 
 
@@ -93,11 +95,7 @@ def test_crius_time_namespace_is_recorded_in_state_json(env):
     still works on the container (exec, kill, delete)."""
     ct = env.start()
     images = os.path.join(env.workdir, "img")
-    stopped = env.runc_checkpoint(ct, images)
-    r = env.restore(ct.id, images, ct.bundle)
-    assert r.returncode == 0, str(r)
-    ct.counter.assert_continued(stopped)
-    pid = ct.pid
+    pid = _restored(env, ct, images, env.runc_checkpoint(ct, images))
     assert _timens(pid) != _timens("self")
     state = _state(env, ct)
     assert state["namespace_paths"]["NEWTIME"] == f"/proc/{pid}/ns/time"
