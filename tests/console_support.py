@@ -96,6 +96,10 @@ class ConsoleReceiver:
         except OSError:
             pass
         self._sock.close()
+        # the drains end when the container's side hangs up (its processes are gone by now): waited
+        # for, so that no thread of this test outlives it (other tests count this process's threads)
+        for t in self._threads:
+            t.join(timeout=10)
         for fd in self.masters:
             try:
                 os.close(fd)
