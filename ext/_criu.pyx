@@ -184,6 +184,9 @@ cdef class Opts:
     def set_root(self, path): _check(c.criu_local_set_root(self._o, _path(path, "the root")), "the root", path)
     def set_timeout(self, seconds):
         c.criu_local_set_timeout(self._o, <unsigned int>_int(seconds, "the timeout", 0, UINT_MAX))
+    def set_config_file(self, path):
+        _check(c.criu_local_set_config_file(self._o, _path(path, "the CRIU config file")), "the CRIU config file",
+               path)
 
     # --- behaviour flags
     def set_leave_running(self, bint v): c.criu_local_set_leave_running(self._o, v)
@@ -204,6 +207,16 @@ cdef class Opts:
     def set_weak_sysctls(self, bint v): c.criu_local_set_weak_sysctls(self._o, v)
     def set_skip_file_rwx_check(self, bint v): c.criu_local_set_skip_file_rwx_check(self._o, v)
     def set_unprivileged(self, bint v): c.criu_local_set_unprivileged(self._o, v)
+    def set_pre_dump_mode(self, mode):
+        cdef int m = <int>_int(mode, "the pre-dump mode", c.CRIU_PRE_DUMP_SPLICE, c.CRIU_PRE_DUMP_READ)
+        _check(c.criu_local_set_pre_dump_mode(self._o, <c.criu_pre_dump_mode>m), "the pre-dump mode", mode)
+
+    # --- security modules (restore)
+    def set_lsm_profile(self, name):
+        _check(c.criu_local_set_lsm_profile(self._o, _path(name, "the LSM profile")), "the LSM profile", name)
+    def set_lsm_mount_context(self, ctx):
+        _check(c.criu_local_set_lsm_mount_context(self._o, _path(ctx, "the LSM mount context")),
+               "the LSM mount context", ctx)
 
     # --- cgroups
     def set_manage_cgroups(self, bint v): c.criu_local_set_manage_cgroups(self._o, v)
@@ -257,6 +270,11 @@ cdef class Opts:
             c.criu_local_set_notify_cb(self._o, NULL)
         else:
             c.criu_local_set_notify_cb(self._o, _notify_trampoline)
+
+    # --- the pty master CRIU sent with its 'orphan-pts-master' notification (-1: none yet);
+    # valid in the notify handler of that action (libcriu keeps it in one global)
+    @staticmethod
+    def orphan_pts_master_fd(): return c.criu_get_orphan_pts_master_fd()
 
     # --- operations
     def run(self, str op):

@@ -101,11 +101,16 @@ cdef extern from "criu.h" nogil:
     int criu_local_add_external(criu_opts *opts, const char *key)
     int criu_local_set_page_server_address_port(criu_opts *opts, const char *address, int port)
     int criu_local_set_network_lock(criu_opts *opts, criu_network_lock_method method)
+    int criu_local_set_config_file(criu_opts *opts, const char *path)
+    int criu_local_set_lsm_profile(criu_opts *opts, const char *name)
+    int criu_local_set_lsm_mount_context(criu_opts *opts, const char *name)
+    int criu_local_set_pre_dump_mode(criu_opts *opts, criu_pre_dump_mode mode)
     int criu_local_join_ns_add(criu_opts *opts, const char *ns, const char *ns_file, const char *extra_opt)
     void criu_local_set_empty_ns(criu_opts *opts, int namespaces)
 
     void criu_local_set_notify_cb(criu_opts *opts, int (*cb)(char *action, criu_notify_arg_t na) noexcept)
     int criu_notify_pid(criu_notify_arg_t na)
+    int criu_get_orphan_pts_master_fd()
 
     int criu_local_check(criu_opts *opts)
     int criu_local_dump(criu_opts *opts)

@@ -545,6 +545,17 @@ class Env:
         self.trees: List[int] = []  # pids of process trees (sessions) to kill
         self.reaper = False
 
+    @classmethod
+    def scoped(cls, root: str, workdir: str, what: str = "cleanup"):
+        """A fixture's body: an Env, then its cleanup; the test fails with what had to be removed."""
+        import pytest
+
+        e = cls(root, workdir)
+        yield e
+        problems = e.cleanup()
+        if problems:
+            pytest.fail(f"{what}: " + "; ".join(problems))
+
     # containers
     def bundle(self, name: Optional[str] = None, script: str = CONTAINER_COUNTER,
                network_ns: Optional[str] = "") -> str:

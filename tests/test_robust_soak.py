@@ -32,11 +32,7 @@ RSS_GROWTH_KIB = 10 << 10  # 10 MiB over the soak
 
 @pytest.fixture
 def env(runc_root, tmp_path):
-    e = rs.Env(runc_root, str(tmp_path))
-    yield e
-    problems = e.cleanup()
-    if problems:
-        pytest.fail("the soak left (now removed): " + "; ".join(problems))
+    yield from rs.Env.scoped(runc_root, str(tmp_path), "the soak left (now removed)")
 
 
 def own_cgroups(ct: rs.Container) -> set:

@@ -97,6 +97,14 @@ def _add_checkpoint(sub, full: bool = True) -> None:
     p.add_argument("--leave-running", action="store_true", help="leave the process running after checkpointing")
     p.add_argument("--page-server", default="", metavar="ADDRESS:PORT", help="ADDRESS:PORT of the page server")
     _add_export(p)
+    p.add_argument("--parent-path", default="", help="path for previous criu image files in pre-dump "
+                                                      "(relative to the image path)")
+    p.add_argument("--pre-dump", action="store_true",
+                   help="dump container's memory information only, leave the container running after this")
+    p.add_argument("--lazy-pages", action="store_true", help="use userfaultfd to lazily restore memory pages")
+    p.add_argument("--status-fd", default=None, metavar="FD",
+                   help="criu writes \\0 to this FD once lazy-pages is ready")
+    p.add_argument("--auto-dedup", action="store_true", help="enable auto deduplication of memory images")
     _add_shared(p, "path for saving criu image files")
 
 
@@ -117,6 +125,15 @@ def _add_restore(sub, full: bool = True) -> None:
                    help="restore from a checkpoint archive (podman's layout: podman's or fastckpt's --export); "
                         "the bundle is built in --bundle DIR (DIR/rootfs holds the image's files when the "
                         "archive carries none)")
+    p.add_argument("--console-socket", default="", metavar="PATH",
+                   help="path to an AF_UNIX socket which will receive a file descriptor referencing the "
+                        "master end of the console's pseudoterminal")
+    p.add_argument("--lazy-pages", action="store_true", help="use userfaultfd to lazily restore memory pages")
+    p.add_argument("--auto-dedup", action="store_true", help="enable auto deduplication of memory images")
+    p.add_argument("--lsm-profile", default="", metavar="TYPE:NAME",
+                   help="Specify an LSM profile to be used during restore in the form of TYPE:NAME.")
+    p.add_argument("--lsm-mount-context", default="", metavar="CONTEXT",
+                   help="Specify an LSM mount context to be used during restore.")
     _add_shared(p, "path to criu image files for restoring")
 
 
@@ -172,14 +189,33 @@ def _cmd_inspect(args) -> int:
 _COMMANDS = {"checkpoint": _add_checkpoint, "restore": _add_restore, "check": _add_check, "inspect": _add_inspect}
 
 
+# runc's global options that take a value (as separate words or --name=value)
+_GLOBAL_VALUES = ("--root", "--log", "--log-format", "--criu", "--rootless")
+
+
 def _requested(argv: list[str]) -> str | None:
     """The command ARGV asks for (the first word after the global options), if any."""
     words = iter(argv)
     for w in words:
-        if w == "--root":
+        if w in _GLOBAL_VALUES:
             next(words, None)
         elif not w.startswith("-"):
             return w
+    return None
+
+
+def _global(argv: list[str], name: str) -> str | None:
+    """The value of global option NAME (before the command word) in ARGV, if given."""
+    words = iter(argv)
+    for w in words:
+        if w == name:
+            return next(words, "")
+        if w.startswith(name + "="):
+            return w[len(name) + 1:]
+        if w in _GLOBAL_VALUES:
+            next(words, None)
+        elif not w.startswith("-"):
+            return None
     return None
 
 
@@ -202,6 +238,18 @@ def build_parser(argv: list[str] | None = None):
     parser.add_argument("--version", action="version", version=f"fastckpt {__version__}")
     parser.add_argument("--root", default=None, metavar="DIR",
                         help="root directory of runc's container state (default /run/runc)")
+    parser.add_argument("--debug", action="store_true", help="enable debug logging")
+    parser.add_argument("--log", default="", metavar="FILE",
+                        help="set the log file to write fastckpt's messages to (default is stderr)")
+    parser.add_argument("--log-format", default="text", metavar="FORMAT",
+                        help="set the log format ('text' (default), or 'json')")
+    parser.add_argument("--criu", default=None, metavar="PATH",
+                        help="path to the criu binary used for checkpoint and restore (default: criu from PATH)")
+    parser.add_argument("--systemd-cgroup", action="store_true",
+                        help="runc's systemd cgroup driver: not supported (fastckpt manages cgroupfs cgroups)")
+    parser.add_argument("--rootless", default="auto", metavar="VALUE",
+                        help="runc's 'true', 'false' or 'auto' (accepted; fastckpt runs CRIU unprivileged "
+                             "whenever it is not root)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
     for name, add in _COMMANDS.items():
         add(sub, full=argv is None or wanted == name or wanted not in _COMMANDS)
@@ -222,6 +270,36 @@ def _print_result(res, args) -> None:
         print(json.dumps(stats))
 
 
+_BOOLS = {"1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False"}  # Go's ParseBool
+
+
+def _check_runc_globals(args) -> None:
+    from .errors import UsageError
+
+    if args.rootless != "auto" and args.rootless not in _BOOLS:
+        raise UsageError(f"invalid --rootless value {args.rootless!r}: use true, false or auto")
+    if args.systemd_cgroup:
+        raise UsageError("--systemd-cgroup is not supported: fastckpt manages the container's cgroups itself "
+                         "(cgroupfs), as runc does without it")
+
+
+def _debug_options(options) -> None:
+    from . import runlog
+
+    if runlog.debugging():
+        from . import criu_proc
+
+        runlog.debug(f"criu: {criu_proc.which(criu_proc.criu_name()) or criu_proc.criu_name()}")
+        runlog.debug(f"options: {options!r}")
+
+
+def _debug_result(res, op: str) -> None:
+    from . import runlog
+
+    runlog.debug(f"{op} done in {res.wall_time * 1000:.1f} ms (pid {res.pid}); images {res.image_path}, "
+                 f"CRIU's log {res.log_path}")
+
+
 def _cmd_checkpoint(args) -> int:
     from . import engine, runc
     from .options import CheckpointOptions
@@ -232,11 +310,13 @@ def _cmd_checkpoint(args) -> int:
     if not args.container_id and args.pid is None:
         raise UsageError('"checkpoint" requires a container id (or --pid PID)')
     options = _options(CheckpointOptions, args)
+    _debug_options(options)
     # an interruption inside engine.checkpoint() is its to describe; once it has returned, the checkpoint
     # is complete, whatever comes
     res = engine.checkpoint(args.container_id, options, pid=args.pid, root=args.root or runc.DEFAULT_ROOT)
     state = f"images in {res.image_path}"
     try:
+        _debug_result(res, "checkpoint")
         what = f"container {res.container_id!r}" if res.container_id else f"process {res.pid}"
         state += f"; {what} " + ("was left running" if res.leave_running else "was checkpointed and is gone")
         _print_result(res, args)
@@ -251,11 +331,13 @@ def _cmd_restore(args) -> int:
     from .options import RestoreOptions
 
     options = _options(RestoreOptions, args)
+    _debug_options(options)
     # an interruption inside restorer.restore() is its to describe; once it has returned, the restore
     # is complete, whatever comes
     res = restorer.restore(args.container_id or None, options, root=args.root or runc.DEFAULT_ROOT)
+    what = f"container {res.container_id!r}" if res.container_id else "the process tree"
     try:
-        what = f"container {res.container_id!r}" if res.container_id else "the process tree"
+        _debug_result(res, "restore")
         _print_result(res, args)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted after the restore completed: {what} runs (pid {res.pid})") from None
@@ -283,7 +365,9 @@ def _cmd_check(args) -> int:
         print(f"criu check: {'ok' if info['check_ok'] else 'FAILED (run `criu check` for details)'}")
         print(f"libcriu (compiled against): {info['libcriu']}")
         for name, present in info["features"].items():
-            note = "" if present else _MISSING.get(name, "")
+            note = "" if present else (f" (unavailable: {info['feature_notes'][name]})"
+                                       if name in info.get("feature_notes", {})
+                                       else _MISSING.get(name, ""))
             print(f"feature {name}: {'yes' if present else 'no'}{note}")
     return 0 if info["version_ok"] and info["check_ok"] else EXIT_ERROR
 
@@ -298,6 +382,14 @@ def main(argv: list[str] | None = None) -> int:
     from .signals import install_cli_handlers, release_held
 
     install_cli_handlers()  # SIGTERM and SIGHUP stop fastckpt the way Ctrl-C does
+    criu = _global(argv, "--criu")
+    if criu is not None:  # runc's --criu: which criu runs (before the spare one is started)
+        from . import criu_proc
+
+        if not criu or not criu_proc.which(criu):
+            print(f"fastckpt: --criu {criu!r}: no such executable", file=sys.stderr)
+            return EXIT_USAGE
+        os.environ[criu_proc.CRIU_ENV] = criu
     spare = _runs_criu(argv)
     criu_proc = None
     try:
@@ -333,10 +425,16 @@ def _main(argv: list[str]) -> int:
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
     from .errors import CriuError, Error, Interrupted, UsageError
+    from . import runlog
+
     try:
+        runlog.configure(args.debug, args.log, args.log_format)
+        _check_runc_globals(args)
+        runlog.debug(f"fastckpt {__version__}: {' '.join(argv)}")
         return args.func(args)
     except Error as e:  # one line; CRIU's own error lines follow when CRIU failed
         print(f"fastckpt: {e.details if isinstance(e, CriuError) else e}", file=sys.stderr)
+        runlog.error(str(e))
         if isinstance(e, UsageError):
             return EXIT_USAGE
         return EXIT_INTERRUPTED if isinstance(e, Interrupted) else EXIT_ERROR

@@ -278,15 +278,19 @@ def call(opts, op: str):
 
 
 def run(opts, op: str, binary: str, *, log_path: str | None = None, timeout: float | None = None,
-        log_limit: int = LOG_LIMIT, setup=None, on_stop=None, watch=None):
+        log_limit: int = LOG_LIMIT, setup=None, on_stop=None, watch=None, fresh: bool = False):
     """Run OP ("dump", "restore", "check", ...) of OPTS in a ``criu swrk`` of its own (the spare one
     prespawn() started, or a new one).
 
     SETUP(pid), if given, runs once criu exists and before it gets its request;
     ON_STOP(), if given, when the watchdog stops CRIU: it kills all CRIU started; WATCH(), if given,
     at each look of the watchdog: a reason to stop CRIU now, or None.
+    FRESH: a criu started now, not the spare: it inherits the descriptors opened since (the
+    namespace files given to CRIU as inherit fds exist in CRIU only if they were there at its start).
     Returns (ret, errno, why CRIU was stopped or None) -- feature_check: its dict.
     """
+    if fresh:
+        discard_spare()
     pid, ours = _take_spare(binary) or _spawn(binary)
     try:
         # OPTS owns the socket from here: libcriu closes it after the request, OPTS if none is made

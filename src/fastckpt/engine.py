@@ -14,7 +14,7 @@ import stat
 import time
 
 from ._record import Record, factory
-from . import _criu, cgroups, criu_proc, kdat, locks, manifest, netimages, runc, signals
+from . import _criu, cgroups, criu_proc, kdat, locks, manifest, migration, netimages, runc, signals
 from .constants import MIN_CRIU_VERSION
 from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, DiskFull, Error,
                      ImageDirError, Interrupted, PermissionDenied, ProcessNotFound, UsageError, log_errors)
@@ -86,13 +86,14 @@ def new_opts(session=None) -> "_criu.Opts":
 
 
 def run_op(opts, op: str, session=None, *, log_path: str | None = None,
-           timeout: float | None = None, setup=None, on_stop=None, watch=None) -> tuple[int, int]:
+           timeout: float | None = None, setup=None, on_stop=None, watch=None,
+           fresh: bool = False) -> tuple[int, int]:
     """Run one CRIU operation: in a session's warm service, or in a criu of our own
     spawning (its own session, under a watchdog); a watchdog stop is a CriuError."""
     if session is not None:
         return criu_proc.call(opts, op)
     r = criu_proc.run(opts, op, criu_binary(), log_path=log_path, timeout=timeout, setup=setup,
-                      on_stop=on_stop, watch=watch)
+                      on_stop=on_stop, watch=watch, fresh=fresh)
     if isinstance(r, dict):
         return r
     ret, err, stopped = r
@@ -126,13 +127,22 @@ def check() -> dict[str, object]:
     require_privileges("check")  # CRIU's probes need them: refused in one line, as a checkpoint is
     version = criu_version()
     ret, err = run_op(new_opts(), "check")
+    feats = features()
+    notes = {}
+    # userfaultfd alone does not make lazy pages work: CRIU's page server must size its pipe, and a
+    # real lazy migration of a tiny process must work (probed once per boot, CRIU and limits)
+    problem = migration.lazy_pages_problem(path) if feats.get("lazy_pages") else None
+    if problem:
+        feats["lazy_pages"] = False
+        notes["lazy_pages"] = problem
     return {
         "criu": path,
         "version": ".".join(map(str, version)),
         "version_ok": version >= MIN_CRIU_VERSION,
         "check_ok": ret == 0,
         "libcriu": ".".join(map(str, _criu.LIBCRIU_VERSION)),
-        "features": features(),
+        "features": feats,
+        "feature_notes": notes,
     }
 
 
@@ -350,11 +360,20 @@ def write_meta(image_path: str, ct: runc.Container | None, netns: str = NETNS_HO
     for a container, runc's state (its config) so that restore needs no
     conversion; what network namespace it had and how it was locked."""
     meta = {"format": 1, "kind": "container" if ct else "process", "netns": netns,
-            "network_lock": network_lock}
+            "network_lock": network_lock, "boot_id": boot_id()}
     if ct is not None:
         meta["id"] = ct.id
         meta["state"] = ct.state
     _write_private(os.path.join(image_path, META_FILE), json.dumps(meta).encode())
+
+
+def boot_id() -> str | None:
+    """This boot's id (a restore on the same boot as its checkpoint knows the clocks went on)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def read_meta(image_path: str) -> dict | None:
@@ -395,6 +414,33 @@ def _cgroup_bind_mounts(pid: int, dest: str) -> list[str]:
     return out
 
 
+def resolve_in_root(rootfs: str, path: str) -> str:
+    """PATH inside ROOTFS with its symlinks resolved as the container sees them (each link's target
+    taken inside ROOTFS, never above it), as runc's securejoin does; returns the path inside ROOTFS."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    out: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if out:
+                out.pop()
+            continue
+        here = os.path.join(rootfs, *out, part)
+        try:
+            target = os.readlink(here)
+        except OSError:  # not a link (or not there): kept as it is
+            out.append(part)
+            continue
+        hops += 1
+        if hops > 255:
+            raise Error(f"too many levels of symbolic links in {path} (in {rootfs})", errno=errno.ELOOP)
+        if target.startswith("/"):
+            out = []
+        parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+    return "/" + "/".join(out)
+
+
 def container_external_mounts(ct: runc.Container) -> list[tuple[str, str]]:
     """(key, value) pairs of the container's external mounts, as runc gives them to CRIU."""
     cfg = ct.config
@@ -404,6 +450,8 @@ def container_external_mounts(ct: runc.Container) -> list[tuple[str, str]]:
     for m in cfg.get("mounts") or []:
         dest = m["destination"]
         if m.get("device") == "bind":
+            # a destination through a symlink was mounted where the link leads (runc: securejoin)
+            dest = resolve_in_root(ct.rootfs, dest)
             ext[dest] = dest
         elif m.get("device") == "cgroup" and not cgroupns:
             for mnt in _cgroup_bind_mounts(pid, dest):
@@ -487,7 +535,20 @@ def apply_common(opts: "_criu.Opts", o: CheckpointOptions, netns: str = NETNS_HO
         opts.set_network_lock(int(lock))
     for key in o.extra_externals:
         opts.add_external(key)
+    if o.auto_dedup:
+        opts.set_auto_dedup(True)
     return lock.name.lower() if lock is not None else "iptables"  # None: CRIU's default
+
+
+def apply_config_file(opts: "_criu.Opts", labels, work_path: str, lazy_pages: bool = False,
+                      page_server=None) -> None:
+    """runc's container-specific CRIU configuration file (org.criu.config, else /etc/criu/runc.conf);
+    with LAZY_PAGES, one of fastckpt's own that adds `lazy-pages` to it (libcriu has no setter)."""
+    path = migration.criu_config_file(labels) if labels is not None else None  # None: not a container
+    if lazy_pages:
+        path = migration.lazy_config_file(work_path, path, page_server)
+    if path:
+        opts.set_config_file(path)
 
 
 def checkpoint(container_id: str | None = None, options: CheckpointOptions | None = None, *,
@@ -562,11 +623,13 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
             target_pid = ct.init_pid
         else:
             target_pid = int(pid)
+        _check_before_freezing(options, ct, image_path)
         work_path = options.resolved_work_path()
         make_private_dirs(image_path, work_path)
         log_path = os.path.join(work_path, DUMP_LOG)
         opts = new_opts(session)
-        state = f"{what} was left running" if options.leave_running else f"{what} was checkpointed and is gone"
+        state = (f"{what} was left running" if options.leave_running or options.pre_dump
+                 else f"{what} was checkpointed and is gone")
         manifest_error: Error | None = None
         # the processes a dump that ends the tree leaves as zombies (their ids wanted by a restore)
         members = tree_members(target_pid) if ct is None and not options.leave_running else []
@@ -582,7 +645,7 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
                 _discard_partial_images(image_path)
             else:
                 done = True
-                if ct is not None and not options.leave_running:
+                if ct is not None and not (options.leave_running or options.pre_dump):
                     ct.destroy()
                 try:  # the sizes and checksums that restore checks before CRIU runs
                     netimages.prune(image_path)
@@ -611,6 +674,35 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
         raise Interrupted(f"interrupted: nothing was checkpointed; {what} {running}") from None
 
 
+def _check_before_freezing(options: CheckpointOptions, ct: runc.Container | None, image_path: str) -> None:
+    """What would make the checkpoint fail (or unrestorable), refused while the target runs untouched."""
+    if options.parent_path:
+        migration.check_parent_path(image_path, options.parent_path)
+    if options.status_fd is not None:
+        migration.check_status_fd(options.status_fd)
+    if options.pre_dump or options.parent_path or options.lazy_pages:
+        feats = features()
+        if options.pre_dump or options.parent_path:
+            migration.require_mem_track(feats, "--pre-dump" if options.pre_dump else "--parent-path")
+        if options.lazy_pages:
+            migration.require_lazy_pages(feats, criu_binary())
+
+
+def _notify_handler(options: CheckpointOptions):
+    """CRIU's notifications a checkpoint acts on: "status-ready" (the lazy page server listens):
+    a \\0 to --status-fd. None when there is nothing to act on (CRIU then sends none)."""
+    if options.status_fd is None:
+        return None
+    fd = [options.status_fd]
+
+    def handler(action: str, pid: int) -> int:
+        if action == "status-ready" and fd:
+            migration.write_status(fd.pop())
+        return 0
+
+    return handler
+
+
 def _disk_full(*paths: str) -> bool:
     """Less room left than one of CRIU's page pipes holds: a dump that failed here ran out of disk."""
     return any(0 <= _free_bytes(p) < (4 << 20) for p in paths)
@@ -631,10 +723,20 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
         opts.set_log_file(DUMP_LOG)
         opts.set_pid(target_pid)
         opts.set_leave_running(options.leave_running)
-        if options.page_server is not None:
+        if options.page_server is not None and not options.lazy_pages:  # lazy: the config file says it
             opts.set_page_server(options.page_server.address, options.page_server.port)
         netns = container_netns(ct) if ct is not None else NETNS_HOST
         lock = apply_common(opts, options, netns)
+        if options.parent_path:
+            opts.set_parent_images(options.parent_path)  # relative to the image directory, as CRIU takes it
+        if options.pre_dump or options.parent_path:
+            opts.set_track_mem(True)
+        handler = _notify_handler(options)
+        if handler is not None:
+            opts.set_notify(handler)
+        if ct is not None or options.lazy_pages:
+            apply_config_file(opts, (ct.config.get("labels") or []) if ct is not None else None, work_path,
+                              options.lazy_pages, options.page_server)
         if ct is not None:
             opts.set_root(ct.rootfs)
             opts.set_manage_cgroups(True)
@@ -646,11 +748,12 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
             for key in container_externals(ct):
                 opts.add_external(key)
         try:
-            if ct is not None:
+            if ct is not None and not options.pre_dump:
                 # runc restore reads how the container's stdio was connected from here
                 _write_private(os.path.join(image_path, runc.DESCRIPTORS_FILE),
                                json.dumps(ct.external_descriptors).encode())
-            write_meta(image_path, ct, netns, lock)
+            if not options.pre_dump:  # a pre-dump is a parent of checkpoints, not one to restore
+                write_meta(image_path, ct, netns, lock)
         except OSError as e:
             _discard_partial_images(image_path)
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -678,7 +781,8 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
             # checksum the pages images for the manifest while CRIU writes them
             follower = manifest.Follower(image_path) if options.page_server is None else None
             try:
-                ret, err = run_op(opts, "dump", session, log_path=os.path.join(work_path, DUMP_LOG),
+                ret, err = run_op(opts, "pre_dump" if options.pre_dump else "dump", session,
+                                  log_path=os.path.join(work_path, DUMP_LOG),
                                   setup=freeze if session is None else None, timeout=criu_proc.dump_bound(target_pid),
                                   watch=outside_pause)
             finally:
@@ -691,7 +795,7 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
                 # paused by someone else meanwhile
                 if outside_pause is not None and outside_pause.paused:
                     pass
-                elif not was_paused or (ret >= 0 and not options.leave_running):
+                elif not was_paused or (ret >= 0 and not (options.leave_running or options.pre_dump)):
                     ct.thaw()
         frozen = time.monotonic() - frozen_at[0] if frozen_at else None
         return ret, err, known, frozen

@@ -206,6 +206,12 @@ class CheckpointOptions(_ImagePaths, Record, frozen=True):
     ignore_rootfs: bool = False  # leave the rootfs out of the archive (podman's flag)
     podman_image: str | None = None  # config.dump's rootfsImageName: the image podman restores it on
     podman_image_id: str | None = None  # ... and its id (rootfsImageID)
+    # runc's flags for iterative and lazy migration
+    pre_dump: bool = False  # dump memory only (needs soft-dirty tracking), leave the container running
+    parent_path: str | None = None  # previous (pre-dump) images, relative to the image path
+    lazy_pages: bool = False  # leave memory to a lazy-pages daemon (needs userfaultfd and a page server)
+    status_fd: int | None = None  # fd that gets a \0 once the lazy page server is ready
+    auto_dedup: bool = False  # punch the pages a later dump repeats out of the parent's images
 
     def __post_init__(self):
         ps = self.page_server
@@ -219,11 +225,52 @@ class CheckpointOptions(_ImagePaths, Record, frozen=True):
         set_("empty_ns", parse_empty_ns(self.empty_ns))
         set_("network_lock", parse_network_lock(self.network_lock))
         set_("extra_externals", parse_externals(self.extra_externals))
-        _normalize_paths(self, ("image_path", "work_path", "export"))
+        _normalize_paths(self, ("image_path", "work_path", "export", "parent_path"))
         if isinstance(self.log_level, bool) or not isinstance(self.log_level, int) or not 0 <= self.log_level <= 4:
             raise UsageError(f"Invalid log level {self.log_level!r} (an integer 0-4)")
         _check_export(self)
+        if self.parent_path and os.path.isabs(self.parent_path):
+            raise UsageError("--parent-path must be relative (to the image path)")
+        # as runc: --status-fd means something (and is checked) only with --lazy-pages
+        set_("status_fd", parse_status_fd(self.status_fd) if self.lazy_pages else None)
+        if self.lazy_pages and self.pre_dump:
+            raise UsageError("--lazy-pages and --pre-dump cannot be used together")
+        if self.export and (self.pre_dump or self.lazy_pages):
+            raise UsageError("--export takes a complete checkpoint: not with --pre-dump or --lazy-pages")
 
+    def resolved_parent_path(self) -> str | None:
+        """The parent images as a path (--parent-path is relative to the image path), or None."""
+        if not self.parent_path:
+            return None
+        return os.path.normpath(os.path.join(self.resolved_image_path(), self.parent_path))
+
+
+def parse_status_fd(value) -> int | None:
+    """--status-fd: a file descriptor number (runc's default -1: none)."""
+    if value is None or value == "" or value == -1:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise UsageError(f"invalid --status-fd argument {value!r}: a file descriptor number")
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit()):
+            raise UsageError(f"invalid --status-fd argument {value!r}: a file descriptor number")
+        value = int(value)
+    if value < 0:
+        raise UsageError(f"invalid --status-fd argument {value}: a file descriptor number")
+    return value
+
+
+# --lsm-profile TYPE:NAME, as CRIU takes it
+LSM_TYPES = ("apparmor", "selinux")
+
+
+def parse_lsm_profile(value: str | None) -> str | None:
+    if not value:
+        return None
+    kind, sep, name = value.partition(":")
+    if not sep or kind not in LSM_TYPES or not name:
+        raise UsageError(f"invalid --lsm-profile {value!r}: use TYPE:NAME with TYPE apparmor or selinux")
+    return value
 
 
 class RestoreOptions(_ImagePaths, Record, frozen=True):
@@ -247,6 +294,12 @@ class RestoreOptions(_ImagePaths, Record, frozen=True):
     extra_externals: tuple = ()
     fast_migrations: bool = False  # the cgroup warm-up (ext/warm.h): slows the host's forks meanwhile
     import_archive: str | None = None  # --import: a checkpoint archive (podman's layout)
+    # runc's: the AF_UNIX socket that gets the master of a terminal container's new pty
+    console_socket: str | None = None
+    lazy_pages: bool = False  # memory comes from a lazy-pages daemon (criu lazy-pages) on demand
+    auto_dedup: bool = False
+    lsm_profile: str | None = None  # TYPE:NAME, the LSM profile the restored processes get
+    lsm_mount_context: str | None = None  # the SELinux mount context of the restored mounts
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -254,11 +307,15 @@ class RestoreOptions(_ImagePaths, Record, frozen=True):
         set_("empty_ns", parse_empty_ns(self.empty_ns))
         set_("network_lock", parse_network_lock(self.network_lock))
         set_("extra_externals", parse_externals(self.extra_externals))
-        _normalize_paths(self, ("image_path", "work_path", "bundle", "pid_file", "import_archive"))
+        _normalize_paths(self, ("image_path", "work_path", "bundle", "pid_file", "import_archive",
+                                "console_socket", "lsm_profile", "lsm_mount_context"))
         if self.import_archive and self.image_path:
             raise UsageError("--import and --image-path exclude each other (the images are in the archive)")
         if isinstance(self.log_level, bool) or not isinstance(self.log_level, int) or not 0 <= self.log_level <= 4:
             raise UsageError(f"Invalid log level {self.log_level!r} (an integer 0-4)")
+        set_("lsm_profile", parse_lsm_profile(self.lsm_profile))
+        if self.import_archive and self.lazy_pages:
+            raise UsageError("--import restores from the archive's pages: not with --lazy-pages")
 
     def resolved_bundle(self) -> str:
         return os.path.abspath(self.bundle or os.getcwd())

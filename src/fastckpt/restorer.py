@@ -10,16 +10,19 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import time
 
 from ._record import Record
-from . import _libc, cgroups, criu_proc, engine, locks, manifest, runc, signals
+from . import _libc, cgroups, console, criu_proc, engine, locks, manifest, runc, signals
 from .errors import ContainerStateError, Error, ImageDirError, Interrupted, UsageError
 from .constants import CgroupMode, Namespace
 from .options import NETNS_HOST, NETNS_OWN, RestoreOptions
 
 RESTORE_LOG = "restore.log"
 CRIU_ROOT = "criu-root"
+CRIU_IMAGES = "criu-images"  # the images as CRIU sees them when their host clocks are left out
+HOST_TIMENS_IMAGE = "timens-0.img"
 
 _NS_FILES = {"NEWCGROUP": "cgroup", "NEWIPC": "ipc", "NEWNET": "net", "NEWNS": "mnt", "NEWPID": "pid",
              "NEWUSER": "user", "NEWUTS": "uts"}
@@ -96,7 +99,7 @@ def config_from_bundle(bundle: str) -> dict:
     creates a throw-away container from the bundle in a private state root;
     its config is read and the container deleted at once.
     """
-    import shutil
+    import contextlib
     import subprocess
     import tempfile
 
@@ -107,9 +110,11 @@ def config_from_bundle(bundle: str) -> dict:
     log = os.path.join(tmp, "runc.log")
     base = ["runc", "--root", tmp, "--log", log, "--log-format", "json"]
     try:
-        with open(os.devnull, "r+b") as null:
-            rc = subprocess.run(base + ["create", "--bundle", bundle, cid], stdin=null, stdout=null,
-                                stderr=null).returncode
+        with open(os.devnull, "r+b") as null, contextlib.ExitStack() as stack:
+            create = base + ["create", "--bundle", bundle]
+            if console.spec_terminal(bundle):  # runc wants somewhere to send the pty master
+                create += ["--console-socket", stack.enter_context(console.Discard())]
+            rc = subprocess.run(create + [cid], stdin=null, stdout=null, stderr=null).returncode
             if rc:
                 raise Error(f"runc cannot create a container from bundle {bundle}: "
                             f"{runc_log_errors(log) or f'exit {rc}'}")
@@ -136,20 +141,48 @@ def container_config(container_id: str, bundle: str, meta: dict | None) -> dict:
     cfg["rootfs"] = rootfs
     cfg["labels"] = [l for l in cfg.get("labels") or [] if not l.startswith("bundle=")] + [f"bundle={bundle}"]
     cg = cfg.setdefault("cgroups", {})
-    if not cg.get("path") and cg.get("name") in ("", None, old_id):
+    cgroups_path = _spec_cgroups_path(bundle)
+    if cgroups_path:  # the bundle names the cgroups: the restored container goes there (runc's specconv)
+        cg["path"] = cgroups_path
+        cg["name"] = ""
+    elif not cg.get("path") and cg.get("name") in ("", None, old_id):
         cg["name"] = container_id
     return cfg
+
+
+def _spec_cgroups_path(bundle: str) -> str | None:
+    """linux.cgroupsPath of the bundle's config.json, cleaned as runc cleans it, or None."""
+    try:
+        with open(os.path.join(bundle, "config.json")) as f:
+            path = ((json.load(f).get("linux") or {}).get("cgroupsPath")) or ""
+    except (OSError, ValueError, AttributeError):
+        return None
+    return os.path.normpath(path) if path else None
 
 
 # --- mounts --------------------------------------------------------------------
 
 def _prepare_mountpoints(cfg: dict) -> None:
-    """Bind mount targets must exist in the rootfs for CRIU to mount onto them."""
+    """Bind mount targets must exist for CRIU to mount onto them; made as runc makes them at restore.
+
+    A destination is resolved in the rootfs (symlinks taken inside it); one below an earlier bind
+    mount lives in that mount's source (runc mounts each bind while it makes the next ones); ones on a
+    tmpfs are left to CRIU, which restores the tmpfs whole.
+    """
     rootfs = cfg["rootfs"]
-    for m in cfg.get("mounts") or []:
-        if m.get("device") != "bind":
+    mounts = cfg.get("mounts") or []
+    tmpfs = [m["destination"].rstrip("/") for m in mounts if m.get("device") == "tmpfs"]
+    binds: list[tuple[str, str]] = []  # (destination in the rootfs, source), in mount order
+    for m in mounts:
+        if m.get("device") != "bind" or any(m["destination"].startswith(t + "/") for t in tmpfs):
             continue
-        target = os.path.join(rootfs, m["destination"].lstrip("/"))
+        dest = engine.resolve_in_root(rootfs, m["destination"])
+        target = os.path.join(rootfs, dest.lstrip("/"))
+        for bdest, bsrc in reversed(binds):
+            if dest.startswith(bdest.rstrip("/") + "/"):
+                target = os.path.join(bsrc, dest[len(bdest):].lstrip("/"))
+                break
+        binds.append((dest, m["source"]))
         if os.path.lexists(target):
             continue
         if os.path.isdir(m["source"]):
@@ -163,7 +196,8 @@ def _restore_ext_mounts(cfg: dict, cg_paths: dict[str, str]) -> list[tuple[str, 
     ext: dict[str, str] = {}
     for m in cfg.get("mounts") or []:
         if m.get("device") == "bind":
-            ext[m["destination"]] = m["source"]
+            # keyed as the checkpoint keyed it: the destination resolved in the rootfs
+            ext[engine.resolve_in_root(cfg["rootfs"], m["destination"])] = m["source"]
         elif m.get("device") == "cgroup":
             # the container saw each hierarchy at <dest>/<mount dir name>: give it its new cgroups
             for key, mnt in cgroups.mounts().items():
@@ -253,7 +287,17 @@ def _new_opts(options: RestoreOptions, image_fd: int, work_fd: int, netns: str =
     opts.set_work_dir_fd(work_fd)
     opts.set_log_file(RESTORE_LOG)
     engine.apply_common(opts, options, netns, dumped_with)
+    if options.lsm_profile:
+        opts.set_lsm_profile(options.lsm_profile)
+    if options.lsm_mount_context:
+        opts.set_lsm_mount_context(options.lsm_mount_context)
     return opts
+
+
+def _check_lazy_pages(options: RestoreOptions) -> None:
+    if options.lazy_pages and not engine.features().get("lazy_pages"):
+        raise Error("--lazy-pages needs userfaultfd (non-cooperative), which this kernel lacks: nothing was "
+                    "restored", errno=errno.EOPNOTSUPP)
 
 
 def _open_dirs(options: RestoreOptions) -> tuple[str, str, list[int]]:
@@ -321,6 +365,7 @@ def restore(container_id: str | None = None, options: RestoreOptions | None = No
 
         return restore_import(container_id, options, root=root, session=session)
     engine.require_privileges("restore")
+    root = os.path.abspath(root)  # CRIU's root is made in it: CRIU needs it absolute
     if session is None:
         criu_proc.prespawn()  # its exec overlaps the checks of the images
     done: list = []  # the result, once the restore is complete
@@ -337,7 +382,13 @@ def restore(container_id: str | None = None, options: RestoreOptions | None = No
     finally:
         criu_proc.discard_spare()  # not used: the restore stopped before CRIU
     if not options.detach and container_id is not None:
-        result.exit_status = _wait_foreground(runc.load(container_id, root), result.pid)
+        master = getattr(result, "_relay_master", None)
+        relay = console.Relay(master) if master is not None else None  # runc's own console, in the foreground
+        try:
+            result.exit_status = _wait_foreground(runc.load(container_id, root), result.pid)
+        finally:
+            if relay is not None:
+                relay.stop()
     return result
 
 
@@ -348,7 +399,11 @@ def _restore_checked(container_id: str | None, options: RestoreOptions, root: st
     kind, meta = image_kind(image_path)
     # a damaged checkpoint is refused before anything is made (CRIU may loop on a cut-short pages image)
     manifest.verify(image_path)
+    _check_lazy_pages(options)
     if container_id is None:
+        if options.console_socket:
+            raise UsageError("--console-socket is for containers (a process tree keeps its terminal with "
+                             "--shell-job)")
         if kind == "container":
             who = f" of container {meta['id']!r}" if meta and meta.get("id") else " of a container"
             raise UsageError(f"the images in {image_path} are a checkpoint{who}: "
@@ -384,6 +439,8 @@ def _restore_process(options: RestoreOptions, t0: float, session=None) -> Restor
     image_path, work_path, fds = _open_dirs(options)
     try:
         opts = _new_opts(options, fds[0], fds[1], session=session)
+        if options.lazy_pages:
+            engine.apply_config_file(opts, None, work_path, lazy_pages=True)
         # CRIU and all it forks run in a cgroup of their own: if it fails or is
         # stopped, nothing it started half-way can outlive it
         box = None if session is not None else cgroups.Containment(f"fastckpt-restore-{os.getpid()}")
@@ -418,11 +475,29 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
     cfg = container_config(cid, bundle, meta)
     if options.no_pivot:
         cfg["no_pivot_root"] = True
+    descriptors = _descriptors(options.resolved_image_path())
+    terminal = console.has_terminal(bundle, descriptors)
+    console.check_terminal(terminal, options.detach, options.console_socket)
+    # connected before anything is made (as runc does): a socket nobody listens on is refused here
+    sock = console.ConsoleSocket(options.console_socket) if options.console_socket else None
+    try:
+        return _restore_container_made(cid, options, root, meta, t0, bundle, cfg, descriptors, terminal, sock)
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: dict | None, t0: float,
+                            bundle: str, cfg: dict, descriptors: list[str], terminal: bool,
+                            sock: "console.ConsoleSocket | None") -> RestoreResult:
+    state_dir = os.path.join(root, cid)
     image_path, work_path, fds = _open_dirs(options)
     log_path = os.path.join(work_path, RESTORE_LOG)
 
     undo: list = []  # what to take back on failure, last first
     ns_fds: list[int] = []
+    criu_images = None  # a view of the images without the host's clocks (see _host_clock_view)
+    masters: list[int] = []  # a foreground terminal container's new pty master (fastckpt relays it)
     pid = 0
     # CRIU's root: the rootfs bind-mounted, as runc does (the rootfs need not be a mount)
     criu_root = os.path.join(state_dir, CRIU_ROOT)
@@ -446,15 +521,26 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
         _libc.bind_mount(cfg["rootfs"], criu_root)
         mounted = True
         _prepare_mountpoints(cfg)
+        image_fd = fds[0]
+        criu_images = _host_clock_view(image_path, meta)
+        if criu_images is not None:
+            image_fd = engine.open_dir_fd(criu_images, "image directory")
+            fds.append(image_fd)
 
         own_netns = any(ns.get("type") == "NEWNET" and not ns.get("path") for ns in cfg.get("namespaces") or [])
         # what the checkpoint says of its network namespace (runc's images say nothing)
         netns = (meta or {}).get("netns") or (NETNS_OWN if own_netns else NETNS_HOST)
-        opts = _new_opts(options, fds[0], fds[1], netns, dumped_with=(meta or {}).get("network_lock"))
+        opts = _new_opts(options, image_fd, fds[1], netns, dumped_with=(meta or {}).get("network_lock"))
         opts.set_root(criu_root)
         opts.set_manage_cgroups(True)
         opts.set_evasive_devices(True)
-        if options.manage_cgroups_mode is None:
+        # a pty whose master was outside the container comes back with a new master, sent to us in
+        # a notification (only asked for then: each costs CRIU a round trip)
+        opts.set_orphan_pts_master(True)
+        if terminal:
+            opts.set_notify(_restore_notify(sock, masters))
+        engine.apply_config_file(opts, cfg.get("labels") or [], work_path, options.lazy_pages)
+        if options.manage_cgroups_mode in (None, CgroupMode.IGNORE):
             # CRIU itself runs in the container's new cgroups (as with runc) and its
             # restored tasks inherit them: CRIU need not rebuild cgroups (~15 ms)
             opts.set_manage_cgroups_mode(int(CgroupMode.IGNORE))
@@ -472,30 +558,45 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
         for ns in cfg.get("namespaces") or []:
             key = _INHERIT_NS.get(ns.get("type"))
             if key and ns.get("path"):
-                fd = os.open(ns["path"], os.O_RDONLY)
+                try:
+                    fd = os.open(ns["path"], os.O_RDONLY)
+                except OSError as e:
+                    raise Error(f"the namespace {ns['path']} the container joins cannot be opened: {e.strerror}",
+                                errno=e.errno) from None
                 ns_fds.append(fd)
                 os.set_inheritable(fd, True)
                 opts.add_inherit_fd(fd, key)
-        descriptors = _descriptors(image_path)
         for i, d in enumerate(descriptors[:3]):
             if d.startswith(("pipe:", "socket:")):
-                opts.add_inherit_fd(i, d)
+                # a copy above 2: the criu fastckpt starts has its stdout on /dev/null
+                fd = os.dup(i)
+                ns_fds.append(fd)
+                os.set_inheritable(fd, True)
+                opts.add_inherit_fd(fd, d)
 
         if not options.detach and not options.no_subreaper:
             _libc.set_child_subreaper(True)
         try:
             # CRIU restores the tree as its child; when it exits the tree goes to the
             # nearest subreaper: fastckpt when it waits in the foreground
+            # a criu of its own when fds are handed over (the spare one was started before they were opened)
             ret, err = engine.run_op(opts, "restore", log_path=log_path, timeout=restore_bound(image_path),
-                                     setup=enter_cgroups, on_stop=lambda: _kill_cgroup_tasks(cg_paths))
+                                     setup=enter_cgroups, on_stop=lambda: _kill_cgroup_tasks(cg_paths),
+                                     fresh=bool(ns_fds))
         finally:  # the restored mount namespace keeps its own copy of the root
             _libc.umount(criu_root)
             mounted = False
             os.rmdir(criu_root)
+            if criu_images is not None:
+                shutil.rmtree(criu_images, ignore_errors=True)
+        if opts.notify_error is not None:
+            raise opts.notify_error
         if ret <= 0:
             engine.raise_criu_failure("restore", ret, err, log_path)
         pid = ret
         undo.append(lambda: _kill(pid))
+        if terminal and sock is None and not masters:
+            raise Error("the container has a terminal but CRIU sent no pty master for it")
 
         if own_netns and not options.empty_ns & Namespace.NEWNET:
             ensure_loopback_up(pid)
@@ -508,7 +609,7 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
             "config": cfg,
             "rootless": False,
             "cgroup_paths": cg_paths,
-            "namespace_paths": {t: f"/proc/{pid}/ns/{n}" for t, n in _NS_FILES.items()},
+            "namespace_paths": _namespace_paths(pid, cfg),
             "external_descriptors": descriptors,
             "intel_rdt_path": "",
         }
@@ -518,6 +619,8 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
         if mounted:
             _libc.umount(criu_root)
             mounted = False
+        if criu_images is not None:
+            shutil.rmtree(criu_images, ignore_errors=True)
         for fn in reversed(undo):
             try:
                 fn()
@@ -527,9 +630,85 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
     finally:
         for fd in set(fds) | set(ns_fds):
             os.close(fd)
+        if pid == 0:
+            for fd in masters:
+                os.close(fd)
 
-    return RestoreResult(pid=pid, image_path=image_path, work_path=work_path, log_path=log_path,
-                         container_id=cid, bundle=bundle, wall_time=time.monotonic() - t0)
+    res = RestoreResult(pid=pid, image_path=image_path, work_path=work_path, log_path=log_path,
+                        container_id=cid, bundle=bundle, wall_time=time.monotonic() - t0)
+    res._relay_master = masters[0] if masters else None  # not a field: the foreground relay's
+    return res
+
+
+def _host_clock_view(image_path: str, meta: dict | None) -> str | None:
+    """On the boot a container was checkpointed on, a view of its images without the host's clocks
+    (timens-0.img): a directory in the image directory with hard links to the other images (CRIU
+    opens images without following symlinks); or None to give CRIU the images as they are.
+
+    CRIU restores every tree into a new time namespace, shifted so that its monotonic clocks go on
+    from their value at the dump. On the same boot the host's clocks already did: the restored
+    container can stay in the host's time namespace (it sees the time it was checkpointed, as a
+    paused container does), and processes `runc exec` starts in it later (runc 1.1 knows no time
+    namespace to join) are in the same one as its init, so the container can be checkpointed and
+    restored again (CRIU cannot restore a tree spread over two time namespaces: "Can't restore
+    sub-task in NS"). A tree already in a time namespace of its own at the dump keeps it.
+    """
+    if not meta or not meta.get("boot_id") or meta.get("boot_id") != engine.boot_id():
+        return None
+    names = [e.name for e in os.scandir(image_path) if e.is_file(follow_symlinks=False) or e.is_symlink()]
+    if HOST_TIMENS_IMAGE not in names or any(n.startswith("timens-") and n != HOST_TIMENS_IMAGE for n in names):
+        return None
+    into = os.path.join(image_path, f".{CRIU_IMAGES}-{os.getpid()}-{time.monotonic_ns()}")
+    os.mkdir(into, 0o700)
+    try:
+        for name in names:
+            src = os.path.join(image_path, name)
+            if name == HOST_TIMENS_IMAGE:
+                continue
+            if os.path.islink(src):  # "parent": the pre-dump images
+                os.symlink(os.path.realpath(src), os.path.join(into, name))
+            else:
+                os.link(src, os.path.join(into, name))
+    except OSError:  # no hard links here: CRIU gets the images as they are
+        shutil.rmtree(into, ignore_errors=True)
+        return None
+    return into
+
+
+def _restore_notify(sock, masters: list[int]):
+    """CRIU's notifications a container restore acts on: "orphan-pts-master" carries the new master
+    of the container's terminal: to the --console-socket, or kept to relay (a foreground restore)."""
+    def handler(action: str, pid: int) -> int:
+        if action != console.NOTIFY_ACTION:
+            return 0
+        from . import _criu
+
+        fd = _criu.Opts.orphan_pts_master_fd()
+        if fd < 0:
+            raise Error("CRIU announced the container's pty master but sent none")
+        if sock is not None:
+            sock.send_master(fd)
+        else:
+            masters.append(fd)
+        return 0
+
+    return handler
+
+
+def _namespace_paths(pid: int, cfg: dict) -> dict[str, str]:
+    """state.json's namespace_paths of a restored init; with the time namespace CRIU restores it in
+    (recorded in the config's namespaces and here, as later runc does, so that `runc exec` joins it)."""
+    paths = {t: f"/proc/{pid}/ns/{n}" for t, n in _NS_FILES.items()}
+    try:
+        restored_in_own = os.stat(f"/proc/{pid}/ns/time").st_ino != os.stat("/proc/self/ns/time").st_ino
+    except OSError:
+        restored_in_own = False
+    if restored_in_own:
+        paths["NEWTIME"] = f"/proc/{pid}/ns/time"
+        namespaces = cfg.setdefault("namespaces", [])
+        if not any(ns.get("type") == "NEWTIME" for ns in namespaces):
+            namespaces.append({"type": "NEWTIME", "path": ""})
+    return paths
 
 
 def _kill_cgroup_tasks(paths: dict[str, str]) -> None:

@@ -1,0 +1,105 @@
+"""The time namespace of a restored container.
+
+CRIU restores every tree into a new time namespace (its clocks go on from the dump). runc 1.1's
+`runc exec` joins no time namespace, so a process it starts in such a container is outside it, and
+the next restore fails ("Can't restore sub-task in NS"). fastckpt: on the boot of the checkpoint the
+container stays in the host's time namespace (CRIU gets the images without timens-0.img); otherwise
+(runc's images, another boot) CRIU's time namespace is recorded in state.json as later runc records it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import restore_support as rs  # noqa: E402
+from fastckpt import restorer  # noqa: E402
+
+
+def _timens(pid) -> int:
+    return os.stat(f"/proc/{pid}/ns/time").st_ino
+
+
+def _images(tmp_path, names, boot_id):
+    d = tmp_path / "img"
+    d.mkdir()
+    for n in names:
+        (d / n).write_bytes(b"x")
+    return str(d), {"boot_id": boot_id}
+
+
+def test_host_clock_view_only_on_the_same_boot(tmp_path):
+    from fastckpt import engine
+
+    image_path, meta = _images(tmp_path, ["timens-0.img", "pages-1.img", "inventory.img"], engine.boot_id())
+    view = restorer._host_clock_view(image_path, meta)
+    try:
+        assert sorted(os.listdir(view)) == ["inventory.img", "pages-1.img"]
+        # hard links, not copies (CRIU opens images without following symlinks)
+        assert os.stat(os.path.join(view, "pages-1.img")).st_ino == os.stat(os.path.join(image_path, "pages-1.img")).st_ino
+    finally:
+        import shutil
+
+        shutil.rmtree(view)
+    assert restorer._host_clock_view(image_path, {"boot_id": "another-boot"}) is None
+    assert restorer._host_clock_view(image_path, None) is None  # runc's images: no boot recorded
+
+
+def test_a_tree_in_its_own_time_namespace_keeps_it(tmp_path):
+    from fastckpt import engine
+
+    image_path, meta = _images(tmp_path, ["timens-0.img", "timens-12.img", "inventory.img"], engine.boot_id())
+    assert restorer._host_clock_view(image_path, meta) is None
+
+
+def _restored(env, ct, images: str, stopped: int) -> int:
+    """fastckpt restores CT from IMAGES; its counter goes on from STOPPED; returns its init's pid."""
+    r = env.restore(ct.id, images, ct.bundle)
+    assert r.returncode == 0, str(r)
+    ct.counter.assert_continued(stopped)
+    return ct.pid
+
+
+def _state(env, ct) -> dict:
+    with open(os.path.join(env.root, ct.id, "state.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture
+def env(runc_root, tmp_path):
+    yield from rs.Env.scoped(runc_root, str(tmp_path))
+
+
+@pytest.mark.integration
+def test_same_boot_restore_stays_in_the_hosts_time_namespace_and_execs_join_it(env):
+    ct = env.start()
+    images = os.path.join(env.workdir, "img")
+    assert _timens(_restored(env, ct, images, env.checkpoint(ct, images))) == _timens("self")
+    assert "NEWTIME" not in _state(env, ct)["namespace_paths"]
+    r = ct.exec("sh", "-c", "sleep 1000 </dev/null >/dev/null 2>&1 & echo $!")
+    assert r.returncode == 0, r.stderr
+    execed = r.stdout.strip()
+    # checkpoint and restore again, with the exec'd process
+    images = os.path.join(env.workdir, "img2")
+    _restored(env, ct, images, env.checkpoint(ct, images))
+    assert ct.exec("ls", "-ld", f"/proc/{execed}").returncode == 0  # the exec'd process came back too
+
+
+@pytest.mark.integration
+def test_crius_time_namespace_is_recorded_in_state_json(env):
+    """runc's images (no boot recorded): CRIU's time namespace; state.json names it (NEWTIME), and runc 1.1
+    still works on the container (exec, kill, delete)."""
+    ct = env.start()
+    images = os.path.join(env.workdir, "img")
+    pid = _restored(env, ct, images, env.runc_checkpoint(ct, images))
+    assert _timens(pid) != _timens("self")
+    state = _state(env, ct)
+    assert state["namespace_paths"]["NEWTIME"] == f"/proc/{pid}/ns/time"
+    assert {"type": "NEWTIME", "path": ""} in state["config"]["namespaces"]
+    r = ct.exec("echo", "ok")
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    ct.kill_and_delete(reap=False)
