@@ -124,7 +124,20 @@ def _add_check(sub, full: bool = True) -> None:
         p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-_COMMANDS = {"checkpoint": _add_checkpoint, "restore": _add_restore, "check": _add_check}
+def _add_page_server(sub, full: bool = True) -> None:
+    from .migrate_cli import add_page_server
+
+    add_page_server(sub, full)
+
+
+def _add_migrate(sub, full: bool = True) -> None:
+    from .migrate_cli import add_migrate
+
+    add_migrate(sub, full)
+
+
+_COMMANDS = {"checkpoint": _add_checkpoint, "restore": _add_restore, "check": _add_check,
+             "page-server": _add_page_server, "migrate": _add_migrate}
 
 
 def _requested(argv: list[str]) -> str | None:

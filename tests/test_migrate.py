@@ -1,0 +1,318 @@
+"""Live migration between two "hosts" (network namespaces joined by a veth pair).
+
+Each case checks the real outcome: the container runs on the destination
+with its state (a counter that goes on, a memory pattern that verifies, a TCP
+connection that keeps working), the source container is gone (or thawed with
+--leave-running), and after a failure the source runs thawed and the
+destination holds nothing (no container, no images, no page server).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import ckpt_support as cs
+import migrate_support as ms
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    reason = ms.prerequisites()
+    if reason:
+        ms.skip_or_fail(reason)
+    h = ms.Hosts(str(tmp_path))
+    try:
+        h.setup()
+        yield h
+    finally:
+        problems = h.cleanup()
+    if problems:
+        pytest.fail("cleanup failed: " + "; ".join(problems))
+
+
+def _counter(hosts):
+    """A counter container on src, and the bundle (its own rootfs copy) for it on dst."""
+    cid = cs.new_id()
+    sb = hosts.src.bundle("bundle")
+    db = hosts.dst.bundle("bundle")
+    hosts.src.run_container(cid, sb)
+    ct = cs.Container(cid, sb, hosts.src.root)
+    ct.wait_advancing()
+    return cid, ct, db
+
+
+def _migrate(hosts, cid, dest_bundle, *extra, dest_id=None, timeout=300):
+    dest_id = dest_id or cid + "-d"
+    return subprocess.run(
+        hosts.src.fastckpt("migrate", "--remote", hosts.dst.remote(), "--remote-fastckpt", ms.FASTCKPT,
+                           "--address", hosts.dst.address, "-b", dest_bundle, "--dest-root", hosts.dst.root,
+                           "--dest-id", dest_id, *extra, cid),
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+
+def _assert_destination_clean(hosts, dest_dir=None):
+    assert hosts.dst.ids() == [], f"containers left on the destination: {hosts.dst.ids()}"
+    if dest_dir:
+        left = os.listdir(dest_dir) if os.path.isdir(dest_dir) else []
+        assert left == [], f"left in the destination's image directory {dest_dir}: {left}"
+        assert ms.procs_mentioning(dest_dir) == [], "a page server is still running on the destination"
+
+
+# --- the page server alone ----------------------------------------------------------------------
+
+def test_page_server_usage_errors(tmp_path):
+    for args, needle in (([], "--image-path"), (["--image-path", str(tmp_path)], "--port"),
+                         (["--image-path", str(tmp_path), "--port", "x"], "invalid int value")):
+        cs.assert_one_line_error(cs.run_cli("page-server", *args), 2, needle)
+    r = cs.run_cli("page-server", "--image-path", str(tmp_path / "i"), "--port", "70000")
+    cs.assert_one_line_error(r, 2, "Invalid port number")
+
+
+def test_page_server_refuses_a_checkpoint_dir(tmp_path):
+    if os.geteuid():
+        pytest.skip("needs root")
+    d = tmp_path / "img"
+    d.mkdir(mode=0o700)
+    (d / "inventory.img").write_bytes(b"x")
+    r = cs.run_cli("page-server", "--image-path", str(d), "--port", "0", "--timeout", "5")
+    cs.assert_one_line_error(r, 1, "already holds a checkpoint")
+    assert (d / "inventory.img").read_bytes() == b"x"
+
+
+def test_page_server_bounded_and_interruptible(tmp_path):
+    if os.geteuid():
+        pytest.skip("needs root")
+    t = time.monotonic()
+    r = cs.run_cli("page-server", "--image-path", str(tmp_path / "a"), "--port", "0", "--timeout", "1")
+    cs.assert_one_line_error(r, 1, "no dump connected")
+    assert time.monotonic() - t < 30
+    assert r.stdout.startswith("listening on ")
+    # Ctrl-C: exit 130, one line, nothing left
+    p = subprocess.Popen([sys.executable, "-m", "fastckpt", "page-server", "--image-path", str(tmp_path / "b"),
+                          "--port", "0"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().startswith("listening on ")
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert [n for n in os.listdir(tmp_path / "b") if n.endswith(".img")] == []
+
+
+# --- migrations --------------------------------------------------------------------------------
+
+def test_migrate_counter(hosts):
+    cid, ct, db = _counter(hosts)
+    before = ct.count()
+    staging = ms.staging_dirs()
+    r = _migrate(hosts, cid, db, "--json")
+    assert r.returncode == 0, r.stderr
+    import json
+    res = json.loads(r.stdout)
+    dest = cs.Container(cid + "-d", db, hosts.dst.root)
+    assert dest.status() == "running"
+    v = dest.wait_advancing()
+    assert v > before, f"the counter restarted on the destination ({v} <= {before})"
+    # the source is gone, as after `runc checkpoint` (its runc state and cgroups too)
+    assert hosts.src.ids() == []
+    assert not os.path.exists(ct.freezer_dir)
+    # nothing stays behind: the images on the destination, the staging dir here
+    assert not os.path.exists(res["dest_image_path"])
+    assert ms.staging_dirs() == staging
+    assert 0 <= res["downtime"] <= res["total_time"]
+    assert res["pages_bytes"] > 0
+
+
+def test_migrate_leave_running(hosts):
+    cid, ct, db = _counter(hosts)
+    r = _migrate(hosts, cid, db, "--leave-running", "--keep-images", "--dest-image-path",
+                 os.path.join(hosts.dst.dir, "img"))
+    assert r.returncode == 0, r.stderr
+    ct.assert_running_thawed_advancing()
+    cs.Container(cid + "-d", db, hosts.dst.root).wait_advancing()
+    # runc itself restores the migrated images too: the peer as oracle
+    img = os.path.join(hosts.dst.dir, "img")
+    assert [n for n in os.listdir(img) if n.startswith("pages-")], os.listdir(img)
+    with open(os.devnull, "r+b") as null:
+        rc = subprocess.run(hosts.dst.cmd("runc", "--root", hosts.dst.root, "restore", "-d", "--image-path", img,
+                                          "-b", db, cid + "-r"), stdin=null, stdout=null, stderr=null,
+                            timeout=120).returncode
+    assert rc == 0, "runc restore of the migrated images failed"
+    cs.Container(cid + "-r", db, hosts.dst.root).wait_advancing()
+
+
+def test_two_commands_per_host(hosts, tmp_path):
+    """The README's manual flow: page-server / checkpoint --page-server / copy / restore."""
+    cid, ct, db = _counter(hosts)
+    dst_img = os.path.join(hosts.dst.dir, "img")
+    src_img = "/dev/shm/" + f"fcm-{hosts.tag}-img"
+    server = subprocess.Popen(hosts.dst.fastckpt("page-server", "--image-path", dst_img, "--address",
+                                                 hosts.dst.address, "--port", "0"),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        assert line.startswith("listening on "), server.stderr.read()
+        port = line.split(":")[-1].strip()
+        r = subprocess.run(hosts.src.fastckpt("checkpoint", "--image-path", src_img, "--page-server",
+                                              f"{hosts.dst.address}:{port}", cid),
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        out, err = server.communicate(timeout=60)
+        assert server.returncode == 0, err
+        assert out.splitlines()[-1].startswith("received ")
+        assert not [n for n in os.listdir(src_img) if n.startswith(("pages-", "pagemap-"))]
+        # the user's copy (here a tar pipe; scp or rsync alike)
+        tar = subprocess.run(f"tar -C {src_img} -c . | tar -C {dst_img} -x", shell=True, timeout=60)
+        assert tar.returncode == 0
+        r = subprocess.run(hosts.dst.fastckpt("restore", "--image-path", dst_img, "-b", db, "-d", cid + "-d"),
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        cs.Container(cid + "-d", db, hosts.dst.root).wait_advancing()
+        assert hosts.src.ids() == []
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        subprocess.run(["rm", "-rf", src_img])
+
+
+def test_migrate_1gib_memory_verifies(hosts):
+    binary = ms.patmem_binary(hosts.src.dir)
+    cid = cs.new_id()
+    sb = hosts.src.bundle("big", ms.patmem_args(1024), files=[(binary, "/patmem")])
+    db = hosts.dst.bundle("big", ms.patmem_args(1024), files=[(binary, "/patmem")])
+    hosts.src.run_container(cid, sb)
+    cs.wait_until(lambda: os.path.exists(hosts.src.rootfs_file(sb, "/tmp/ready")), "1 GiB to be filled",
+                  timeout=120)
+    assert ms.check_pattern(hosts.src, sb, cid).startswith("ok ")
+    r = _migrate(hosts, cid, db, "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    import json
+    res = json.loads(r.stdout)
+    assert res["pages_bytes"] >= 1 << 30
+    answer = ms.check_pattern(hosts.dst, db, cid + "-d")
+    assert answer == f"ok {(1 << 30) // 8}", f"memory differs on the destination: {answer}"
+    assert hosts.src.ids() == []
+
+
+# --- failures: the source keeps running, the destination is left clean ----------------------
+
+def _assert_failed_cleanly(hosts, r, ct, dest_dir, *needles, criu_lines=False):
+    err = cs.assert_one_line_error(r, 1, *needles, criu_lines=criu_lines)
+    ct.assert_running_thawed_advancing()
+    _assert_destination_clean(hosts, dest_dir)
+    return err
+
+
+def test_destination_unreachable(hosts):
+    cid, ct, db = _counter(hosts)
+    dest_dir = os.path.join(hosts.dst.dir, "img")
+    hosts.link(False)  # the page server listens there, but nothing reaches it
+    r = _migrate(hosts, cid, db, "--dest-image-path", dest_dir, timeout=300)
+    _assert_failed_cleanly(hosts, r, ct, dest_dir, "criu dump failed", "Can't connect to server",
+                           criu_lines=True)
+
+
+def test_destination_command_fails(hosts):
+    cid, ct, db = _counter(hosts)
+    r = subprocess.run(hosts.src.fastckpt("migrate", "--remote", "nsenter --net=/run/netns/fcm-none-x",
+                                          "--address", hosts.dst.address, "-b", db, cid),
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    cs.assert_one_line_error(r, 1, "page server did not start")
+    ct.assert_running_thawed_advancing()
+
+
+def _big(hosts, mib):
+    binary = ms.patmem_binary(hosts.src.dir)
+    cid = cs.new_id()
+    sb = hosts.src.bundle("big", ms.patmem_args(mib), files=[(binary, "/patmem")])
+    db = hosts.dst.bundle("big", ms.patmem_args(mib), files=[(binary, "/patmem")])
+    hosts.src.run_container(cid, sb)
+    cs.wait_until(lambda: os.path.exists(hosts.src.rootfs_file(sb, "/tmp/ready")), f"{mib} MiB to be filled",
+                  timeout=120)
+    return cid, cs.Container(cid, sb, hosts.src.root), sb, db
+
+
+def _assert_big_survived(hosts, ct, sb):
+    assert ct.status() == "running", ct.status()
+    assert ct.freezer_state() == "THAWED"
+    assert ms.check_pattern(hosts.src, sb, ct.id).startswith("ok ")
+
+
+def _migrate_bg(hosts, cid, db, dest_dir):
+    return subprocess.Popen(
+        hosts.src.fastckpt("migrate", "--remote", hosts.dst.remote(), "--remote-fastckpt", ms.FASTCKPT,
+                           "--address", hosts.dst.address, "-b", db, "--dest-root", hosts.dst.root,
+                           "--dest-id", cid + "-d", "--dest-image-path", dest_dir, cid),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_destination_dies_mid_transfer(hosts):
+    cid, ct, sb, db = _big(hosts, 768)
+    dest_dir = os.path.join(hosts.dst.dir, "img")
+    p = _migrate_bg(hosts, cid, db, dest_dir)
+    try:
+        ms.wait_pages(dest_dir, 16 << 20)
+        victims = [pid for pid in ms.procs_mentioning(dest_dir)
+                   if open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[1:2] == [b"page-server"]
+                   and b"--ps-socket" in open(f"/proc/{pid}/cmdline", "rb").read()]
+        assert victims, "no criu page-server found on the destination"
+        for pid in victims:
+            ms.kill(pid)
+        out, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    cs.assert_one_line_error(r, 1, "the destination's page server failed", "the checkpoint here stopped")
+    _assert_big_survived(hosts, ct, sb)
+    _assert_destination_clean(hosts, dest_dir)
+
+
+def test_source_dies_mid_transfer(hosts):
+    cid, ct, sb, db = _big(hosts, 768)
+    dest_dir = os.path.join(hosts.dst.dir, "img")
+    p = _migrate_bg(hosts, cid, db, dest_dir)
+    try:
+        ms.wait_pages(dest_dir, 16 << 20)
+        from fastckpt import criu_proc
+        victims = [pid for pid in criu_proc.descendants(p.pid)
+                   if open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"criu: dump")]
+        assert victims, ("no criu dumping on the source: " +
+                         repr([open(f"/proc/{pid}/cmdline", "rb").read() for pid in criu_proc.descendants(p.pid)]))
+        for pid in victims:
+            ms.kill(pid)
+        out, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    cs.assert_one_line_error(r, 1, "criu dump failed", criu_lines=True)
+    _assert_big_survived(hosts, ct, sb)
+    _assert_destination_clean(hosts, dest_dir)
+
+
+def test_destination_disk_full(hosts):
+    cid, ct, sb, db = _big(hosts, 192)
+    dest_dir = hosts.tmpfs(os.path.join(hosts.dst.dir, "small"), "64m")
+    r = _migrate(hosts, cid, db, "--dest-image-path", dest_dir, timeout=300)
+    cs.assert_one_line_error(r, 1, "the destination's page server failed", "no space left")
+    _assert_big_survived(hosts, ct, sb)
+    _assert_destination_clean(hosts, dest_dir)
+
+
+def test_lazy_pages_refused(hosts):
+    cid, ct, db = _counter(hosts)
+    r = _migrate(hosts, cid, db, "--lazy-pages")
+    cs.assert_one_line_error(r, 1, "lazy migration (post-copy) is unavailable")
+    ct.assert_running_thawed_advancing()
+    _assert_destination_clean(hosts)
