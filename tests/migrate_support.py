@@ -84,11 +84,12 @@ class Host:
     def fastckpt(self, *args: str) -> List[str]:
         return self.cmd(FASTCKPT, "--root", self.root, *args)
 
-    def bundle(self, name: str, args=None, files=()) -> str:
+    def bundle(self, name: str, args=None, files=(), network_ns: Optional[str] = "") -> str:
         from fastckpt import bundle
 
         path = os.path.join(self.dir, name)
-        bundle.make_bundle(path, args) if args else bundle.make_bundle(path)
+        kw = {"network_ns": network_ns}
+        bundle.make_bundle(path, args, **kw) if args else bundle.make_bundle(path, **kw)
         for src, dest in files:
             shutil.copy2(src, os.path.join(path, "rootfs", dest.lstrip("/")))
         return path
@@ -135,6 +136,29 @@ class Hosts:
             run(h.cmd("ip", "link", "set", "lo", "up"))
         return self
 
+    def add_peer(self) -> "Peer":
+        """A third place: a peer netns linked to src and to dst, and a service address V on src's and dst's
+        loopback (a floating address, provisioned on both); the peer routes V via src until told otherwise."""
+        m, l, k = random.sample([n for n in range(16, 250) if f"169.254.{n}" != self.subnet], 3)
+        peer = Peer(f"fcm-{self.tag}-p", f"169.254.{k}.3", f"169.254.{k}.9", self)
+        self.extra_netns.append(peer.name)
+        run(["ip", "netns", "add", peer.name])
+        for h, side, net in ((self.src, "s", m), (self.dst, "d", l)):
+            a, b = f"fcm{self.tag}{side}p", f"fcm{self.tag}p{side}"
+            run(["ip", "link", "add", a, "netns", h.name, "type", "veth", "peer", "name", b, "netns", peer.name])
+            host_ip, peer_ip = f"169.254.{net}.1", f"169.254.{net}.3"
+            run(h.cmd("ip", "addr", "add", f"{host_ip}/24", "dev", a))
+            run(h.cmd("ip", "link", "set", a, "up"))
+            run(h.cmd("ip", "addr", "add", f"{peer.vip}/32", "dev", "lo"))
+            run(h.cmd("ip", "route", "add", f"{peer.address}/32", "via", peer_ip))
+            run(peer.cmd("ip", "addr", "add", f"{peer_ip}/24", "dev", b))
+            run(peer.cmd("ip", "link", "set", b, "up"))
+            peer.via[h.name] = host_ip
+        run(peer.cmd("ip", "link", "set", "lo", "up"))
+        run(peer.cmd("ip", "addr", "add", f"{peer.address}/32", "dev", "lo"))
+        peer.route_to(self.src)
+        return peer
+
     def link(self, up: bool) -> None:
         run(self.src.cmd("ip", "link", "set", self.veth[0], "up" if up else "down"))
 
@@ -157,6 +181,56 @@ class Hosts:
                 if r.returncode:
                     problems.append(f"ip netns del {name}: {r.stderr.strip()}")
         return problems
+
+
+PEER_CLIENT = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60, source_address=(sys.argv[3], 0))
+print("connected", flush=True)
+for line in sys.stdin:
+    s.sendall(line.encode())
+    got = b""
+    while not got.endswith(b"\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            print("EOF", flush=True)
+            sys.exit(1)
+        got += chunk
+    print(got.decode().strip(), flush=True)
+"""
+
+
+class Peer:
+    """The far end of a TCP connection, in a netns of its own: a client that echoes lines through it."""
+
+    def __init__(self, name: str, address: str, vip: str, hosts: "Hosts"):
+        self.name, self.address, self.vip, self.hosts = name, address, vip, hosts
+        self.via: dict = {}
+        self.client: Optional[subprocess.Popen] = None
+
+    def cmd(self, *argv: str) -> List[str]:
+        return ["nsenter", f"--net=/run/netns/{self.name}", *argv]
+
+    def route_to(self, host: Host) -> None:
+        run(self.cmd("ip", "route", "replace", f"{self.vip}/32", "via", self.via[host.name]))
+        run(self.cmd("ip", "neigh", "flush", "all"), check=False)
+
+    def connect(self, port: int) -> None:
+        self.client = subprocess.Popen(self.cmd(sys.executable, "-c", PEER_CLIENT, self.vip, str(port), self.address),
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True)
+        line = self.client.stdout.readline().strip()
+        assert line == "connected", f"the peer could not connect: {line} {self.client.stderr.read() if not line else ''}"
+
+    def echo(self, text: str) -> str:
+        self.client.stdin.write(text + "\n")
+        self.client.stdin.flush()
+        return self.client.stdout.readline().strip()
+
+    def close(self) -> None:
+        if self.client and self.client.poll() is None:
+            self.client.kill()
+            self.client.wait()
 
 
 _PATMEM: dict = {}

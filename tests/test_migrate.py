@@ -310,6 +310,38 @@ def test_destination_disk_full(hosts):
     _assert_destination_clean(hosts, dest_dir)
 
 
+def _tcp6_state(pid, port, state):
+    """busybox nc listens on a dual-stack socket: its sockets are in tcp6."""
+    with open(f"/proc/{pid}/net/tcp6") as f:
+        return any(l.split()[1].endswith(f":{port:04X}") and l.split()[3] == state for l in f.readlines()[1:])
+
+
+def test_migrate_tcp_established(hosts):
+    """A container with a TCP connection to a peer in a third place: the connection moves along."""
+    peer = hosts.add_peer()
+    cid = cs.new_id()
+    args = ["nc", "-l", "-p", "7000", "-e", "cat"]
+    sb = hosts.src.bundle("echo", args, network_ns=None)  # the host's network namespace (src's)
+    db = hosts.dst.bundle("echo", args, network_ns=None)
+    hosts.src.run_container(cid, sb)
+    ct = cs.Container(cid, sb, hosts.src.root)
+    cs.wait_until(lambda: _tcp6_state(ct.pid, 7000, "0A"), "the echo server to listen")
+    try:
+        peer.connect(7000)
+        assert peer.echo("before") == "before"
+        r = _migrate(hosts, cid, db, "--tcp-established")
+        assert r.returncode == 0, r.stderr
+        peer.route_to(hosts.dst)  # the service address now leads to the destination
+        assert peer.echo("after the move") == "after the move"
+        assert peer.echo("and again") == "and again"
+        dest = cs.Container(cid + "-d", db, hosts.dst.root)
+        assert dest.status() == "running"
+        assert _tcp6_state(dest.pid, 7000, "01"), "no established connection on the destination"
+        assert hosts.src.ids() == []
+    finally:
+        peer.close()
+
+
 def test_lazy_pages_refused(hosts):
     cid, ct, db = _counter(hosts)
     r = _migrate(hosts, cid, db, "--lazy-pages")

@@ -40,7 +40,7 @@ import time
 import uuid
 
 from ._record import Record
-from . import cgroups, engine, runc, signals
+from . import cgroups, engine, runc, signals, tcplock
 from .errors import ContainerStateError, Error, FeatureUnavailable, Interrupted, UsageError
 
 DEFAULT_DEST_DIR = "/var/lib/fastckpt/migrate"
@@ -160,6 +160,22 @@ def _tar_of(path: str) -> bytes:
     return out.getvalue()
 
 
+def _lock_connections(ct: runc.Container) -> "tcplock.TcpLock | None":
+    """The frozen container's TCP connections held silent here until the migration ends (see tcplock)."""
+    paths = ct.cgroup_paths
+    procs = os.path.join(paths.get("freezer") or paths.get("", ""), "cgroup.procs")
+    conns = tcplock.connections(cgroups._pids(procs))
+    if not conns:
+        return None
+    lock = tcplock.TcpLock(ct.init_pid, conns)
+    try:
+        lock.hold()
+    except BaseException:
+        lock.abort()
+        raise
+    return lock
+
+
 def _destroy_source(ct: runc.Container) -> None:
     """The source container goes, as `runc delete --force` does (it is frozen: killed, thawed, removed)."""
     paths = ct.cgroup_paths
@@ -210,6 +226,7 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
 
     staging = _staging_dir()
     server = None
+    lock = None
     frozen = False
     committed = False
     try:
@@ -220,6 +237,8 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
         t_freeze = time.monotonic()
         ct.freeze_and_wait()
         frozen = True
+        if tcp_established:
+            lock = _lock_connections(ct)
         try:
             ckpt = engine.checkpoint(
                 container_id, root=root, image_path=staging, leave_running=True, page_server=(address, port),
@@ -253,6 +272,8 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
                             f"{_last_line(r.stderr) or f'exit status {r.returncode}'}")
             committed = True
             # confirmed: the source goes (or is thawed: --leave-running)
+            if lock is not None:
+                lock.commit()
             if leave_running:
                 ct.thaw()
             else:
@@ -269,6 +290,8 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
     finally:
         if not committed:
             _abort(rem, server, dest_dir)
+            if lock is not None:
+                lock.abort()
             if frozen:
                 ct.thaw()
         elif not keep_images:
