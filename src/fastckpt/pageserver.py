@@ -94,6 +94,8 @@ def _watch_peer(conn: socket.socket) -> None:
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+    # CRIU's page server answers small requests: no reply waits for an acknowledgement (Nagle)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _eof(fd: int) -> bool:
