@@ -316,8 +316,8 @@ def _tcp6_state(pid, port, state):
         return any(l.split()[1].endswith(f":{port:04X}") and l.split()[3] == state for l in f.readlines()[1:])
 
 
-def test_migrate_tcp_established(hosts):
-    """A container with a TCP connection to a peer in a third place: the connection moves along."""
+def _echo_server(hosts):
+    """An echo server (busybox nc) in src's network namespace, a peer in a third place connected to it."""
     peer = hosts.add_peer()
     cid = cs.new_id()
     args = ["nc", "-l", "-p", "7000", "-e", "cat"]
@@ -326,6 +326,12 @@ def test_migrate_tcp_established(hosts):
     hosts.src.run_container(cid, sb)
     ct = cs.Container(cid, sb, hosts.src.root)
     cs.wait_until(lambda: _tcp6_state(ct.pid, 7000, "0A"), "the echo server to listen")
+    return peer, cid, ct, db
+
+
+def test_migrate_tcp_established(hosts):
+    """A container with a TCP connection to a peer in a third place: the connection moves along."""
+    peer, cid, ct, db = _echo_server(hosts)
     try:
         peer.connect(7000)
         assert peer.echo("before") == "before"
@@ -338,6 +344,23 @@ def test_migrate_tcp_established(hosts):
         assert dest.status() == "running"
         assert _tcp6_state(dest.pid, 7000, "01"), "no established connection on the destination"
         assert hosts.src.ids() == []
+    finally:
+        peer.close()
+
+
+def test_tcp_connection_stays_when_migration_fails(hosts):
+    """The restore on the destination fails (no such bundle there): the connection goes on at the source."""
+    peer, cid, ct, db = _echo_server(hosts)
+    try:
+        peer.connect(7000)
+        assert peer.echo("before") == "before"
+        r = _migrate(hosts, cid, os.path.join(hosts.dst.dir, "no-such-bundle"), "--tcp-established")
+        cs.assert_one_line_error(r, 1, "the restore on the destination failed")
+        assert ct.status() == "running" and ct.freezer_state() == "THAWED"
+        assert peer.echo("still here") == "still here"
+        _assert_destination_clean(hosts)
+        out = ms.run(hosts.src.cmd("nft", "list", "tables")).stdout
+        assert "fastckpt_migrate" not in out, f"the TCP lock was left on the source: {out}"
     finally:
         peer.close()
 
