@@ -75,6 +75,16 @@ def test_page_server_usage_errors(tmp_path):
     cs.assert_one_line_error(r, 2, "Invalid port number")
 
 
+def test_migrate_usage_errors():
+    for args, needle in ((["ct"], "--address"),
+                         (["--address", "10.0.0.2", "ct"], "--bundle"),
+                         (["--address", "10.0.0.2", "-b", "/srv/a b", "ct"], "cannot be passed to the destination"),
+                         (["--address", "10.0.0.2", "-b", "/srv/b", "--remote", "ssh 'x", "ct"], "invalid --remote"),
+                         (["--address", "10.0.0.2", "-b", "/srv/b", "--timeout", "0", "ct"], "Invalid timeout"),
+                         (["--address", "10.0.0.2", "-b", "/srv/b", "bad/id"], "bad/id")):
+        cs.assert_one_line_error(cs.run_cli("migrate", *args), 2, needle)
+
+
 def test_page_server_refuses_a_checkpoint_dir(tmp_path):
     if os.geteuid():
         pytest.skip("needs root")

@@ -281,6 +281,9 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
             frozen = False
         pid = _restored_pid(r.stdout)
     except KeyboardInterrupt:
+        if committed:
+            raise Interrupted(f"interrupted after the migration completed: container {container_id!r} runs on "
+                              f"the destination as {dest_id!r}") from None
         raise Interrupted(f"interrupted: nothing was migrated; container {container_id!r} runs here") from None
     except BaseException as e:
         if committed:  # the container runs on the destination; only the source's removal failed
@@ -288,15 +291,16 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
                         f"could not be removed: {e}") from e
         raise
     finally:
-        if not committed:
-            _abort(rem, server, dest_dir)
-            if lock is not None:
-                lock.abort()
-            if frozen:
-                ct.thaw()
-        elif not keep_images:
-            _remove_remote_dir(rem, dest_dir)
-        _clear_staging(staging, keep_logs=not committed)
+        with signals.deferred():  # a second Ctrl-C does not cut the clean-up short
+            if not committed:
+                _abort(rem, server, dest_dir)
+                if lock is not None:
+                    lock.abort()
+                if frozen:
+                    ct.thaw()
+            elif not keep_images:
+                _remove_remote_dir(rem, dest_dir)
+            _clear_staging(staging, keep_logs=not committed)
     return MigrateResult(container_id=container_id, dest_id=dest_id, dest_image_path=dest_dir, pid=pid,
                          downtime=t_running - t_freeze, total_time=time.monotonic() - t0,
                          dump_time=t_dumped - t_freeze, restore_time=t_running - t_restore,
@@ -330,10 +334,12 @@ def _restored_pid(stdout: bytes) -> int | None:
 
 def _wait_server(server: subprocess.Popen, deadline: float) -> int:
     """The destination's page server ends once the dump is done: bytes received, or its error."""
-    try:
-        out, err = server.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    try:  # its stdin stays open until it has finished (its end would stop it: --stop-on-eof)
+        server.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         raise Error("the destination's page server did not finish in time", errno=errno.ETIMEDOUT) from None
+    out, err = server.stdout.read(), server.stderr.read()
+    server.stdin.close()
     if server.returncode:
         raise Error(f"the destination's page server failed: "
                     f"{_last_line(err) or f'exit status {server.returncode}'}")
