@@ -311,6 +311,25 @@ def test_source_dies_mid_transfer(hosts):
     _assert_destination_clean(hosts, dest_dir)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_migrate_interrupted_mid_transfer(hosts, sig):
+    cid, ct, sb, db = _big(hosts, 768)
+    dest_dir = os.path.join(hosts.dst.dir, "img")
+    p = _migrate_bg(hosts, cid, db, dest_dir)
+    try:
+        ms.wait_pages(dest_dir, 16 << 20)
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    cs.assert_one_line_error(r, 130, "interrupted", "nothing was migrated", f"container {cid!r} runs here")
+    _assert_big_survived(hosts, ct, sb)
+    _assert_destination_clean(hosts, dest_dir)
+
+
 def test_destination_disk_full(hosts):
     cid, ct, sb, db = _big(hosts, 192)
     dest_dir = hosts.tmpfs(os.path.join(hosts.dst.dir, "small"), "64m")

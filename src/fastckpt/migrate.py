@@ -280,7 +280,7 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
                 _destroy_source(ct)
             frozen = False
         pid = _restored_pid(r.stdout)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):  # Ctrl-C, SIGTERM, SIGHUP (also when the dump deferred it)
         if committed:
             raise Interrupted(f"interrupted after the migration completed: container {container_id!r} runs on "
                               f"the destination as {dest_id!r}") from None
