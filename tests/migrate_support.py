@@ -54,8 +54,10 @@ def prerequisites() -> Optional[str]:
     return None
 
 
-def run(cmd: List[str], timeout: float = 60, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, **kw)
+def run(cmd: List[str], timeout: float = 60, check: bool = True, input: Optional[str] = None,
+        **kw) -> subprocess.CompletedProcess:
+    stdin = {} if input is not None else {"stdin": subprocess.DEVNULL}
+    r = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, **stdin, **kw)
     if check and r.returncode:
         raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}")
     return r

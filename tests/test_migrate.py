@@ -96,6 +96,21 @@ def test_page_server_refuses_a_checkpoint_dir(tmp_path):
     assert (d / "inventory.img").read_bytes() == b"x"
 
 
+def test_page_server_lets_a_probe_go(tmp_path):
+    """A connection closed before it sent anything is a sender's probe: the page server waits on."""
+    if os.geteuid():
+        pytest.skip("needs root")
+    import socket
+    p = subprocess.Popen([sys.executable, "-m", "fastckpt", "page-server", "--image-path", str(tmp_path / "p"),
+                          "--address", "127.0.0.1", "--port", "0", "--timeout", "3"], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    assert line.startswith("listening on 127.0.0.1:"), p.stderr.read()
+    socket.create_connection(("127.0.0.1", int(line.rsplit(":", 1)[1]))).close()
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and "no dump connected" in err, err
+
+
 def test_page_server_bounded_and_interruptible(tmp_path):
     if os.geteuid():
         pytest.skip("needs root")
@@ -226,8 +241,20 @@ def test_destination_unreachable(hosts):
     dest_dir = os.path.join(hosts.dst.dir, "img")
     hosts.link(False)  # the page server listens there, but nothing reaches it
     r = _migrate(hosts, cid, db, "--dest-image-path", dest_dir, timeout=300)
-    _assert_failed_cleanly(hosts, r, ct, dest_dir, "criu dump failed", "Can't connect to server",
-                           criu_lines=True)
+    _assert_failed_cleanly(hosts, r, ct, dest_dir, "cannot be reached from here", "nothing was done")
+
+
+def test_destination_silent(hosts):
+    """A network that drops the packets without a word: refused in bounded time, before any freeze."""
+    cid, ct, db = _counter(hosts)
+    dest_dir = os.path.join(hosts.dst.dir, "img")
+    ms.run(hosts.dst.cmd("nft", "-f", "-"), input=(
+        "table inet fcmdrop {\n chain in {\n type filter hook input priority 0; policy accept;\n"
+        f" ip daddr {hosts.dst.address} meta l4proto tcp drop\n }}\n}}\n"), check=True)
+    t = time.monotonic()
+    r = _migrate(hosts, cid, db, "--dest-image-path", dest_dir, timeout=300)
+    _assert_failed_cleanly(hosts, r, ct, dest_dir, "cannot be reached from here: no answer", "nothing was done")
+    assert time.monotonic() - t < 120
 
 
 def test_destination_command_fails(hosts):

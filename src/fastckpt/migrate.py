@@ -47,6 +47,7 @@ DEFAULT_DEST_DIR = "/var/lib/fastckpt/migrate"
 STAGING_ROOTS = ("/dev/shm",)  # a tmpfs: the source's disk sees nothing of the container
 READY_PREFIX = "listening on "
 DEFAULT_TIMEOUT = 600.0
+PROBE_TIMEOUT = 10.0  # seconds for a TCP connection to the destination's page server
 
 
 class MigrateResult(Record):
@@ -142,6 +143,19 @@ def _read_ready(proc: subprocess.Popen, timeout: float) -> int:
     return int(line[len(READY_PREFIX):].rsplit(":", 1)[1].split()[0])
 
 
+def _probe(address: str, port: int, timeout: float) -> None:
+    """Connect to the destination's page server and go (it takes that for a probe): CRIU's own
+    connection, made with the container frozen, would wait up to two minutes for a silent network."""
+    import socket
+
+    try:
+        socket.create_connection((address, port), timeout=timeout).close()
+    except OSError as e:
+        why = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise Error(f"the destination's page server at {address}:{port} cannot be reached from here: {why}; "
+                    "nothing was done", errno=e.errno or errno.EHOSTUNREACH) from None
+
+
 def _staging_dir() -> str:
     for root in STAGING_ROOTS:
         if os.path.isdir(root) and os.access(root, os.W_OK):
@@ -233,6 +247,7 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
         server = rem.popen(rem.fastckpt, "page-server", "--image-path", dest_dir, "--address", address,
                            "--port", str(port), "--timeout", f"{timeout:g}", "--stop-on-eof")
         port = _read_ready(server, min(timeout, 60.0))
+        _probe(address, port, min(timeout, PROBE_TIMEOUT))  # before the freeze: an unreachable one costs nothing
 
         t_freeze = time.monotonic()
         ct.freeze_and_wait()

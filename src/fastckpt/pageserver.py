@@ -109,17 +109,33 @@ def _eof(fd: int) -> bool:
 
 
 def _accept(sk: socket.socket, deadline: float, stop_fd: int | None) -> socket.socket:
-    fds = [sk] + ([stop_fd] if stop_fd is not None else [])
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Error("no dump connected to the page server in time; it stopped", errno=errno.ETIMEDOUT)
-        ready, _, _ = select.select(fds, [], [], min(left, _POLL))
-        if stop_fd is not None and stop_fd in ready and _eof(stop_fd):
-            raise Interrupted("the page server's controller went away before a dump connected; it stopped")
-        if sk in ready:
-            conn, _ = sk.accept()
-            return conn
+    """The dump's connection.  One that closes before it sends anything is a probe (a sender
+    checking the way here before it freezes its container): it is let go, and the wait goes on."""
+    conn = None
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Error("no dump connected to the page server in time; it stopped", errno=errno.ETIMEDOUT)
+            fds = [conn or sk] + ([stop_fd] if stop_fd is not None else [])
+            ready, _, _ = select.select(fds, [], [], min(left, _POLL))
+            if stop_fd is not None and stop_fd in ready and _eof(stop_fd):
+                raise Interrupted("the page server's controller went away before a dump connected; it stopped")
+            if conn is None and sk in ready:
+                conn, _ = sk.accept()
+            elif conn is not None and conn in ready:
+                try:
+                    first = conn.recv(1, socket.MSG_PEEK)
+                except OSError:
+                    first = b""
+                if first:
+                    found, conn = conn, None
+                    return found
+                conn.close()  # a probe
+                conn = None
+    finally:
+        if conn is not None:
+            conn.close()
 
 
 def check_pages(image_path: str, page_size: int | None = None) -> None:
