@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import select
 import shlex
 import shutil
@@ -370,7 +371,8 @@ def _raise_server_failure(server: subprocess.Popen, dump_error: Error) -> None:
         server.wait(timeout=3)  # its stdin stays open: closing it would stop it
     except subprocess.TimeoutExpired:
         return
-    why = _last_line(server.stderr.read())
+    # its log went with the destination's image directory: not named
+    why = re.sub(r" \(log: [^)]*\)", "", _last_line(server.stderr.read()))
     if server.returncode and why:
         first = getattr(dump_error, "log_errors", None) or [str(dump_error)]
         raise Error(f"the destination's page server failed: {why} (the checkpoint here stopped: {first[0]})",
