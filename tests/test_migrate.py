@@ -211,6 +211,44 @@ def test_two_commands_per_host(hosts, tmp_path):
         subprocess.run(["rm", "-rf", src_img])
 
 
+def test_runc_checkpoint_into_fastckpt_page_server(hosts):
+    """runc as the sender: `runc checkpoint --page-server` into fastckpt's page server, and the
+    images restore with fastckpt on the destination (and with runc: the peer as oracle)."""
+    cid, ct, db = _counter(hosts)
+    dst_img = os.path.join(hosts.dst.dir, "img")
+    src_img = os.path.join("/dev/shm", f"fcm-{hosts.tag}-runc")
+    server = subprocess.Popen(hosts.dst.fastckpt("page-server", "--image-path", dst_img, "--address",
+                                                 hosts.dst.address, "--port", "0", "--timeout", "120"),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = server.stdout.readline().rsplit(":", 1)[1].strip()
+        rc = cs.run_quiet(hosts.src.cmd("runc", "--root", hosts.src.root, "checkpoint", "--image-path", src_img,
+                                        "--page-server", f"{hosts.dst.address}:{port}", cid), timeout=120)
+        assert rc == 0, "runc checkpoint --page-server failed"
+        out, err = server.communicate(timeout=60)
+        assert server.returncode == 0, err
+        assert subprocess.run(f"tar -C {src_img} -c . | tar -C {dst_img} -x", shell=True).returncode == 0
+        for name in ("runc-copy", None):  # runc restores a copy, fastckpt the images themselves
+            if name:
+                copy = os.path.join(hosts.dst.dir, name)
+                subprocess.run(["cp", "-a", dst_img, copy], check=True)
+                rc = cs.run_quiet(hosts.dst.cmd("runc", "--root", hosts.dst.root, "restore", "-d", "--image-path",
+                                                copy, "-b", db, cid + "-r"), timeout=120)
+                assert rc == 0, "runc restore of the images fastckpt's page server received failed"
+                cs.Container(cid + "-r", db, hosts.dst.root).wait_advancing()
+                hosts.dst.container(cid + "-r").destroy()
+            else:
+                r = subprocess.run(hosts.dst.fastckpt("restore", "--image-path", dst_img, "-b", db, "-d", cid + "-d"),
+                                   stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+                assert r.returncode == 0, r.stderr
+                cs.Container(cid + "-d", db, hosts.dst.root).wait_advancing()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        subprocess.run(["rm", "-rf", src_img])
+
+
 def test_migrate_1gib_memory_verifies(hosts):
     binary = ms.patmem_binary(hosts.src.dir)
     cid = cs.new_id()
