@@ -66,14 +66,22 @@ class MigrateResult(Record):
 
 
 def lazy_pages_usable() -> tuple[bool, str]:
-    """Whether CRIU's lazy migration (post-copy) works on this host, and why not.
+    """Whether lazy migration (post-copy) can be done here, and why not.
 
-    CRIU 4.2.1's lazy dump fails here in CRIU itself ("page-pipe: splice: -1: Bad
-    file descriptor"); until a probe of that exists (the check for --lazy-pages),
-    lazy migration is refused with that reason.
+    The host's side is the probe of the checkpoint's --lazy-pages (``migration.lazy_pages_problem``,
+    which finds why CRIU 4.2.1's lazy dump fails here: "page-pipe: splice: -1: Bad file descriptor");
+    where that probe finds nothing wrong, migrate still has no post-copy flow of its own.
     """
-    return False, ("lazy migration (post-copy) is unavailable: CRIU's lazy dump fails on this host "
-                   "(page-pipe: splice: Bad file descriptor in CRIU 4.2)")
+    prefix = "lazy migration (post-copy) is unavailable: "
+    try:
+        from .migration import lazy_pages_problem
+    except ImportError:  # the probe is not in this tree
+        return False, prefix + ("CRIU's lazy dump fails on this host (page-pipe: splice: Bad file descriptor "
+                                "in CRIU 4.2)")
+    problem = lazy_pages_problem()
+    if problem:
+        return False, prefix + problem
+    return False, prefix + "fastckpt migrate sends all pages before the restore (no post-copy flow yet)"
 
 
 class Remote:
