@@ -114,6 +114,16 @@ def test_page_server_lets_a_probe_go(tmp_path):
     assert p.returncode == 1 and "no dump connected" in err, err
 
 
+def test_page_server_refuses_a_dir_with_files(tmp_path):
+    if os.geteuid():
+        pytest.skip("needs root")
+    d = tmp_path / "img"
+    d.mkdir(mode=0o700)
+    (d / "notes.txt").write_text("mine")
+    r = cs.run_cli("page-server", "--image-path", str(d), "--port", "0", "--timeout", "5")
+    cs.assert_one_line_error(r, 1, "already holds files")
+
+
 def test_page_server_bounded_and_interruptible(tmp_path):
     if os.geteuid():
         pytest.skip("needs root")
@@ -296,6 +306,33 @@ def test_destination_silent(hosts):
     r = _migrate(hosts, cid, db, "--dest-image-path", dest_dir, timeout=300)
     _assert_failed_cleanly(hosts, r, ct, dest_dir, "cannot be reached from here: no answer", "nothing was done")
     assert time.monotonic() - t < 120
+
+
+def test_destination_dir_not_empty_is_left_alone(hosts):
+    cid, ct, db = _counter(hosts)
+    dest_dir = os.path.join(hosts.dst.dir, "img")
+    os.makedirs(dest_dir, mode=0o700)
+    with open(os.path.join(dest_dir, "inventory.img"), "w") as f:
+        f.write("someone's checkpoint")
+    r = _migrate(hosts, cid, db, "--dest-image-path", dest_dir)
+    cs.assert_one_line_error(r, 1, "page server did not start", "already holds a checkpoint")
+    ct.assert_running_thawed_advancing()
+    assert os.listdir(dest_dir) == ["inventory.img"], "the destination's directory was touched"
+
+
+def test_destination_id_taken(hosts):
+    """A container of that id runs on the destination already: refused there, and left alone."""
+    cid, ct, db = _counter(hosts)
+    other = hosts.dst.bundle("other")
+    hosts.dst.run_container(cid + "-d", other)
+    taken = cs.Container(cid + "-d", other, hosts.dst.root)
+    taken.wait_advancing()
+    dest_dir = os.path.join(hosts.dst.dir, "img")
+    r = _migrate(hosts, cid, db, "--dest-image-path", dest_dir)
+    cs.assert_one_line_error(r, 1, "the restore on the destination failed", "already exists")
+    ct.assert_running_thawed_advancing()
+    taken.assert_running_thawed_advancing()
+    assert not os.path.exists(dest_dir) or os.listdir(dest_dir) == []
 
 
 def test_destination_command_fails(hosts):

@@ -249,6 +249,7 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
 
     staging = _staging_dir()
     server = None
+    listening = False
     lock = None
     frozen = False
     committed = False
@@ -256,6 +257,7 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
         server = rem.popen(rem.fastckpt, "page-server", "--image-path", dest_dir, "--address", address,
                            "--port", str(port), "--timeout", f"{timeout:g}", "--stop-on-eof")
         port = _read_ready(server, min(timeout, 60.0))
+        listening = True  # the directory there was empty or new: what it will hold is ours
         _probe(address, port, min(timeout, PROBE_TIMEOUT))  # before the freeze: an unreachable one costs nothing
 
         t_freeze = time.monotonic()
@@ -317,7 +319,7 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
     finally:
         with signals.deferred():  # a second Ctrl-C does not cut the clean-up short
             if not committed:
-                _abort(rem, server, dest_dir)
+                _abort(rem, server, dest_dir if listening else None)
                 if lock is not None:
                     lock.abort()
                 if frozen:
@@ -387,8 +389,9 @@ def _raise_server_failure(server: subprocess.Popen, dump_error: Error) -> None:
                     errno=dump_error.errno) from dump_error
 
 
-def _abort(rem: Remote, server: subprocess.Popen | None, dest_dir: str) -> None:
-    """The destination is left as it was: its page server stopped, its image directory gone."""
+def _abort(rem: Remote, server: subprocess.Popen | None, dest_dir: str | None) -> None:
+    """The destination is left as it was: its page server stopped, its image directory (DEST_DIR,
+    None when the page server never started in it) gone."""
     if server is not None:
         try:
             server.stdin.close()  # its --stop-on-eof: the page server stops, there or here
@@ -398,7 +401,8 @@ def _abort(rem: Remote, server: subprocess.Popen | None, dest_dir: str) -> None:
         if server.poll() is None:
             server.kill()
             server.wait()
-    _remove_remote_dir(rem, dest_dir)
+    if dest_dir:
+        _remove_remote_dir(rem, dest_dir)
 
 
 def _remove_remote_dir(rem: Remote, dest_dir: str) -> None:

@@ -198,9 +198,11 @@ def serve(image_path: str, port: int, address: str = "", *, timeout: float = DEF
     engine.require_privileges("page-server")
     criu = engine.criu_binary()
     engine.make_private_dir(image_path, "image directory")
-    held = _held_images(image_path)
+    # empty: whatever is in it afterwards came from the dump (and a failed migration may clear it)
+    held = sorted(os.listdir(image_path))
     if held:
-        raise ImageDirError(f"image directory {image_path} already holds a checkpoint ({held[0]}, ...): "
+        what = "a checkpoint" if _held_images(image_path) else "files"
+        raise ImageDirError(f"image directory {image_path} already holds {what} ({held[0]}, ...): "
                             "refused (give an empty or new directory)", errno=errno.EEXIST)
     log_path = os.path.join(image_path, LOG_FILE)
     deadline = time.monotonic() + timeout
