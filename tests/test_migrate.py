@@ -166,6 +166,7 @@ def test_migrate_counter(hosts):
     assert ms.staging_dirs() == staging
     assert 0 <= res["downtime"] <= res["total_time"]
     assert res["pages_bytes"] > 0
+    assert res["criu_dump"]["pages_written"] * os.sysconf("SC_PAGE_SIZE") == res["pages_bytes"], res
 
 
 def test_migrate_leave_running(hosts):

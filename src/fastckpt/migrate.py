@@ -63,6 +63,8 @@ class MigrateResult(Record):
     pages_bytes: int  # bytes of pages sent
     images_bytes: int  # bytes of the non-page images sent
     source_kept: bool  # leave_running: the source container was thawed instead of destroyed
+    # CRIU's statistics of the dump (times in microseconds: memwrite_time is the sending of the pages)
+    criu_dump: dict | None = None
 
 
 def lazy_pages_usable() -> tuple[bool, str]:
@@ -306,6 +308,7 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
                 _destroy_source(ct)
             frozen = False
         pid = _restored_pid(r.stdout)
+        dump_stats = _dump_stats(staging)  # after the downtime: decoding costs an import
     except (KeyboardInterrupt, Interrupted):  # Ctrl-C, SIGTERM, SIGHUP (also when the dump deferred it)
         if committed:
             raise Interrupted(f"interrupted after the migration completed: container {container_id!r} runs on "
@@ -331,7 +334,7 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
                          downtime=t_running - t_freeze, total_time=time.monotonic() - t0,
                          dump_time=t_dumped - t_freeze, restore_time=t_running - t_restore,
                          pages_bytes=pages_bytes, images_bytes=sum(ckpt.files.values()),
-                         source_kept=leave_running)
+                         source_kept=leave_running, criu_dump=dump_stats)
 
 
 def _clear_staging(staging: str, keep_logs: bool) -> None:
@@ -347,6 +350,15 @@ def _clear_staging(staging: str, keep_logs: bool) -> None:
                 pass
     if not os.listdir(staging):
         os.rmdir(staging)
+
+
+def _dump_stats(staging: str) -> dict | None:
+    from .images import read_stats
+
+    try:
+        return read_stats(staging, "dump")
+    except Error:
+        return None
 
 
 def _restored_pid(stdout: bytes) -> int | None:

@@ -57,7 +57,8 @@ class PageServerResult(Record):
 
     @property
     def bytes(self) -> int:
-        return sum(self.files.values())
+        """Bytes of memory pages received (the pages images; their pagemaps aside)."""
+        return sum(size for name, size in self.files.items() if name.startswith("pages-"))
 
 
 def _held_images(path: str) -> list[str]:
