@@ -12,12 +12,22 @@ int mount(const char *source, const char *target, const char *filesystemtype,
 int umount2(const char *target, int flags);
 int setns(int fd, int nstype);
 int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5);
+int fastckpt_pidfd_getfd(int pidfd, int targetfd);
 """)
 ffibuilder.set_source("fastckpt._libc_cffi", """
 #define _GNU_SOURCE
 #include <sched.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+static int fastckpt_pidfd_getfd(int pidfd, int targetfd)
+{
+    return (int)syscall(SYS_pidfd_getfd, pidfd, targetfd, 0);
+}
 """)
 
 if __name__ == "__main__":

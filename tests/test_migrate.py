@@ -78,6 +78,44 @@ def test_page_server_usage_errors(tmp_path):
     cs.assert_one_line_error(r, 2, "Invalid port number")
 
 
+CORKED_CLIENT = r"""
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)   # as CRIU's dump does
+s.sendall(b"x" * 24)                                   # its PS_IOV_CLOSE
+print("sent", flush=True)
+sys.stdin.readline()
+print(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK), flush=True)
+"""
+
+
+def test_uncork_clears_the_cork_of_a_childs_socket():
+    """pscork.Uncork finds a child's socket to ADDRESS:PORT and clears its TCP_CORK."""
+    import socket
+    from fastckpt import pscork
+    with socket.socket() as ls:
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(1)
+        port = ls.getsockname()[1]
+        child = subprocess.Popen([sys.executable, "-c", CORKED_CLIENT, str(port)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            conn, _ = ls.accept()
+            assert child.stdout.readline().strip() == "sent"
+            with pscork.Uncork("127.0.0.1", port) as u:
+                cs.wait_until(lambda: u.found, "the child's socket to be found")
+                conn.settimeout(30)
+                assert conn.recv(100) == b"x" * 24
+            child.stdin.write("\n")
+            child.stdin.flush()
+            assert child.stdout.readline().strip() == "0", "TCP_CORK is still set"
+            conn.close()
+        finally:
+            child.kill()
+            child.wait()
+
+
 def test_migrate_usage_errors():
     for args, needle in ((["ct"], "--address"),
                          (["--address", "10.0.0.2", "ct"], "--bundle"),

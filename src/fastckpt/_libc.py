@@ -51,3 +51,13 @@ def setns(fd: int, nstype: int) -> None:
 def set_child_subreaper(on: bool = True) -> None:
     _, lib = _lib()
     _check(lib.prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def pidfd_getfd(pidfd: int, fd: int) -> int:
+    """A duplicate of descriptor FD of the process behind PIDFD (Linux >= 5.6), close-on-exec."""
+    ffi, lib = _lib()
+    ret = lib.fastckpt_pidfd_getfd(pidfd, fd)
+    if ret < 0:
+        e = ffi.errno
+        raise OSError(e, f"pidfd_getfd: {os.strerror(e)}")
+    return ret
