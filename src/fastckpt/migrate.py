@@ -127,8 +127,10 @@ class Remote:
 
 
 def _last_line(data: bytes) -> str:
+    """The error a fastckpt command there printed: its own line (CRIU's lines follow it), else the last one."""
     lines = [l for l in data.decode(errors="replace").splitlines() if l.strip()]
-    return lines[-1].removeprefix("fastckpt: ") if lines else ""
+    ours = [l for l in lines if l.startswith("fastckpt: ")]
+    return (ours[-1] if ours else lines[-1] if lines else "").removeprefix("fastckpt: ")
 
 
 def _read_ready(proc: subprocess.Popen, timeout: float) -> int:
