@@ -290,14 +290,25 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
             _raise_server_failure(server, e)
             raise
         t_dumped = time.monotonic()
-        pages_bytes = _wait_server(server, t_freeze + timeout)
-        server = None
-
-        images = _tar_of(staging)
-        r = rem.run("tar", "-x", "--no-same-owner", "-C", dest_dir, input=images, timeout=timeout)
-        if r.returncode:
+        # the small images go while the page server finishes writing the pages (other files)
+        untar = rem.popen("tar", "-x", "--no-same-owner", "-C", dest_dir)
+        try:
+            untar.stdin.write(_tar_of(staging))
+            untar.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            pages_bytes = _wait_server(server, t_freeze + timeout)
+            server = None
+        finally:
+            try:
+                untar.wait(timeout=max(1.0, t_freeze + timeout - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                untar.kill()
+                untar.wait()
+        if untar.returncode:
             raise Error(f"the images could not be written on the destination: "
-                        f"{_last_line(r.stderr) or f'tar exit status {r.returncode}'}")
+                        f"{_last_line(untar.stderr.read()) or f'tar exit status {untar.returncode}'}")
 
         flags = (["--tcp-established"] * tcp_established + ["--ext-unix-sk"] * ext_unix_sk
                  + ["--file-locks"] * file_locks

@@ -214,6 +214,10 @@ def serve(image_path: str, port: int, address: str = "", *, timeout: float = DEF
         bound = sk.getsockname()
         if ready is not None:
             ready(bound[0], bound[1])
+        try:  # the pagemaps' decoder, ready before the dump comes (its import would count in the downtime)
+            manifest._message_classes()
+        except Error:
+            pass
         conn = _accept(sk, deadline, stop_fd)
         sk.close()
         t0 = time.monotonic()
