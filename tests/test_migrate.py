@@ -128,7 +128,7 @@ def test_migrate_usage_errors():
 
 def test_page_server_refuses_a_checkpoint_dir(tmp_path):
     if os.geteuid():
-        pytest.skip("needs root")
+        ms.skip_or_fail("the page server needs root (CRIU)")
     d = tmp_path / "img"
     d.mkdir(mode=0o700)
     (d / "inventory.img").write_bytes(b"x")
@@ -140,7 +140,7 @@ def test_page_server_refuses_a_checkpoint_dir(tmp_path):
 def test_page_server_lets_a_probe_go(tmp_path):
     """A connection closed before it sent anything is a sender's probe: the page server waits on."""
     if os.geteuid():
-        pytest.skip("needs root")
+        ms.skip_or_fail("the page server needs root (CRIU)")
     import socket
     p = subprocess.Popen([sys.executable, "-m", "fastckpt", "page-server", "--image-path", str(tmp_path / "p"),
                           "--address", "127.0.0.1", "--port", "0", "--timeout", "3"], stdin=subprocess.DEVNULL,
@@ -154,7 +154,7 @@ def test_page_server_lets_a_probe_go(tmp_path):
 
 def test_page_server_refuses_a_dir_with_files(tmp_path):
     if os.geteuid():
-        pytest.skip("needs root")
+        ms.skip_or_fail("the page server needs root (CRIU)")
     d = tmp_path / "img"
     d.mkdir(mode=0o700)
     (d / "notes.txt").write_text("mine")
@@ -164,7 +164,7 @@ def test_page_server_refuses_a_dir_with_files(tmp_path):
 
 def test_page_server_bounded_and_interruptible(tmp_path):
     if os.geteuid():
-        pytest.skip("needs root")
+        ms.skip_or_fail("the page server needs root (CRIU)")
     t = time.monotonic()
     r = cs.run_cli("page-server", "--image-path", str(tmp_path / "a"), "--port", "0", "--timeout", "1")
     cs.assert_one_line_error(r, 1, "no dump connected")
@@ -463,6 +463,10 @@ def test_migrate_interrupted_mid_transfer(hosts, sig):
     p = _migrate_bg(hosts, cid, db, dest_dir)
     try:
         ms.wait_pages(dest_dir, 16 << 20)
+        # meanwhile the source holds only the small images, on a tmpfs: no memory on its disk
+        for name in ms.staging_dirs():
+            held = os.listdir(os.path.join("/dev/shm", name))
+            assert not [n for n in held if n.startswith(("pages-", "pagemap-"))], held
         p.send_signal(sig)
         out, err = p.communicate(timeout=300)
     finally:
