@@ -374,6 +374,16 @@ def test_destination_id_taken(hosts):
     assert not os.path.exists(dest_dir) or os.listdir(dest_dir) == []
 
 
+def test_destination_cgroup_in_use(hosts):
+    """Both "hosts" share this machine's cgroups: the same id on the destination means the source's
+    cgroups. The restore there refuses them (a failed restore would kill what runs in them)."""
+    cid, ct, db = _counter(hosts)
+    r = _migrate(hosts, cid, db, dest_id=cid)
+    cs.assert_one_line_error(r, 1, "the restore on the destination failed", "cgroup is not empty")
+    ct.assert_running_thawed_advancing()
+    _assert_destination_clean(hosts)
+
+
 def test_destination_command_fails(hosts):
     cid, ct, db = _counter(hosts)
     r = subprocess.run(hosts.src.fastckpt("migrate", "--remote", "nsenter --net=/run/netns/fcm-none-x",
