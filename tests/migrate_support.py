@@ -86,11 +86,11 @@ class Host:
     def fastckpt(self, *args: str) -> List[str]:
         return self.cmd(FASTCKPT, "--root", self.root, *args)
 
-    def bundle(self, name: str, args=None, files=(), network_ns: Optional[str] = "") -> str:
+    def bundle(self, name: str, args=None, files=(), network_ns: Optional[str] = "", mounts=()) -> str:
         from fastckpt import bundle
 
         path = os.path.join(self.dir, name)
-        kw = {"network_ns": network_ns}
+        kw = {"network_ns": network_ns, "mounts": list(mounts)}
         bundle.make_bundle(path, args, **kw) if args else bundle.make_bundle(path, **kw)
         for src, dest in files:
             shutil.copy2(src, os.path.join(path, "rootfs", dest.lstrip("/")))

@@ -40,13 +40,26 @@ def hosts(tmp_path):
         pytest.fail("cleanup failed: " + "; ".join(problems))
 
 
+class TmpCounter(cs.Container):
+    """The counter container, its /tmp a tmpfs of its own: what it writes is memory that migrates
+    with it (a file of the rootfs it holds open would need the destination's rootfs in sync)."""
+
+    @property
+    def count_file(self) -> str:
+        return f"/proc/{self.pid}/root/tmp/count"
+
+
+TMPFS_TMP = [{"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+              "options": ["nosuid", "nodev", "mode=1777", "size=1m"]}]
+
+
 def _counter(hosts):
     """A counter container on src, and the bundle (its own rootfs copy) for it on dst."""
     cid = cs.new_id()
-    sb = hosts.src.bundle("bundle")
-    db = hosts.dst.bundle("bundle")
+    sb = hosts.src.bundle("bundle", mounts=TMPFS_TMP)
+    db = hosts.dst.bundle("bundle", mounts=TMPFS_TMP)
     hosts.src.run_container(cid, sb)
-    ct = cs.Container(cid, sb, hosts.src.root)
+    ct = TmpCounter(cid, sb, hosts.src.root)
     ct.wait_advancing()
     return cid, ct, db
 
@@ -192,7 +205,7 @@ def test_migrate_counter(hosts):
     assert r.returncode == 0, r.stderr
     import json
     res = json.loads(r.stdout)
-    dest = cs.Container(cid + "-d", db, hosts.dst.root)
+    dest = TmpCounter(cid + "-d", db, hosts.dst.root)
     assert dest.status() == "running"
     v = dest.wait_advancing()
     assert v > before, f"the counter restarted on the destination ({v} <= {before})"
@@ -213,7 +226,7 @@ def test_migrate_leave_running(hosts):
                  os.path.join(hosts.dst.dir, "img"))
     assert r.returncode == 0, r.stderr
     ct.assert_running_thawed_advancing()
-    cs.Container(cid + "-d", db, hosts.dst.root).wait_advancing()
+    TmpCounter(cid + "-d", db, hosts.dst.root).wait_advancing()
     # runc itself restores the migrated images too: the peer as oracle
     img = os.path.join(hosts.dst.dir, "img")
     assert [n for n in os.listdir(img) if n.startswith("pages-")], os.listdir(img)
@@ -222,7 +235,7 @@ def test_migrate_leave_running(hosts):
                                           "-b", db, cid + "-r"), stdin=null, stdout=null, stderr=null,
                             timeout=120).returncode
     assert rc == 0, "runc restore of the migrated images failed"
-    cs.Container(cid + "-r", db, hosts.dst.root).wait_advancing()
+    TmpCounter(cid + "-r", db, hosts.dst.root).wait_advancing()
 
 
 def test_two_commands_per_host(hosts, tmp_path):
@@ -251,7 +264,7 @@ def test_two_commands_per_host(hosts, tmp_path):
         r = subprocess.run(hosts.dst.fastckpt("restore", "--image-path", dst_img, "-b", db, "-d", cid + "-d"),
                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
-        cs.Container(cid + "-d", db, hosts.dst.root).wait_advancing()
+        TmpCounter(cid + "-d", db, hosts.dst.root).wait_advancing()
         assert hosts.src.ids() == []
     finally:
         if server.poll() is None:
@@ -284,13 +297,13 @@ def test_runc_checkpoint_into_fastckpt_page_server(hosts):
                 rc = cs.run_quiet(hosts.dst.cmd("runc", "--root", hosts.dst.root, "restore", "-d", "--image-path",
                                                 copy, "-b", db, cid + "-r"), timeout=120)
                 assert rc == 0, "runc restore of the images fastckpt's page server received failed"
-                cs.Container(cid + "-r", db, hosts.dst.root).wait_advancing()
+                TmpCounter(cid + "-r", db, hosts.dst.root).wait_advancing()
                 hosts.dst.container(cid + "-r").destroy()
             else:
                 r = subprocess.run(hosts.dst.fastckpt("restore", "--image-path", dst_img, "-b", db, "-d", cid + "-d"),
                                    stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
                 assert r.returncode == 0, r.stderr
-                cs.Container(cid + "-d", db, hosts.dst.root).wait_advancing()
+                TmpCounter(cid + "-d", db, hosts.dst.root).wait_advancing()
     finally:
         if server.poll() is None:
             server.kill()
@@ -362,9 +375,9 @@ def test_destination_dir_not_empty_is_left_alone(hosts):
 def test_destination_id_taken(hosts):
     """A container of that id runs on the destination already: refused there, and left alone."""
     cid, ct, db = _counter(hosts)
-    other = hosts.dst.bundle("other")
+    other = hosts.dst.bundle("other", mounts=TMPFS_TMP)
     hosts.dst.run_container(cid + "-d", other)
-    taken = cs.Container(cid + "-d", other, hosts.dst.root)
+    taken = TmpCounter(cid + "-d", other, hosts.dst.root)
     taken.wait_advancing()
     dest_dir = os.path.join(hosts.dst.dir, "img")
     r = _migrate(hosts, cid, db, "--dest-image-path", dest_dir)
@@ -564,7 +577,7 @@ def test_migrate_tcp_established(hosts):
         peer.route_to(hosts.dst)  # the service address now leads to the destination
         assert peer.echo("after the move") == "after the move"
         assert peer.echo("and again") == "and again"
-        dest = cs.Container(cid + "-d", db, hosts.dst.root)
+        dest = TmpCounter(cid + "-d", db, hosts.dst.root)
         assert dest.status() == "running"
         assert _tcp6_state(dest.pid, 7000, "01"), "no established connection on the destination"
         assert hosts.src.ids() == []
