@@ -51,3 +51,31 @@ def setns(fd: int, nstype: int) -> None:
 def set_child_subreaper(on: bool = True) -> None:
     _, lib = _lib()
     _check(lib.prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def fs_type(path: str) -> int:
+    """statfs(2)'s f_type of PATH: the magic number of the filesystem mounted there."""
+    ffi, lib = _lib()
+    ret = lib.fastckpt_fs_type(path.encode())
+    if ret == -1:
+        e = ffi.errno
+        raise OSError(e, os.strerror(e), path)
+    return ret & 0xFFFFFFFF
+
+
+def bpf(cmd: int, attr: bytearray) -> int:
+    """bpf(2) with ATTR (a union bpf_attr, read back into ATTR); the result, or OSError."""
+    ffi, lib = _lib()
+    buf = ffi.from_buffer(attr)
+    ret = lib.fastckpt_bpf(cmd, buf, len(attr))
+    if ret < 0:
+        e = ffi.errno
+        raise OSError(e, f"bpf: {os.strerror(e)}")
+    return ret
+
+
+def buffer(data, copy: bool = True):
+    """(keep-alive object, address) of a C buffer: a copy of DATA, or DATA's own memory (a bytearray)."""
+    ffi, _ = _lib()
+    p = ffi.new("char[]", bytes(data)) if copy else ffi.from_buffer(data)
+    return p, int(ffi.cast("uintptr_t", p))

@@ -310,7 +310,8 @@ def container_external_mounts(ct: runc.Container) -> list[tuple[str, str]]:
     cfg = ct.config
     pid = ct.init_pid
     ext: dict[str, str] = {}
-    cgroupns = ct.has_namespace("NEWCGROUP")
+    # a cgroup namespace, or a cgroup v2 host, mounts the container's cgroups for real (runc's rule)
+    cgroupns = ct.has_namespace("NEWCGROUP") or cgroups.layout() == cgroups.UNIFIED
     for m in cfg.get("mounts") or []:
         dest = m["destination"]
         if m.get("device") == "bind":
@@ -355,6 +356,7 @@ def container_externals(ct: runc.Container) -> list[str]:
 
 def load_checkpointable(container_id: str, root: str) -> tuple[runc.Container, str]:
     ct = runc.load(container_id, root)
+    cgroups.require_supported()  # before anything is frozen
     status = ct.status()
     if status == runc.CREATED:
         raise ContainerStateError("Container cannot be checkpointed in created state")

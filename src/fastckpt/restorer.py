@@ -159,8 +159,9 @@ def _restore_ext_mounts(cfg: dict, cg_paths: dict[str, str]) -> list[tuple[str, 
     for m in cfg.get("mounts") or []:
         if m.get("device") == "bind":
             ext[m["destination"]] = m["source"]
-        elif m.get("device") == "cgroup":
-            # the container saw each hierarchy at <dest>/<mount dir name>: give it its new cgroups
+        elif m.get("device") == "cgroup" and cgroups.layout() != cgroups.UNIFIED:
+            # the container saw each v1 hierarchy at <dest>/<mount dir name>: give it its new cgroups
+            # (on cgroup v2 its cgroup mount is a real one, restored by CRIU)
             for key, mnt in cgroups.mounts().items():
                 if key in cg_paths:
                     ext[os.path.join(m["destination"], os.path.basename(mnt))] = cg_paths[key]
@@ -394,6 +395,7 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
     state_dir = os.path.join(root, cid)
     if os.path.exists(state_dir):
         raise ContainerStateError(f"container {cid!r} already exists (in runc root {root})", errno=errno.EEXIST)
+    cgroups.require_supported()
     cfg = container_config(cid, bundle, meta)
     if options.no_pivot:
         cfg["no_pivot_root"] = True
@@ -440,8 +442,9 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
             enter_cgroups = lambda criu_pid: cgroups.enter(cg_paths, criu_pid)  # noqa: E731
         else:
             # CRIU places the tasks; CRIU itself goes into the container's freezer
-            # cgroup only, so that a failure can kill all it started
-            freezer = {k: v for k, v in cg_paths.items() if k == "freezer"}
+            # cgroup only (on cgroup v2: its one cgroup), so that a failure can kill all it started
+            freezer = {k: v for k, v in cg_paths.items() if k in ("freezer", "") and len(cg_paths) == 1
+                       or k == "freezer"}
             enter_cgroups = lambda criu_pid: cgroups.enter(freezer, criu_pid)  # noqa: E731
             for key, path in cg_paths.items():
                 # per v1 controller; the v2 hierarchy ("") is CRIU's global cgroup root
