@@ -212,8 +212,14 @@ def relative(key: str, full: str) -> str:
 
 
 def _write(path: str, value: str) -> None:
-    with open(path, "w") as f:
-        f.write(value)
+    """Write a cgroup file (never created: a missing one is ENOENT, as runc reports it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, path) from None
+    finally:
+        os.close(fd)
 
 
 def _read(path: str) -> str:
@@ -244,10 +250,12 @@ def create(paths: dict[str, str], resources: dict) -> list[str]:
         remove(made)
         from .errors import Error  # not at the top: the CLI imports this module before `re`
 
+        if isinstance(e, Error):  # a device rule fastckpt refuses, as runc does
+            raise
         if isinstance(e, SetupError):
             raise Error(f"error setting cgroup config: {e}", errno=errno.EINVAL) from e
         if e.filename:
-            raise Error(f"error setting cgroup config: open {e.filename}: {e.strerror.lower()}"
+            raise Error(f"error setting cgroup config: {e.filename}: {e.strerror.lower()}"
                         f"{_missing_controller(e)}", errno=e.errno) from e
         raise Error(f"error setting cgroup config: {e.strerror}", errno=e.errno) from e
     return made
@@ -314,9 +322,8 @@ def _mkdir_v2(path: str, made: list[str]) -> None:
 # --- resources: runc's v1 (fs) manager -----------------------------------------------
 
 def _device_rule(d: dict) -> str:
-    kind = {97: "a", 98: "b", 99: "c"}.get(d.get("type"), chr(d.get("type", 97)))
-    if kind == "a":
-        return "a"
+    """A device exception as devices.allow/deny take it: "c 1:3 rwm"."""
+    kind = d["type"]
     major = "*" if d.get("major", -1) < 0 else str(d["major"])
     minor = "*" if d.get("minor", -1) < 0 else str(d["minor"])
     return f"{kind} {major}:{minor} {d.get('permissions', 'rwm')}"
@@ -340,8 +347,16 @@ def _set_v1(paths: dict[str, str], r: dict) -> None:
     if r.get("cpuset_mems"):
         put("cpuset", "cpuset.mems", r["cpuset_mems"])
     if not r.get("skip_devices") and r.get("devices"):
-        for d in r["devices"]:
-            put("devices", "devices.allow" if d.get("allow") else "devices.deny", _device_rule(d))
+        # as runc moves a new cgroup to the rules: the default first, then the exceptions in its order
+        from .devicefilter import Rules
+
+        rules = Rules(r["devices"])
+        allow, deny = "devices.allow", "devices.deny"
+        put("devices", allow if rules.default_allow else deny, "a")
+        for (kind, major, minor), perms in rules.ordered():
+            put("devices", deny if rules.default_allow else allow,
+                _device_rule({"type": kind, "major": major, "minor": minor,
+                              "permissions": "".join(c for c in "rwm" if c in perms)}))
     # memory: with both limits, the order that keeps memory <= memory+swap at each step
     mem, swap = r.get("memory") or 0, r.get("memory_swap") or 0
     if mem == -1 and swap == 0:

@@ -25,6 +25,7 @@ BPF_PROG_LOAD = 5
 BPF_PROG_ATTACH = 8
 BPF_PROG_DETACH = 9
 BPF_PROG_GET_FD_BY_ID = 13
+BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_QUERY = 16
 BPF_PROG_TYPE_CGROUP_DEVICE = 15
 BPF_CGROUP_DEVICE = 6
@@ -105,7 +106,7 @@ class Rules:
 
 def _show(key: tuple[str, int, int], perms: set[str]) -> str:
     kind, ma, mi = key
-    return f"{kind} {'*' if ma < 0 else ma}:{'*' if mi < 0 else mi} {''.join(sorted(perms))}"
+    return f"{kind} {'*' if ma < 0 else ma}:{'*' if mi < 0 else mi} {''.join(c for c in 'rwm' if c in perms)}"
 
 
 def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
@@ -186,6 +187,36 @@ def attached(cgroup_fd: int) -> list[int]:
     return list(struct.unpack_from(f"<{count}I", ids))
 
 
+def tags(cgroup_dir: str) -> list[str]:
+    """The tags (hashes of the instructions, hex) of the device programs attached to a cgroup."""
+    from . import _libc
+
+    dfd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        out = []
+        for pid in attached(dfd):
+            fd = _prog_fd(pid)
+            try:
+                info = bytearray(256)
+                keep, addr = _libc.buffer(info, copy=False)
+                attr = bytearray(16)
+                struct.pack_into("<IIQ", attr, 0, fd, len(info), addr)
+                _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+                del keep
+                out.append(bytes(info[8:16]).hex())
+            finally:
+                os.close(fd)
+        return out
+    finally:
+        os.close(dfd)
+
+
+def _prog_fd(prog_id: int) -> int:
+    attr = bytearray(12)
+    struct.pack_into("<I", attr, 0, prog_id)
+    return _bpf(BPF_PROG_GET_FD_BY_ID, attr)
+
+
 def attach(cgroup_dir: str, rules: list[dict] | None) -> None:
     """Confine the devices of the cgroup at CGROUP_DIR to RULES, as runc does on cgroup v2:
     the new program is attached (BPF_F_ALLOW_MULTI), then the ones found before are detached."""
@@ -211,9 +242,7 @@ def attach(cgroup_dir: str, rules: list[dict] | None) -> None:
 
 
 def _detach(cgroup_fd: int, prog_id: int) -> None:
-    attr = bytearray(12)
-    struct.pack_into("<I", attr, 0, prog_id)
-    fd = _bpf(BPF_PROG_GET_FD_BY_ID, attr)
+    fd = _prog_fd(prog_id)
     try:
         attr = bytearray(20)
         struct.pack_into("<III", attr, 0, cgroup_fd, fd, BPF_CGROUP_DEVICE)
