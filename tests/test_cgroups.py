@@ -400,3 +400,12 @@ def test_checkpoint_refuses_an_unsupported_layout_before_freezing(container, tmp
         engine.checkpoint(ct.id, root=ct.root, image_path=str(tmp_path / "img"))
     ct.assert_running_thawed_advancing()
     assert not os.path.exists(tmp_path / "img")
+
+
+def test_report_of_a_host_without_cgroups(monkeypatch):
+    monkeypatch.setattr(cgroups, "layout", lambda: None)
+    assert cgroups.report() == {"layout": "none", "containers": False, "why_not": "no cgroup filesystem is mounted "
+                                "at /sys/fs/cgroup: containers cannot be checkpointed or restored here"}
+    with pytest.raises(Error, match="^no cgroup filesystem is mounted at /sys/fs/cgroup") as e:
+        cgroups.require_supported()
+    assert e.value.errno == 95  # EOPNOTSUPP

@@ -58,6 +58,34 @@ def unsupported() -> str | None:
     return None
 
 
+def report() -> dict[str, object]:
+    """What `fastckpt check` says of the host's cgroups: the layout, and whether containers can be
+    checkpointed and restored there (with why not, or how)."""
+    kind = layout()
+    why = unsupported()
+    out: dict[str, object] = {"layout": kind or "none", "containers": why is None}
+    if kind == UNIFIED:
+        try:
+            out["controllers"] = _read(os.path.join(ROOT, "cgroup.controllers")).split()
+        except OSError:
+            out["controllers"] = []
+        if why is None:
+            try:  # what confines a restored container's devices here
+                from .devicefilter import load, program
+
+                os.close(load(program([])))
+            except OSError as e:
+                why = f"cannot load BPF device programs (a restored container's device rules): {e.strerror}"
+                out["containers"] = False
+        out["how"] = "frozen through cgroup.freeze; devices confined by BPF programs, as runc does"
+    elif kind:
+        out["controllers"] = sorted(k for k in _v1_mounts() if k)
+        out["how"] = "frozen through the v1 freezer; devices confined by the v1 devices controller"
+    if why:
+        out["why_not"] = why
+    return out
+
+
 def require_supported() -> str:
     """The host's layout; one clear Error when fastckpt cannot work with it."""
     why = unsupported()

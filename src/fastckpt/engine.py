@@ -127,6 +127,7 @@ def check() -> dict[str, object]:
         "check_ok": ret == 0,
         "libcriu": ".".join(map(str, _criu.LIBCRIU_VERSION)),
         "features": features(),
+        "cgroups": cgroups.report(),
     }
 
 
