@@ -159,8 +159,10 @@ cdef class Opts:
     def set_manage_cgroups_mode(self, int mode): c.criu_local_set_manage_cgroups_mode(self._o, <c.criu_cg_mode>mode)
     def set_freeze_cgroup(self, path): _check(c.criu_local_set_freeze_cgroup(self._o, _b(path)), "freeze cgroup")
     def add_cg_root(self, ctrl, path):
-        cdef bytes bctrl = _b(ctrl) if ctrl else None
+        cdef bytes bctrl = _b(ctrl) if ctrl is not None else None  # "": the cgroup v2 hierarchy
         _check(c.criu_local_add_cg_root(self._o, _cstr(bctrl), _b(path)), "cgroup root")
+    def add_cg_dump_controller(self, name):
+        _check(c.criu_local_add_cg_dump_controller(self._o, _b(name)), "cgroup dump controller")
 
     # --- mounts, namespaces, externals
     def add_ext_mount(self, key, val): _check(c.criu_local_add_ext_mount(self._o, _b(key), _b(val)), "external mount")

@@ -455,8 +455,8 @@ class Container(RuncContainer):
         with open(f"/proc/{self.pid}/cgroup") as f:
             lines = f.read().splitlines()
         for line in lines:
-            if cs.UNIFIED and not line.startswith("0::"):
-                continue  # the kernel still lists the v1 hierarchies this host has not mounted
+            if cs.UNIFIED != line.startswith("0::") and cs.LAYOUT != "hybrid":
+                continue  # the kernel lists every hierarchy, also those this host has not mounted
             path = line.split(":", 2)[2]
             assert path.rstrip("/").split("/")[-1] == self.id, f"{self.id}'s init is in cgroup {line!r}"
         assert cgroup_dirs(self.id), f"no cgroup directory named {self.id}"

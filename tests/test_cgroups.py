@@ -409,3 +409,44 @@ def test_report_of_a_host_without_cgroups(monkeypatch):
     with pytest.raises(Error, match="^no cgroup filesystem is mounted at /sys/fs/cgroup") as e:
         cgroups.require_supported()
     assert e.value.errno == 95  # EOPNOTSUPP
+
+
+def init_cgroup(ct: rs.Container) -> list:
+    """The cgroups of the container's init, in the hierarchies runc uses on this layout."""
+    with open(f"/proc/{ct.assert_running()}/cgroup") as f:
+        lines = f.read().splitlines()
+    return sorted(l for l in lines if (l.startswith("0::") == cs.UNIFIED) or cs.LAYOUT == "hybrid")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("cg_mode", ["soft", "full", "strict", "ignore"])
+def test_manage_cgroups_modes_restore_as_runc(env, cg_mode):
+    """Each --manage-cgroups-mode: runc's restore and fastckpt's put the restored tasks in the same cgroups;
+    a restore under a new id gets cgroups of its own, devices confined."""
+    bundle = env.bundle(script=PROBING_COUNTER)
+    edit_config(bundle)
+    os.mknod(os.path.join(bundle, "rootfs", "tmp", "blk"), stat.S_IFBLK | 0o600, os.makedev(*PROBES["blk"]))
+    ct = env.start(bundle)
+    images = os.path.join(env.workdir, "images")
+    env.checkpoint(ct, images, "--manage-cgroups-mode", cg_mode)
+    runc_images = shutil.copytree(images, os.path.join(env.workdir, "images-runc"))
+    rc = rs.run_quiet(["runc", "--root", env.root, "restore", "-d", "--manage-cgroups-mode", cg_mode,
+                       "--image-path", runc_images, "-b", bundle, ct.id])
+    assert rc == 0, f"runc restore failed (exit {rc}); see {runc_images}/restore.log"
+    theirs = init_cgroup(ct)
+    assert probe_init(ct) == "denied"
+    ct.kill_and_delete()
+
+    r = env.restore(ct.id, images, bundle, "--manage-cgroups-mode", cg_mode)
+    assert r.returncode == 0, str(r)
+    assert init_cgroup(ct) == theirs
+    assert probe_init(ct) == "denied"
+    ct.counter.wait_advancing()
+
+    fork = env.track(rs.new_id("fork"), bundle)
+    r = env.restore(fork.id, images, bundle, "--manage-cgroups-mode", cg_mode)
+    assert r.returncode == 0, str(r)
+    fork.assert_own_cgroups()
+    assert probe_init(fork) == "denied"
+    fork.kill_and_delete()
+    rs.assert_nothing_left(fork.id, env.root)

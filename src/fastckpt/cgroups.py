@@ -86,6 +86,14 @@ def report() -> dict[str, object]:
     return out
 
 
+def limit_criu_to_v2(opts) -> None:
+    """On a unified host CRIU is to handle the cgroup v2 hierarchy alone (CRIU's name for it: ""):
+    the kernel still lists v1 hierarchies in /proc/PID/cgroup (bound elsewhere, or never mounted), which
+    are not the container's and whose directories CRIU would otherwise dump and re-create."""
+    if layout() == UNIFIED:
+        opts.add_cg_dump_controller("")
+
+
 def require_supported() -> str:
     """The host's layout; one clear Error when fastckpt cannot work with it."""
     why = unsupported()

@@ -14,7 +14,7 @@ import time
 
 from ._record import Record, factory
 from . import _criu, cgroups, criu_proc, kdat, locks, manifest, netimages, runc, signals
-from .constants import MIN_CRIU_VERSION
+from .constants import MIN_CRIU_VERSION, CgroupMode
 from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, DiskFull, Error,
                      ImageDirError, Interrupted, PermissionDenied, UsageError, log_errors)
 from .options import NETNS_HOST, NETNS_OWN, NETNS_OWN_LO, CheckpointOptions, auto_network_lock
@@ -517,6 +517,7 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
             opts.set_orphan_pts_master(True)
             if ct.freeze_cgroup:
                 opts.set_freeze_cgroup(ct.freeze_cgroup)
+            cgroups.limit_criu_to_v2(opts)
             for key, val in container_external_mounts(ct):
                 opts.add_ext_mount(key, val)
             for key in container_externals(ct):
@@ -538,10 +539,14 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
 
         frozen_at: list[float] = []
 
+        # CRIU records the freezer state it found as the container's: in the modes whose restore writes
+        # cgroup properties back (full, strict) a cgroup frozen here would come back frozen; CRIU freezes it
+        restores_props = options.manage_cgroups_mode in (CgroupMode.FULL, CgroupMode.STRICT)
+
         def freeze(criu_pid=None):
             # frozen here in ~1 ms (CRIU's own freeze polls every 100 ms), once criu
             # is up and about to get its request: its start is not frozen time
-            if ct is not None and not was_paused and ct.freezer_state_file:
+            if ct is not None and not was_paused and ct.freezer_state_file and not restores_props:
                 frozen_at.append(time.monotonic())
                 ct.freeze_and_wait()
 

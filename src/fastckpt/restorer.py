@@ -434,21 +434,27 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
         opts = _new_opts(options, fds[0], fds[1], netns, dumped_with=(meta or {}).get("network_lock"))
         opts.set_root(criu_root)
         opts.set_manage_cgroups(True)
+        cgroups.limit_criu_to_v2(opts)
         opts.set_evasive_devices(True)
-        if options.manage_cgroups_mode is None:
+        if options.manage_cgroups_mode in (None, CgroupMode.IGNORE):
             # CRIU itself runs in the container's new cgroups (as with runc) and its
             # restored tasks inherit them: CRIU need not rebuild cgroups (~15 ms)
             opts.set_manage_cgroups_mode(int(CgroupMode.IGNORE))
             enter_cgroups = lambda criu_pid: cgroups.enter(cg_paths, criu_pid)  # noqa: E731
         else:
+            if options.manage_cgroups_mode == CgroupMode.STRICT:
+                # strict wants CRIU to make every cgroup, but a container's are made first (its limits,
+                # its device rules), as runc makes them: runc 1.1 restores in soft mode whatever it is
+                # given (CRIU logs "cgroups restore mode 0x4"), and so does fastckpt for strict
+                opts.set_manage_cgroups_mode(int(CgroupMode.SOFT))
             # CRIU places the tasks; CRIU itself goes into the container's freezer
             # cgroup only (on cgroup v2: its one cgroup), so that a failure can kill all it started
             freezer = {k: v for k, v in cg_paths.items() if k in ("freezer", "") and len(cg_paths) == 1
                        or k == "freezer"}
             enter_cgroups = lambda criu_pid: cgroups.enter(freezer, criu_pid)  # noqa: E731
             for key, path in cg_paths.items():
-                # per v1 controller; the v2 hierarchy ("") is CRIU's global cgroup root
-                opts.add_cg_root(key or None, cgroups.relative(key, path))
+                # per hierarchy: a v1 controller, or "" (CRIU's name for cgroup v2)
+                opts.add_cg_root(key, cgroups.relative(key, path))
         for key, val in _restore_ext_mounts(cfg, cg_paths):
             opts.add_ext_mount(key, val)
         for ns in cfg.get("namespaces") or []:
