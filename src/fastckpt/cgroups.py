@@ -591,6 +591,14 @@ def _set_io_v2(d: str, r: dict, put) -> None:
             put("io.max", f"{_dev(t)} {name}={t['rate']}")
 
 
+def freezing(paths: dict[str, str]) -> dict[str, str]:
+    """Of a container's cgroups, the one that freezes (and holds) all its tasks: v1's freezer, else v2's."""
+    for key in ("freezer", ""):
+        if key in paths:
+            return {key: paths[key]}
+    return {}
+
+
 def enter(paths: dict[str, str], pid: int) -> None:
     """Move process PID into these cgroups (all of its threads)."""
     for key, path in paths.items():

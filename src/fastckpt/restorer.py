@@ -449,8 +449,7 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
                 opts.set_manage_cgroups_mode(int(CgroupMode.SOFT))
             # CRIU places the tasks; CRIU itself goes into the container's freezer
             # cgroup only (on cgroup v2: its one cgroup), so that a failure can kill all it started
-            freezer = {k: v for k, v in cg_paths.items() if k in ("freezer", "") and len(cg_paths) == 1
-                       or k == "freezer"}
+            freezer = cgroups.freezing(cg_paths)
             enter_cgroups = lambda criu_pid: cgroups.enter(freezer, criu_pid)  # noqa: E731
             for key, path in cg_paths.items():
                 # per hierarchy: a v1 controller, or "" (CRIU's name for cgroup v2)
@@ -522,10 +521,8 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
 
 def _kill_cgroup_tasks(paths: dict[str, str]) -> None:
     """Kill everything in the container's (freezer, else v2) cgroup: CRIU is in it, and all it forked."""
-    for key in ("freezer", ""):
-        if key in paths:
-            cgroups.kill_all(paths[key])
-            return
+    for path in cgroups.freezing(paths).values():
+        cgroups.kill_all(path)
 
 
 def _remove_cgroups(paths: dict[str, str], made: list[str]) -> None:
