@@ -14,6 +14,7 @@ conversions, and what each manager writes (into plain files).
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -211,10 +212,12 @@ def expected_settings() -> dict:
             ("cpu", "cpu.cfs_period_us"): "100000"}
 
 
-def edit_config(bundle: str, **resources) -> None:
+def edit_config(bundle: str, cgroups_path: str = "", **resources) -> None:
     path = os.path.join(bundle, "config.json")
     with open(path) as f:
         cfg = json.load(f)
+    if cgroups_path:
+        cfg["linux"]["cgroupsPath"] = cgroups_path
     res = cfg["linux"].setdefault("resources", {})
     res.update(resources)
     res.setdefault("devices", []).append(EXTRA_DEVICE_RULE)
@@ -275,9 +278,11 @@ def probe_init(ct: rs.Container) -> str:
 def restored_view(ct: rs.Container) -> dict:
     """A restored container's cgroups as the host sees them, and its device policy as it sees it."""
     ct.assert_running()
-    ct.assert_own_cgroups()
     with open(os.path.join(ct.state_dir, "state.json")) as f:
         paths = json.load(f)["cgroup_paths"]
+    # its init is in them (in the hierarchies runc uses here), and they are named after it
+    assert init_cgroup(ct) == sorted(l for l in init_cgroup(ct) if l.endswith("/" + ct.id)), init_cgroup(ct)
+    assert all(os.path.basename(p) == ct.id and os.path.isdir(p) for p in paths.values()), paths
     view = {"paths": paths, "settings": {key: settings(d) for key, d in paths.items()},
             "policy": probe_devices(ct), "init": probe_init(ct)}
     if cs.UNIFIED:
@@ -285,15 +290,29 @@ def restored_view(ct: rs.Container) -> dict:
     return view
 
 
+@pytest.fixture
+def parent_cgroup():
+    """A parent cgroup name of the test's own (cgroupsPath); removed afterwards from every hierarchy."""
+    name = f"fxcg-{rs.new_id()}"
+    yield name
+    for mnt in set(cgroups.mounts().values()):
+        for d in glob.glob(os.path.join(mnt, "**", name), recursive=True):
+            os.rmdir(d)
+
+
 @pytest.mark.integration
-def test_restored_cgroups_are_runcs(env):
+@pytest.mark.parametrize("cgroups_path", ["", "absolute", "relative"])
+def test_restored_cgroups_are_runcs(parent_cgroup, env, cgroups_path):  # env goes first, then the parent
     """The same checkpoint restored by runc and by fastckpt (one after the other, under the checkpointed id):
-    the same cgroups, settings, device program and device policy."""
+    the same cgroups, settings, device program and device policy. The config names no cgroupsPath (runc's
+    default path), an absolute one or a relative one, below a parent that does not exist yet."""
+    cid = rs.new_id()
     bundle = env.bundle(script=PROBING_COUNTER)
-    edit_config(bundle, **oracle_resources())
+    edit_config(bundle, {"": "", "absolute": f"/{parent_cgroup}/{cid}",
+                         "relative": f"{parent_cgroup}/{cid}"}[cgroups_path], **oracle_resources())
     for name, (major, minor) in PROBES.items():
         os.mknod(os.path.join(bundle, "rootfs", "tmp", name), stat.S_IFBLK | 0o600, os.makedev(major, minor))
-    ct = env.start(bundle)
+    ct = env.start(bundle, cid)
     images = os.path.join(env.workdir, "images")
     env.checkpoint(ct, images)
     runc_images = shutil.copytree(images, os.path.join(env.workdir, "images-runc"))
@@ -326,6 +345,9 @@ def test_restored_cgroups_are_runcs(env):
     r = ct.exec("sh", "-c", "echo x > /dev/null && echo written")
     assert r.stdout.strip() == "written", r
 
+    if cgroups_path:
+        assert all(parent_cgroup in p for p in ours["paths"].values()), ours["paths"]
+        return  # a restore under another id would join the cgroup the config names, as runc does
     # the same checkpoint restored again under a new id (a fork): in cgroups of its own, confined alike.
     # (runc 1.1's restore on cgroup v2 leaves the restored processes in the checkpointed id's cgroup.)
     fork = env.restore(rs.new_id("fork"), images, bundle)
