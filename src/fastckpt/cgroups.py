@@ -283,17 +283,21 @@ def create(paths: dict[str, str], resources: dict) -> list[str]:
                 _mkdir_v1(key, path, made)
             _set_v1(paths, resources)
     except (OSError, SetupError) as e:
-        remove(made)
         from .errors import Error  # not at the top: the CLI imports this module before `re`
 
         if isinstance(e, Error):  # a device rule fastckpt refuses, as runc does
+            err = e
+        elif isinstance(e, SetupError):
+            err = Error(f"error setting cgroup config: {e}", errno=errno.EINVAL)
+        elif e.filename:
+            err = Error(f"error setting cgroup config: {e.filename}: {e.strerror.lower()}"
+                        f"{_missing_controller(e)}", errno=e.errno)
+        else:
+            err = Error(f"error setting cgroup config: {e.strerror}", errno=e.errno)
+        remove(made)
+        if err is e:
             raise
-        if isinstance(e, SetupError):
-            raise Error(f"error setting cgroup config: {e}", errno=errno.EINVAL) from e
-        if e.filename:
-            raise Error(f"error setting cgroup config: {e.filename}: {e.strerror.lower()}"
-                        f"{_missing_controller(e)}", errno=e.errno) from e
-        raise Error(f"error setting cgroup config: {e.strerror}", errno=e.errno) from e
+        raise err from e
     return made
 
 
