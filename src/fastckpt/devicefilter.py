@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import sys
 
 from .errors import Error
 
@@ -110,11 +111,14 @@ def _show(key: tuple[str, int, int], perms: set[str]) -> str:
 
 
 def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
-    return struct.pack("<BBhi", code, dst | src << 4, off, imm)
+    """struct bpf_insn in the host's byte order (its register nibbles follow the bitfield order)."""
+    if sys.byteorder == "little":
+        return struct.pack("<BBhi", code, dst | src << 4, off, imm)
+    return struct.pack(">BBhi", code, dst << 4 | src, off, imm)
 
 
 def program(rules: list[dict] | None) -> bytes:
-    """The eBPF instructions (struct bpf_insn, little-endian) for these device rules."""
+    """The eBPF instructions (struct bpf_insn) for these device rules."""
     r = Rules(rules)
     # r2 = type, r3 = access, r4 = major, r5 = minor
     out = [_insn(_LDXW, 2, 1, 0), _insn(_AND32_K, 2, imm=0xFFFF),
@@ -157,7 +161,7 @@ def load(insns: bytes) -> int:
     code, code_addr = _libc.buffer(insns)
     lic, lic_addr = _libc.buffer(LICENSE)
     attr = bytearray(128)
-    struct.pack_into("<IIQQ", attr, 0, BPF_PROG_TYPE_CGROUP_DEVICE, len(insns) // 8, code_addr, lic_addr)
+    struct.pack_into("=IIQQ", attr, 0, BPF_PROG_TYPE_CGROUP_DEVICE, len(insns) // 8, code_addr, lic_addr)
     attr[48:48 + len(PROG_NAME)] = PROG_NAME
     try:
         return _bpf(BPF_PROG_LOAD, attr)
@@ -180,11 +184,11 @@ def attached(cgroup_fd: int) -> list[int]:
     ids = bytearray(4 * 64)
     ids_buf, ids_addr = _libc.buffer(ids, copy=False)
     attr = bytearray(32)
-    struct.pack_into("<IIIIQI", attr, 0, cgroup_fd, BPF_CGROUP_DEVICE, 0, 0, ids_addr, 64)
+    struct.pack_into("=IIIIQI", attr, 0, cgroup_fd, BPF_CGROUP_DEVICE, 0, 0, ids_addr, 64)
     _bpf(BPF_PROG_QUERY, attr)
-    count = struct.unpack_from("<I", attr, 24)[0]
+    count = struct.unpack_from("=I", attr, 24)[0]
     del ids_buf
-    return list(struct.unpack_from(f"<{count}I", ids))
+    return list(struct.unpack_from(f"={count}I", ids))
 
 
 def tags(cgroup_dir: str) -> list[str]:
@@ -200,7 +204,7 @@ def tags(cgroup_dir: str) -> list[str]:
                 info = bytearray(256)
                 keep, addr = _libc.buffer(info, copy=False)
                 attr = bytearray(16)
-                struct.pack_into("<IIQ", attr, 0, fd, len(info), addr)
+                struct.pack_into("=IIQ", attr, 0, fd, len(info), addr)
                 _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
                 del keep
                 out.append(bytes(info[8:16]).hex())
@@ -213,7 +217,7 @@ def tags(cgroup_dir: str) -> list[str]:
 
 def _prog_fd(prog_id: int) -> int:
     attr = bytearray(12)
-    struct.pack_into("<I", attr, 0, prog_id)
+    struct.pack_into("=I", attr, 0, prog_id)
     return _bpf(BPF_PROG_GET_FD_BY_ID, attr)
 
 
@@ -228,7 +232,7 @@ def attach(cgroup_dir: str, rules: list[dict] | None) -> None:
             old = attached(dfd)
             prog = load(insns)
             attr = bytearray(20)
-            struct.pack_into("<IIII", attr, 0, dfd, prog, BPF_CGROUP_DEVICE, BPF_F_ALLOW_MULTI)
+            struct.pack_into("=IIII", attr, 0, dfd, prog, BPF_CGROUP_DEVICE, BPF_F_ALLOW_MULTI)
             _bpf(BPF_PROG_ATTACH, attr)
             for pid in old:
                 _detach(dfd, pid)
@@ -245,7 +249,7 @@ def _detach(cgroup_fd: int, prog_id: int) -> None:
     fd = _prog_fd(prog_id)
     try:
         attr = bytearray(20)
-        struct.pack_into("<III", attr, 0, cgroup_fd, fd, BPF_CGROUP_DEVICE)
+        struct.pack_into("=III", attr, 0, cgroup_fd, fd, BPF_CGROUP_DEVICE)
         _bpf(BPF_PROG_DETACH, attr)
     finally:
         os.close(fd)
