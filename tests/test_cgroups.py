@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 
 import pytest
 
@@ -473,3 +474,47 @@ def test_manage_cgroups_modes_restore_as_runc(env, cg_mode):
     assert probe_init(fork) == "denied"
     fork.kill_and_delete()
     rs.assert_nothing_left(fork.id, env.root)
+
+
+@pytest.mark.integration
+def test_cgroup_yards_of_a_stopped_criu_are_unmounted(tmp_path):
+    """A CRIU killed while restoring cgroups leaves its yard mounted in its work directory (seen: a hung
+    `--manage-cgroups-mode full` restore stopped by SIGTERM); a failed restore detaches it."""
+    work = tmp_path / "work"
+    yard = work / ".criu.cgyard.AbC123"  # CRIU: a tmpfs on a mkdtemp() directory, a hierarchy per subdir
+    yard.mkdir(parents=True)
+    other = work / "kept"
+    other.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "yard", str(yard)], check=True)
+    (yard / "pids").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "pids", str(yard / "pids")], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "kept", str(other)], check=True)
+    try:
+        assert cgroups.unmount_yards(str(work)) == [str(yard)]
+        assert rs.mounts_under(str(work)) == [str(other)]
+        assert not yard.exists()
+    finally:
+        for m in sorted(rs.mounts_under(str(tmp_path)), key=len, reverse=True):
+            subprocess.run(["umount", "-l", m])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("cg_mode", ["full", "soft"])
+def test_paused_container_in_full_mode_comes_back_paused(env, cg_mode):
+    """CRIU records the v1 freezer state of a paused container and a full restore writes it back: the
+    container comes back paused (soft: running, its cgroups made by fastckpt; v2: running, CRIU records no
+    cgroup.freeze), and resumes; CRIU does not freeze itself with it (it runs in a cgroup of fastckpt's
+    own, not in the container's)."""
+    ct = env.start()
+    assert rs.run_quiet(["runc", "--root", env.root, "pause", ct.id]) == 0
+    images = os.path.join(env.workdir, "images")
+    r = env.fastckpt("checkpoint", "--image-path", images, "--manage-cgroups-mode", cg_mode, ct.id)
+    assert r.returncode == 0, str(r)
+    r = env.restore(ct.id, images, ct.bundle, "--manage-cgroups-mode", cg_mode)
+    assert r.returncode == 0, str(r)
+    paused = cg_mode == "full" and not cs.UNIFIED
+    assert ct.state()["status"] == ("paused" if paused else "running"), ct.state()
+    if paused:
+        assert rs.run_quiet(["runc", "--root", env.root, "resume", ct.id]) == 0
+    ct.counter.wait_advancing()
+    assert not glob.glob(os.path.join(cs.FREEZER_ROOT, "**", f"fastckpt-restore-{r.pid}"), recursive=True)

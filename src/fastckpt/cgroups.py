@@ -94,6 +94,27 @@ def limit_criu_to_v2(opts) -> None:
         opts.add_cg_dump_controller("")
 
 
+def unmount_yards(work_path: str) -> list[str]:
+    """Detach CRIU's cgroup yards (``.criu.cgyard.*``: the hierarchies CRIU mounts in its work directory
+    while it restores cgroups) that a CRIU stopped half-way left mounted; returns them."""
+    from . import _libc
+
+    parent = os.path.realpath(work_path)
+    found = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                mnt = line.split()[4].replace("\\040", " ")
+                if os.path.dirname(mnt) == parent and os.path.basename(mnt).startswith(".criu.cgyard."):
+                    found.append(mnt)
+        for mnt in found:
+            _libc.umount(mnt)  # detached: the hierarchies mounted in it go with it
+            os.rmdir(mnt)
+    except OSError:
+        pass  # best effort on a failure path
+    return found
+
+
 def require_supported() -> str:
     """The host's layout; one clear Error when fastckpt cannot work with it."""
     why = unsupported()
@@ -697,10 +718,11 @@ class Containment:
         kill_all(self.path)
         self._remove()
 
-    def release(self) -> None:
+    def release(self, into: str | None = None) -> None:
+        """Move what is left in the cgroup INTO another (default: its parent), and remove it."""
         for pid in _pids(os.path.join(self.path, "cgroup.procs")):
             try:
-                _write(os.path.join(self.parent, "cgroup.procs"), str(pid))
+                _write(os.path.join(into or self.parent, "cgroup.procs"), str(pid))
             except OSError:
                 pass  # it exited meanwhile
         self._remove()

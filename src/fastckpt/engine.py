@@ -539,9 +539,10 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
 
         frozen_at: list[float] = []
 
-        # CRIU records the freezer state it found as the container's: in the modes whose restore writes
+        # CRIU records the v1 freezer state it found as the container's: in the modes whose restore writes
         # cgroup properties back (full, strict) a cgroup frozen here would come back frozen; CRIU freezes it
-        restores_props = options.manage_cgroups_mode in (CgroupMode.FULL, CgroupMode.STRICT)
+        restores_props = (options.manage_cgroups_mode in (CgroupMode.FULL, CgroupMode.STRICT)
+                          and ct is not None and "freezer" in ct.cgroup_paths)
 
         def freeze(criu_pid=None):
             # frozen here in ~1 ms (CRIU's own freeze polls every 100 ms), once criu

@@ -436,6 +436,7 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
         opts.set_manage_cgroups(True)
         cgroups.limit_criu_to_v2(opts)
         opts.set_evasive_devices(True)
+        box = None  # CRIU's own cgroup, when it is not run in the container's
         if options.manage_cgroups_mode in (None, CgroupMode.IGNORE):
             # CRIU itself runs in the container's new cgroups (as with runc) and its
             # restored tasks inherit them: CRIU need not rebuild cgroups (~15 ms)
@@ -447,10 +448,12 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
                 # its device rules), as runc makes them: runc 1.1 restores in soft mode whatever it is
                 # given (CRIU logs "cgroups restore mode 0x4"), and so does fastckpt for strict
                 opts.set_manage_cgroups_mode(int(CgroupMode.SOFT))
-            # CRIU places the tasks; CRIU itself goes into the container's freezer
-            # cgroup only (on cgroup v2: its one cgroup), so that a failure can kill all it started
-            freezer = cgroups.freezing(cg_paths)
-            enter_cgroups = lambda criu_pid: cgroups.enter(freezer, criu_pid)  # noqa: E731
+            # CRIU places the tasks; CRIU itself runs in a cgroup of fastckpt's own, so that a failure
+            # can kill all it started: not in the container's, whose freezer state CRIU restores (a
+            # checkpoint of a paused container comes back paused, and CRIU would freeze itself)
+            box = cgroups.Containment(f"fastckpt-restore-{os.getpid()}")
+            undo.append(box.kill_all)
+            enter_cgroups = box.enter
             for key, path in cg_paths.items():
                 # per hierarchy: a v1 controller, or "" (CRIU's name for cgroup v2)
                 opts.add_cg_root(key, cgroups.relative(key, path))
@@ -474,7 +477,7 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
             # CRIU restores the tree as its child; when it exits the tree goes to the
             # nearest subreaper: fastckpt when it waits in the foreground
             ret, err = engine.run_op(opts, "restore", log_path=log_path, timeout=restore_bound(image_path),
-                                     setup=enter_cgroups, on_stop=lambda: _kill_cgroup_tasks(cg_paths))
+                                     setup=enter_cgroups, on_stop=lambda: _kill_cgroup_tasks(cg_paths, box))
         finally:  # the restored mount namespace keeps its own copy of the root
             _libc.umount(criu_root)
             mounted = False
@@ -483,6 +486,8 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
             engine.raise_criu_failure("restore", ret, err, log_path)
         pid = ret
         undo.append(lambda: _kill(pid))
+        if box is not None:  # CRIU placed the restored tasks: anything still here joins the container
+            box.release(into=next(iter(cgroups.freezing(cg_paths).values())))
 
         if own_netns and not options.empty_ns & Namespace.NEWNET:
             ensure_loopback_up(pid)
@@ -505,6 +510,7 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
         if mounted:
             _libc.umount(criu_root)
             mounted = False
+        cgroups.unmount_yards(work_path)  # of a CRIU stopped half-way
         for fn in reversed(undo):
             try:
                 fn()
@@ -519,8 +525,11 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
                          container_id=cid, bundle=bundle, wall_time=time.monotonic() - t0)
 
 
-def _kill_cgroup_tasks(paths: dict[str, str]) -> None:
-    """Kill everything in the container's (freezer, else v2) cgroup: CRIU is in it, and all it forked."""
+def _kill_cgroup_tasks(paths: dict[str, str], box: "cgroups.Containment | None" = None) -> None:
+    """Kill everything in the container's (freezer, else v2) cgroup and in CRIU's BOX: CRIU is in one
+    of them, and all it forked."""
+    if box is not None:
+        box.kill_all()
     for path in cgroups.freezing(paths).values():
         cgroups.kill_all(path)
 
