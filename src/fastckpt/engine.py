@@ -15,7 +15,7 @@ import time
 
 from ._record import Record, factory
 from . import _criu, cgroups, criu_proc, kdat, locks, manifest, migration, netimages, runc, signals
-from .constants import MIN_CRIU_VERSION
+from .constants import MIN_CRIU_VERSION, CgroupMode
 from .errors import (ContainerStateError, CriuError, CriuNotFound, CriuVersionError, DiskFull, Error,
                      ImageDirError, Interrupted, PermissionDenied, ProcessNotFound, UsageError, log_errors)
 from .options import NETNS_HOST, NETNS_OWN, NETNS_OWN_LO, CheckpointOptions, auto_network_lock
@@ -143,6 +143,7 @@ def check() -> dict[str, object]:
         "libcriu": ".".join(map(str, _criu.LIBCRIU_VERSION)),
         "features": feats,
         "feature_notes": notes,
+        "cgroups": cgroups.report(),
     }
 
 
@@ -446,7 +447,8 @@ def container_external_mounts(ct: runc.Container) -> list[tuple[str, str]]:
     cfg = ct.config
     pid = ct.init_pid
     ext: dict[str, str] = {}
-    cgroupns = ct.has_namespace("NEWCGROUP")
+    # a cgroup namespace, or a cgroup v2 host, mounts the container's cgroups for real (runc's rule)
+    cgroupns = ct.has_namespace("NEWCGROUP") or cgroups.layout() == cgroups.UNIFIED
     for m in cfg.get("mounts") or []:
         dest = m["destination"]
         if m.get("device") == "bind":
@@ -493,6 +495,7 @@ def container_externals(ct: runc.Container) -> list[str]:
 
 def load_checkpointable(container_id: str, root: str) -> tuple[runc.Container, str]:
     ct = runc.load(container_id, root)
+    cgroups.require_supported()  # before anything is frozen
     status = ct.status()
     if status == runc.CREATED:
         raise ContainerStateError("Container cannot be checkpointed in created state")
@@ -743,6 +746,7 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
             opts.set_orphan_pts_master(True)
             if ct.freeze_cgroup:
                 opts.set_freeze_cgroup(ct.freeze_cgroup)
+            cgroups.limit_criu_to_v2(opts)
             for key, val in container_external_mounts(ct):
                 opts.add_ext_mount(key, val)
             for key in container_externals(ct):
@@ -765,10 +769,15 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
 
         frozen_at: list[float] = []
 
+        # CRIU records the v1 freezer state it found as the container's: in the modes whose restore writes
+        # cgroup properties back (full, strict) a cgroup frozen here would come back frozen; CRIU freezes it
+        restores_props = (options.manage_cgroups_mode in (CgroupMode.FULL, CgroupMode.STRICT)
+                          and ct is not None and "freezer" in ct.cgroup_paths)
+
         def freeze(criu_pid=None):
             # frozen here in ~1 ms (CRIU's own freeze polls every 100 ms), once criu
             # is up and about to get its request: its start is not frozen time
-            if ct is not None and not was_paused and ct.freezer_state_file:
+            if ct is not None and not was_paused and ct.freezer_state_file and not restores_props:
                 frozen_at.append(time.monotonic())
                 ct.freeze_and_wait()
 
