@@ -318,6 +318,43 @@ def test_device_node_inside_rootfs_is_made_there(good, tmp_path, world):
     assert stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == 1 and os.minor(st.st_rdev) == 3
 
 
+@pytest.mark.skipif(not ROOT, reason="mknod needs root")
+@pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.FIFOTYPE], ids=["chr", "fifo"])
+def test_node_swapped_for_a_link_does_not_chmod_the_host_file(good, tmp_path, world, monkeypatch, kind):
+    """A host user who can write in a directory of the rootfs being extracted (the archive made it 0777)
+    swaps a device node or FIFO, just made, for a link to a host file: its mode is not set through it."""
+    host_file = os.path.join(world.outside, "shadow")
+    with open(host_file, "w") as f:
+        f.write("secret")
+    os.chmod(host_file, 0o600)
+    node = info("node", None, kind)
+    node.devmajor, node.devminor = 1, 3
+    node.mode = 0o666
+    bad = with_rootfs(good, str(tmp_path / "node.tar"), [(node, None)])
+    real_mknod, real_mkfifo = os.mknod, os.mkfifo
+
+    def swap(name, dir_fd):
+        os.unlink(name, dir_fd=dir_fd)
+        os.symlink(host_file, name, dir_fd=dir_fd)
+
+    def mknod(name, *a, dir_fd=None, **kw):
+        real_mknod(name, *a, dir_fd=dir_fd, **kw)
+        if name == "node":
+            swap(name, dir_fd)
+
+    def mkfifo(name, *a, dir_fd=None, **kw):
+        real_mkfifo(name, *a, dir_fd=dir_fd, **kw)
+        if name == "node":
+            swap(name, dir_fd)
+
+    monkeypatch.setattr(os, "mknod", mknod)
+    monkeypatch.setattr(os, "mkfifo", mkfifo)
+    with pytest.raises(DamagedImage, match="rootfs-diff.tar:node.*replaced"):
+        world.import_(bad)
+    st = os.stat(host_file)
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0, oct(st.st_mode)
+
+
 @pytest.mark.skipif(not ROOT, reason="needs root")
 def test_deleted_files_cannot_escape(good, tmp_path, world):
     keep = os.path.join(world.outside, "keep")

@@ -793,6 +793,19 @@ class _Root:
             os.close(fd)
         os.rmdir(name, dir_fd=dir_fd)
 
+    def own_node(self, parent: int, name: str, ti: tarfile.TarInfo, kind: int) -> None:
+        """Owner and mode of the device node or FIFO just made as NAME, set on that node only: chmod
+        follows links, so it goes through an O_PATH fd of the node (someone who can write in its
+        directory may have swapped it for a link to a host file meanwhile: refused)."""
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            if stat.S_IFMT(os.fstat(fd).st_mode) != kind:
+                raise self.refuse(ti.name, "replaced by something else while it was extracted")
+            os.chown(f"/proc/self/fd/{fd}", ti.uid, ti.gid)
+            os.chmod(f"/proc/self/fd/{fd}", ti.mode & 0o7777)
+        finally:
+            os.close(fd)
+
     def extract(self, ti: tarfile.TarInfo, data) -> None:
         parts = member_parts(ti.name)
         if parts is None:
@@ -855,12 +868,10 @@ class _Root:
             elif ti.ischr() or ti.isblk():
                 kind = stat.S_IFCHR if ti.ischr() else stat.S_IFBLK
                 os.mknod(name, kind | mode, os.makedev(ti.devmajor, ti.devminor), dir_fd=parent)
-                os.chown(name, ti.uid, ti.gid, dir_fd=parent, follow_symlinks=False)
-                os.chmod(name, mode, dir_fd=parent)
+                self.own_node(parent, name, ti, kind)
             elif ti.isfifo():
                 os.mkfifo(name, mode, dir_fd=parent)
-                os.chown(name, ti.uid, ti.gid, dir_fd=parent, follow_symlinks=False)
-                os.chmod(name, mode, dir_fd=parent)
+                self.own_node(parent, name, ti, stat.S_IFIFO)
             else:
                 raise self.refuse(ti.name, f"a member of tar type {ti.type!r}, which a rootfs cannot hold")
             os.utime(name, (ti.mtime, ti.mtime), dir_fd=parent, follow_symlinks=False)
