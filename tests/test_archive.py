@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -79,6 +80,8 @@ def test_export_then_import_into_an_empty_bundle(env, compress):
     restored.counter.assert_continued(stopped_at)
     assert restored.exec("cat", "/tmp/count").returncode == 0
     _no_temporaries(bundle)
+    # the bundle the import made keeps host users away from the archive's device nodes and setuid files
+    assert stat.S_IMODE(os.stat(bundle).st_mode) == 0o700, oct(os.stat(bundle).st_mode)
     restored.kill_and_delete()
 
 

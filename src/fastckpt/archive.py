@@ -1081,7 +1081,9 @@ def restore_import(container_id: str | None, options, *, root: str, session=None
     made: list[str] = []
     if not os.path.isdir(bundle):
         try:
-            os.makedirs(bundle, mode=0o755)
+            # 0700: the archive's rootfs may hold device nodes and setuid files, which host users must
+            # not reach through it (podman keeps its layers in a 0700 storage for the same reason)
+            os.makedirs(bundle, mode=0o700)
         except OSError as e:
             raise Error(f"cannot create the bundle {bundle}: {e.strerror}", errno=e.errno) from None
         made.append(bundle)
