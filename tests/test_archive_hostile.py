@@ -467,6 +467,20 @@ def test_cli_usage_errors(tmp_path):
     assert r.returncode == 2 and "exclude each other" in r.stderr
 
 
+@pytest.mark.skipif(not ROOT, reason="restore needs root")
+def test_cli_import_of_what_is_no_file(tmp_path):
+    """A directory, a FIFO or nothing given to --import: one line saying which, exit 2, nothing left."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    for name, want in (("dir", "is a directory, not an archive"), ("fifo", "not a regular file"),
+                       ("none", "no such file")):
+        r = subprocess.run([sys.executable, "-m", "fastckpt", "--root", str(tmp_path / "root"), "restore", "-d",
+                            "--import", str(tmp_path / name), "--bundle", str(tmp_path / "b"), "fct-nofile"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and want in r.stderr and len(r.stderr.splitlines()) == 1, (name, r)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "root").exists()
+
+
 def test_full_rootfs_archive_refuses_a_nonempty_rootfs(good, world):
     """The archive's whole rootfs does not go over files the user has there (nothing is merged)."""
     os.makedirs(os.path.join(world.bundle, "rootfs", "mine"))

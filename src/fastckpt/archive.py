@@ -1070,8 +1070,12 @@ def restore_import(container_id: str | None, options, *, root: str, session=None
     if container_id is None:
         raise UsageError("restore --import needs a container id: the archive holds a container")
     runc.validate_id(container_id)
+    if os.path.isdir(archive):
+        raise UsageError(f"--import {archive} is a directory, not an archive (an image directory is restored "
+                         "with --image-path)")
     if not os.path.isfile(archive):
-        raise UsageError(f"--import {archive}: no such file")
+        what = "not a regular file" if os.path.lexists(archive) else "no such file"
+        raise UsageError(f"--import {archive}: {what}")
     if os.path.exists(os.path.join(root, container_id)):
         from .errors import ContainerStateError
 
