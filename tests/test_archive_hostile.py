@@ -449,6 +449,7 @@ def test_cli_refuses_hostile_archive_and_leaves_nothing(good, tmp_path):
     assert r.returncode == 1, r
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("fastckpt: ") and "/etc/evil-fastckpt" in lines[0], r.stderr
+    assert lines[0].endswith("; refused, nothing was restored"), lines[0]
     assert not os.path.exists("/etc/evil-fastckpt")
     assert not bundle.exists(), f"the bundle was left: {list(bundle.iterdir())}"
     assert not (root / "fct-hostile").exists()

@@ -113,7 +113,8 @@ def test_not_a_checkpoint(tmp_path):
     archive = tmp_path / "ckpt.tar.zst"
     archive.write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 64)
     # an archive is unpacked and checked as an import checks it: a damaged one is named, in one line
-    cs.assert_one_line_error(cs.run_cli("inspect", str(archive)), 1, "damaged or truncated")
+    err = cs.assert_one_line_error(cs.run_cli("inspect", str(archive)), 1, "damaged or truncated")
+    assert "restored" not in err, err  # inspect restores nothing: no word of it
     with pytest.raises(ImageError, match="damaged or truncated"):
         fastckpt.inspect_path(str(archive))
     assert not [n for n in os.listdir(tempfile.gettempdir()) if n.startswith("fastckpt-inspect-")]

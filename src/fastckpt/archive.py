@@ -105,7 +105,7 @@ class Imported(Record):
 
 def _refused(archive: str, member: str | None, what: str) -> DamagedImage:
     where = f", member {member!r}" if member else ""
-    return DamagedImage(f"archive {archive}{where}: {what}; refused, nothing was restored", path=archive,
+    return DamagedImage(f"archive {archive}{where}: {what}; refused", path=archive,
                         problems=[(member or archive, what)])
 
 
@@ -1097,6 +1097,9 @@ def restore_import(container_id: str | None, options, *, root: str, session=None
             tmp = tempfile.mkdtemp(prefix=".fastckpt-import-", dir=bundle)
             imp = unpack(archive, tmp, limits)
             made += build_bundle(imp, bundle, archive, limits)
+        except DamagedImage as e:
+            raise DamagedImage(f"{e}, nothing was restored", path=e.path, errno=e.errno,
+                               problems=e.problems) from None
         except KeyboardInterrupt:
             from .errors import Interrupted
 
