@@ -322,9 +322,17 @@ class _LibcriuStderr:
     threads) is written to the real stderr afterwards. Calls from several threads share one
     redirection (the first one in makes it, the last one out undoes it)."""
 
-    # libcriu's messages (lib/c/criu.c): perror()s and a few fprintf()s
-    LIBCRIU = ("Can't ", "Failed unpacking response", "Failed packing request", "Unexpected response type",
-               "The service address ", "ns parameter for join_ns")
+    # libcriu's messages (lib/c/criu.c), each whole: perror()s ("MESSAGE: strerror") and two fprintf()s
+    # without a newline; a line of the caller's own that merely starts alike ("Can't ...") gets through
+    LIBCRIU = tuple(m + ": " for m in (
+        "Can't allocate memory for criu RPC opts", "Can't allocate memory for criu opts",
+        "Can't allocate memory for criu service setting", "Can't read request", "Can't receive response",
+        "Failed unpacking response", "Can't send request", "Failed packing request",
+        "Can't detach for a self-dump", "Can't write swrk pid", "Can't exec criu swrk", "Can't read swrk pid",
+        "Can't create socket", "Can't connect to socket", "Unexpected response type", "Can't connect to criu",
+        "Can't allocate memory for ns", "Can't allocate memory for ns_file",
+        "Can't allocate memory for extra_opt", "Can't allocate memory for join_ns",
+        "Can't allocate memory for join_ns_arr")) + ("The service address ", "ns parameter for join_ns is not")
     _lock = threading.Lock()
     _users = 0
     _saved = -1
