@@ -35,13 +35,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.skipif(SKIP is not None, reas
 
 @pytest.fixture
 def env(runc_root, tmp_path):
-    e = rs.Env(runc_root, str(tmp_path))
-    yield e
-    problems = e.cleanup()
-    if rs.runc_known(runc_root):
-        problems.append(f"runc still lists {rs.runc_known(runc_root)}")
-    if problems:
-        pytest.fail("the test left (now removed): " + "; ".join(problems))
+    yield from rs.checked_env(runc_root, tmp_path)
 
 
 def _no_temporaries(*dirs: str) -> None:

@@ -56,11 +56,7 @@ def image(podman, tmp_path):
 
 @pytest.fixture
 def env(runc_root, tmp_path):
-    e = rs.Env(runc_root, str(tmp_path))
-    yield e
-    problems = e.cleanup()
-    if problems:
-        pytest.fail("the test left (now removed): " + "; ".join(problems))
+    yield from rs.checked_env(runc_root, tmp_path)
 
 
 def _podman_counter(podman, name: str) -> rs.Counter:
