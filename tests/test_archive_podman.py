@@ -33,15 +33,8 @@ IMAGE = "localhost/fastckpt-test-busybox:latest"
 
 
 @pytest.fixture
-def podman(tmp_path):
-    ps.require()
-    import tempfile
-
-    p = ps.Podman(tempfile.mkdtemp(prefix="fcpod-"))  # podman wants a runroot shorter than 50 characters
-    yield p
-    problems = p.cleanup()
-    if problems:
-        pytest.fail("podman cleanup: " + "; ".join(problems))
+def podman():
+    yield from ps.private()
 
 
 @pytest.fixture

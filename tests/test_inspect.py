@@ -336,16 +336,10 @@ PODMAN_SCRIPT = "exec 3>/tmp/held.txt; sleep 1000 & i=0; while :; do i=$((i+1));
 
 @pytest.fixture
 def podman():
-    """A podman of the test's own (tests/podman_support.py: storage, run root, containers.conf); everything
-    it made is removed afterwards."""
+    """A podman of the test's own (tests/podman_support.py: storage, run root, containers.conf)."""
     import podman_support as ps
 
-    ps.require()
-    p = ps.Podman(tempfile.mkdtemp(prefix="fcpod-"))  # podman wants a runroot shorter than 50 characters
-    yield p
-    problems = p.cleanup()
-    if problems:
-        pytest.fail("podman cleanup: " + "; ".join(problems))
+    yield from ps.private()
 
 
 @pytest.mark.integration
