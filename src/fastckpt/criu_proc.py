@@ -29,6 +29,9 @@ class Watchdog(threading.Thread):
         self.watch = watch  # called at each look: a reason to stop CRIU, or None
         self.reason: str | None = None
         self._stop_event = threading.Event()
+        # held while CRIU is stopped; stop() takes it: an operation that ended first is not stopped after it
+        self._lock = threading.Lock()
+        self._ended = False
 
     def run(self) -> None:
         start = time.monotonic()
@@ -56,6 +59,11 @@ class Watchdog(threading.Thread):
                     return
 
     def _kill(self, reason: str) -> None:
+        with self._lock:
+            if not self._ended:  # the operation ended while the watchdog looked: CRIU and its tasks stay
+                self._stop_criu(reason)
+
+    def _stop_criu(self, reason: str) -> None:
         self.reason = reason
         # CRIU first stops forking, then what it forked goes (the tasks it was
         # restoring hold its socket open), then CRIU itself
@@ -85,6 +93,8 @@ class Watchdog(threading.Thread):
                 pass
 
     def stop(self) -> None:
+        with self._lock:
+            self._ended = True
         self._stop_event.set()
         self.join()
 
