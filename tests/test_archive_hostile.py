@@ -482,6 +482,22 @@ def test_cli_import_of_what_is_no_file(tmp_path):
     assert not (tmp_path / "b").exists() and not (tmp_path / "root").exists()
 
 
+@pytest.mark.skipif(not ROOT, reason="restore needs root")
+def test_failed_import_puts_back_the_users_config_json(good, tmp_path):
+    """An import into a bundle of the user's that holds a config.json writes the archive's; when the
+    restore fails (here: the fake images), the user's config.json is back as it was."""
+    import fastckpt
+
+    bundle = tmp_path / "mine"
+    bundle.mkdir()
+    (bundle / "config.json").write_text('{"the": "user\'s own"}')
+    with pytest.raises(fastckpt.Error):
+        fastckpt.restore("fct-cfg-" + os.urandom(4).hex(), root=str(tmp_path / "runc-root"), import_archive=good,
+                         bundle=str(bundle), detach=True)
+    assert (bundle / "config.json").read_text() == '{"the": "user\'s own"}'
+    assert sorted(os.listdir(bundle)) == ["config.json"], os.listdir(bundle)
+
+
 def test_full_rootfs_archive_refuses_a_nonempty_rootfs(good, world):
     """The archive's whole rootfs does not go over files the user has there (nothing is merged)."""
     os.makedirs(os.path.join(world.bundle, "rootfs", "mine"))

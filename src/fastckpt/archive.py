@@ -988,8 +988,9 @@ def bundle_spec(spec: dict, bundle: str, rootfs: str) -> tuple[dict, dict[str, s
     return spec, standins
 
 
-def build_bundle(imp: Imported, bundle: str, archive: str, limits: Limits | None = None) -> list[str]:
-    """Make BUNDLE (config.json, rootfs) from the unpacked archive; returns what was made (undo list).
+def build_bundle(imp: Imported, bundle: str, archive: str, limits: Limits | None = None) -> list:
+    """Make BUNDLE (config.json, rootfs) from the unpacked archive; returns what was made (the undo list:
+    paths made, (path, bytes) of a config.json of the user's it replaced).
 
     The rootfs: the archive's whole one, or BUNDLE/rootfs (the image's files)
     with rootfs-diff.tar applied and deleted.files removed.  Every tar is
@@ -997,7 +998,7 @@ def build_bundle(imp: Imported, bundle: str, archive: str, limits: Limits | None
     limits = limits or Limits()
     budget = _Budget(archive, limits)  # the archive's members count too
     budget.members, budget.bytes = imp.counted
-    made: list[str] = []
+    made: list = []
     rootfs = os.path.join(bundle, "rootfs")
     full = imp.meta.get("rootfs") == "full"
     diff = os.path.join(imp.directory, ROOTFS_DIFF) if ROOTFS_DIFF in imp.files else None
@@ -1033,26 +1034,41 @@ def build_bundle(imp: Imported, bundle: str, archive: str, limits: Limits | None
     if devshm and "/dev/shm" in standins:
         extract_tar(archive, devshm, DEVSHM_TAR, standins["/dev/shm"])
     cfg = os.path.join(bundle, "config.json")
-    if not os.path.exists(cfg):
+    try:
+        with open(cfg, "rb") as f:
+            made.append((cfg, f.read()))  # the user's: put back if the import fails
+    except FileNotFoundError:
         made.append(cfg)
-    tmp = cfg + f".tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(spec, f, indent=2)
-    os.rename(tmp, cfg)
+    _write_replacing(cfg, json.dumps(spec, indent=2).encode())
     return made
 
 
-def _undo(made: list[str]) -> None:
+def _write_replacing(path: str, data: bytes) -> None:
+    tmp = path + f".tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, path)
+
+
+def _undo(made: list) -> None:
+    """Undo what build_bundle made: paths are removed, (path, bytes) files of the user's written back."""
     import shutil
 
-    for path in reversed(made):
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
+    for item in reversed(made):
+        if isinstance(item, tuple):
             try:
-                os.unlink(path)
+                _write_replacing(*item)
             except OSError:
                 pass
+        elif os.path.isdir(item) and not os.path.islink(item):
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            try:
+                os.unlink(item)
+            except OSError:
+                pass
+
+
 
 
 def restore_import(container_id: str | None, options, *, root: str, session=None, limits: Limits | None = None):
@@ -1082,7 +1098,7 @@ def restore_import(container_id: str | None, options, *, root: str, session=None
         raise ContainerStateError(f"container {container_id!r} already exists (in runc root {root})",
                                   errno=errno.EEXIST)
     bundle = options.resolved_bundle()
-    made: list[str] = []
+    made: list = []
     if not os.path.isdir(bundle):
         try:
             # 0700: the archive's rootfs may hold device nodes and setuid files, which host users must
