@@ -251,6 +251,24 @@ def test_member_count_bound(good, world):
     world.refused(good, "more than 5 members", limits=archive.Limits(max_members=5))
 
 
+def test_many_members_are_checked_in_bounded_memory(tmp_path):
+    """A rootfs tar of many members (an archive may hold 2,000,000) is checked without keeping their headers:
+    tarfile keeps each one it reads (~500 bytes: 25 MB for these 50,000, ~1 GB at the bound)."""
+    import tracemalloc
+
+    path = str(tmp_path / "many.tar")
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as t:
+        for i in range(50_000):
+            t.addfile(tarfile.TarInfo(f"d/f{i:06d}"), io.BytesIO(b""))
+    tracemalloc.start()
+    try:
+        archive.scan_tar("a.tar", path, archive.ROOTFS_DIFF, archive._Budget("a.tar", archive.Limits()))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak >> 20} MiB held while checking 50,000 members"
+
+
 def test_byte_bound(good, world):
     world.refused(good, "more than 1000 bytes unpacked", limits=archive.Limits(max_bytes=1000))
 

@@ -581,10 +581,18 @@ class _EndSeen(_SafeTarInfo):
             raise
 
 
+def _each(tar):
+    """TAR's members one at a time, none kept: tarfile keeps every header it read (~500 bytes each: ~1 GB
+    for the 2,000,000 members an archive may have)."""
+    for ti in tar:
+        tar.members.clear()
+        yield ti
+
+
 def _members(tar, path: str, after: list):
     """The members of TAR; an error once the stream ends anywhere but at the end-of-archive blocks."""
     tar.fastckpt_end = None
-    for ti in tar:
+    for ti in _each(tar):
         after[0] = ti.name
         yield ti
     if tar.fastckpt_end != "end":
@@ -912,7 +920,7 @@ def extract_tar(archive: str, path: str, label: str, dest: str) -> None:
     root = _Root(dest, archive, label)
     try:
         with tarfile.open(path, mode="r:", tarinfo=_SafeTarInfo) as tar:
-            for ti in tar:
+            for ti in _each(tar):
                 root.extract(ti, tar.extractfile(ti) if ti.isreg() else None)
     except (tarfile.TarError, EOFError) as e:
         raise _refused(archive, label, f"damaged or truncated ({e})") from None
