@@ -251,6 +251,12 @@ def test_member_count_bound(good, world):
     world.refused(good, "more than 5 members", limits=archive.Limits(max_members=5))
 
 
+def test_json_bound_covers_the_checkpoints_json_files(good, world):
+    """The manifest (and fastckpt.json, descriptors.json) are read whole into memory as the .dump files are:
+    the same bound (first in the archive, the manifest is the member named)."""
+    world.refused(good, "checkpoint/fastckpt-manifest.json", "more than 100", limits=archive.Limits(max_json=100))
+
+
 def test_many_members_are_checked_in_bounded_memory(tmp_path):
     """A rootfs tar of many members (an archive may hold 2,000,000) is checked without keeping their headers:
     tarfile keeps each one it reads (~500 bytes: 25 MB for these 50,000, ~1 GB at the bound)."""

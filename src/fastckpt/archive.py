@@ -78,7 +78,7 @@ class Limits(Record, frozen=True):
 
     max_members: int = MAX_MEMBERS
     max_bytes: int = MAX_BYTES
-    max_json: int = MAX_JSON
+    max_json: int = MAX_JSON  # a JSON file (.dump, deleted.files, checkpoint/*.json)
 
 
 class ExportResult(Record):
@@ -643,6 +643,9 @@ def unpack(path: str, directory: str, limits: Limits | None = None) -> Imported:
                     if len(parts) != 2 or not ti.isreg():
                         raise _refused(path, ti.name, "not a regular file directly in checkpoint/ (links, "
                                                       "devices and subdirectories are refused there)")
+                    # the manifest, fastckpt.json, descriptors.json: read whole into memory
+                    if parts[1].endswith(".json") and ti.size > limits.max_json:
+                        raise _refused(path, ti.name, f"{ti.size} bytes, more than {limits.max_json}")
                     target = os.path.join(images, parts[1])
                 elif len(parts) == 1 and top in _TOP_FILES:
                     if not ti.isreg():
