@@ -295,3 +295,40 @@ def test_ctrl_c_during_import_leaves_nothing(env):
     rb.assert_failed(res, 130, "nothing was restored and nothing was left behind")
     assert not os.path.exists(bundle), os.listdir(bundle)
     rs.assert_nothing_left(new, env.root, env.workdir)
+
+
+# `fastckpt ARGS` whose restore gets a Ctrl-C while CRIU restores (held back until it is complete)
+CTRL_C_IN_RESTORE = """
+import os, signal, sys
+from fastckpt import restorer
+from fastckpt.cli import main
+
+real = restorer._restore_container
+def restore_container(*a, **kw):
+    res = real(*a, **kw)
+    os.kill(os.getpid(), signal.SIGINT)  # taken once the guarded restore is complete
+    return res
+restorer._restore_container = restore_container
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_after_the_import_completed_keeps_the_bundle(env):
+    """A Ctrl-C that comes while the import's restore runs is taken once it is complete: the container runs,
+    and the bundle it runs from (its rootfs, config.json) stays."""
+    ct = env.start()
+    archive = os.path.join(env.workdir, "x.tar.zst")
+    assert env.fastckpt("checkpoint", "--export", archive, ct.id).returncode == 0
+    stopped_at = ct.counter.last()
+    bundle = os.path.join(env.workdir, "new-bundle")
+    new = rs.new_id("late")
+    env.track(new, bundle)
+    r = rs.run([sys.executable, "-c", CTRL_C_IN_RESTORE, "--root", env.root, "restore", "-d", "--import", archive,
+                "--bundle", bundle, new], env.workdir, 120)
+    assert r.returncode == 130 and "interrupted after the restore completed" in r.stderr, str(r)
+    restored = env.track(new, bundle)
+    restored.assert_running()
+    assert os.path.isfile(os.path.join(bundle, "config.json")), "the running container's bundle was removed"
+    restored.counter.assert_continued(stopped_at)
+    _no_temporaries(bundle)
+    restored.kill_and_delete()

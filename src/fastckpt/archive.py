@@ -1135,7 +1135,10 @@ def restore_import(container_id: str | None, options, *, root: str, session=None
         return restorer.restore(container_id, options.replace(import_archive=None, image_path=imp.images,
                                                               bundle=bundle), root=root, session=session)
     except BaseException:
-        _undo(made)
+        # a failed restore leaves no runc state: one there is a restore that completed (and was
+        # interrupted after), whose container runs from the bundle
+        if not os.path.exists(os.path.join(root, container_id, "state.json")):
+            _undo(made)
         raise
     finally:
         if tmp:
