@@ -332,3 +332,42 @@ def test_ctrl_c_after_the_import_completed_keeps_the_bundle(env):
     restored.counter.assert_continued(stopped_at)
     _no_temporaries(bundle)
     restored.kill_and_delete()
+
+
+CTRL_C_IN_DUMP = """
+import os, signal, sys
+from fastckpt import engine
+from fastckpt.cli import main
+
+real = engine._dump
+def dump(*a, **kw):
+    res = real(*a, **kw)
+    os.kill(os.getpid(), signal.SIGINT)  # taken once the guarded checkpoint is complete
+    return res
+engine._dump = dump
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_after_the_exports_checkpoint_completed_keeps_its_images(env):
+    """A Ctrl-C that comes while CRIU dumps for --export (no --image-path) is taken once the checkpoint is
+    complete: the container is gone, and its images, in the private directory the message names, stay
+    (and restore)."""
+    import re
+
+    ct = env.start()
+    archive = os.path.join(env.workdir, "x.tar.zst")
+    r = rs.run([sys.executable, "-c", CTRL_C_IN_DUMP, "--root", env.root, "checkpoint", "--export", archive, ct.id],
+               env.workdir, 120)
+    assert r.returncode == 130 and "interrupted after the checkpoint completed" in r.stderr, str(r)
+    assert ct.state() is None
+    images = re.search(r"images in (\S+);", r.stderr).group(1)
+    assert os.path.isfile(os.path.join(images, "inventory.img")), f"the images named were removed: {r.stderr}"
+    stopped_at = ct.counter.last()
+    restored = env.track(rs.new_id("kept"), ct.bundle)
+    rr = env.fastckpt("restore", "-d", "--image-path", images, "-b", ct.bundle, restored.id)
+    assert rr.returncode == 0, str(rr)
+    restored.assert_running()
+    restored.counter.assert_continued(stopped_at)
+    restored.kill_and_delete()
+    shutil.rmtree(images)

@@ -1198,8 +1198,10 @@ def checkpoint_export(container_id: str | None, options, *, pid=None, root: str,
         options = options.replace(image_path=tmp)
     try:
         res = engine.checkpoint(container_id, options, root=root, session=session)
-    except BaseException:
-        if tmp:
+    except BaseException as e:
+        # a checkpoint that completed (then was interrupted, or its manifest failed) names its images: they
+        # are all there is of the container now
+        if tmp and not getattr(e, "completed_images", None):
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:
