@@ -297,18 +297,21 @@ def test_ctrl_c_during_import_leaves_nothing(env):
     rs.assert_nothing_left(new, env.root, env.workdir)
 
 
-# `fastckpt ARGS` whose restore gets a Ctrl-C while CRIU restores (held back until it is complete)
-CTRL_C_IN_RESTORE = """
+def ctrl_c_after(target: str) -> str:
+    """Code for `python -c CODE ARGS`: `fastckpt ARGS` whose fastckpt.TARGET ("module.function", one that runs
+    while Ctrl-C is held back) gets a Ctrl-C once it returned: taken once the guarded section is complete."""
+    module, name = target.split(".")
+    return f"""
 import os, signal, sys
-from fastckpt import restorer
+from fastckpt import {module} as mod
 from fastckpt.cli import main
 
-real = restorer._restore_container
-def restore_container(*a, **kw):
+real = mod.{name}
+def hooked(*a, **kw):
     res = real(*a, **kw)
-    os.kill(os.getpid(), signal.SIGINT)  # taken once the guarded restore is complete
+    os.kill(os.getpid(), signal.SIGINT)
     return res
-restorer._restore_container = restore_container
+mod.{name} = hooked
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -323,8 +326,8 @@ def test_ctrl_c_after_the_import_completed_keeps_the_bundle(env):
     bundle = os.path.join(env.workdir, "new-bundle")
     new = rs.new_id("late")
     env.track(new, bundle)
-    r = rs.run([sys.executable, "-c", CTRL_C_IN_RESTORE, "--root", env.root, "restore", "-d", "--import", archive,
-                "--bundle", bundle, new], env.workdir, 120)
+    r = rs.run([sys.executable, "-c", ctrl_c_after("restorer._restore_container"), "--root", env.root, "restore",
+                "-d", "--import", archive, "--bundle", bundle, new], env.workdir, 120)
     assert r.returncode == 130 and "interrupted after the restore completed" in r.stderr, str(r)
     restored = env.track(new, bundle)
     restored.assert_running()
@@ -332,21 +335,6 @@ def test_ctrl_c_after_the_import_completed_keeps_the_bundle(env):
     restored.counter.assert_continued(stopped_at)
     _no_temporaries(bundle)
     restored.kill_and_delete()
-
-
-CTRL_C_IN_DUMP = """
-import os, signal, sys
-from fastckpt import engine
-from fastckpt.cli import main
-
-real = engine._dump
-def dump(*a, **kw):
-    res = real(*a, **kw)
-    os.kill(os.getpid(), signal.SIGINT)  # taken once the guarded checkpoint is complete
-    return res
-engine._dump = dump
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def test_ctrl_c_after_the_exports_checkpoint_completed_keeps_its_images(env):
@@ -357,8 +345,8 @@ def test_ctrl_c_after_the_exports_checkpoint_completed_keeps_its_images(env):
 
     ct = env.start()
     archive = os.path.join(env.workdir, "x.tar.zst")
-    r = rs.run([sys.executable, "-c", CTRL_C_IN_DUMP, "--root", env.root, "checkpoint", "--export", archive, ct.id],
-               env.workdir, 120)
+    r = rs.run([sys.executable, "-c", ctrl_c_after("engine._dump"), "--root", env.root, "checkpoint", "--export",
+                archive, ct.id], env.workdir, 120)
     assert r.returncode == 130 and "interrupted after the checkpoint completed" in r.stderr, str(r)
     assert ct.state() is None
     images = re.search(r"images in (\S+);", r.stderr).group(1)
