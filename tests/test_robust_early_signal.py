@@ -103,3 +103,16 @@ def test_signal_in_the_first_milliseconds(containers, tmp_path, sig):
     print("outcomes:", outcomes)
     # the window that matters was hit: interruptions before the checkpoint began
     assert any(v.startswith("interrupted before") for v in outcomes.values()), outcomes
+
+
+def test_the_command_says_in_one_line_when_fastckpt_cannot_be_loaded(tmp_path):
+    """The launcher's Python cannot import fastckpt (here: a broken one first on PYTHONPATH; for real: an
+    installation this user cannot read, a checkout in a 0700 directory): one line, exit 1, no traceback."""
+    broken = tmp_path / "fastckpt"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('a dependency is gone')\n")
+    r = subprocess.run([COMMAND, "--version"], capture_output=True, text=True, timeout=60, cwd="/",
+                       env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert r.returncode == 1, r
+    assert r.stderr.startswith("fastckpt: cannot load the fastckpt package: a dependency is gone"), r.stderr
+    assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
