@@ -126,11 +126,25 @@ class OutsidePause:
 
     GRACE = 2.0
 
-    def __init__(self, is_frozen):
+    def __init__(self, is_frozen, image_dir: str | None = None):
         self.is_frozen = is_frozen
+        # CRIU's images of this dump in IMAGE_DIR also tell that CRIU seized the tasks and thawed the
+        # cgroup: its thawed spell may end (a quick pause) before the watchdog's first look
+        self.image_dir = image_dir
+        self.since = time.time() - 1.0  # files' times come from a coarser clock
         self.seen_thawed = False
         self.frozen_since: float | None = None
         self.paused = False  # someone else paused the container during the dump
+
+    def _criu_wrote_images(self) -> bool:
+        if self.image_dir is None:
+            return False
+        try:
+            with os.scandir(self.image_dir) as it:
+                return any(e.name.endswith(".img") and e.stat(follow_symlinks=False).st_mtime >= self.since
+                           for e in it)
+        except OSError:
+            return False
 
     def __call__(self) -> str | None:
         try:
@@ -140,8 +154,9 @@ class OutsidePause:
         if not frozen:
             self.seen_thawed, self.frozen_since = True, None
             return None
-        if not self.seen_thawed:
+        if not self.seen_thawed and not self._criu_wrote_images():
             return None  # still fastckpt's own freeze: CRIU has not seized the tasks yet
+        self.seen_thawed = True
         now = time.monotonic()
         if self.frozen_since is None:
             self.frozen_since = now

@@ -678,7 +678,7 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
                 ct.freeze_and_wait()
 
         # a pause by someone else while CRIU works would hang it: the watchdog stops CRIU then
-        outside_pause = criu_proc.OutsidePause(ct.is_frozen) if ct is not None and not was_paused \
+        outside_pause = criu_proc.OutsidePause(ct.is_frozen, image_path) if ct is not None and not was_paused \
             and ct.freezer_state_file else None
         try:
             if session is not None:
