@@ -490,6 +490,9 @@ def test_cli_usage_errors(tmp_path):
     assert r.returncode == 2 and "--compress needs --export" in r.stderr
     r = cli("restore", "--import", str(tmp_path / "a"), "--image-path", str(tmp_path), "x")
     assert r.returncode == 2 and "exclude each other" in r.stderr
+    for flag in ("--podman-image", "--podman-image-id"):  # podman's import needs both
+        r = cli("checkpoint", "--export", str(tmp_path / "a"), flag, "localhost/x", "x")
+        assert r.returncode == 2 and "--podman-image and --podman-image-id go together" in r.stderr, r
 
 
 @pytest.mark.skipif(not ROOT, reason="restore needs root")
