@@ -116,3 +116,31 @@ def test_the_command_says_in_one_line_when_fastckpt_cannot_be_loaded(tmp_path):
     assert r.returncode == 1, r
     assert r.stderr.startswith("fastckpt: cannot load the fastckpt package: a dependency is gone"), r.stderr
     assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+SWALLOWED = """
+import os, signal, time
+from fastckpt import signals
+signals.install_cli_handlers()
+
+class Resource:
+    def __del__(self):  # SIGTERM's KeyboardInterrupt is raised in here, where Python swallows it
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):
+            pass
+
+try:
+    Resource()
+    time.sleep(20)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_a_signal_that_hits_a_destructor_still_interrupts():
+    """(Was: `signal at 36 ms: exit 0`, with "Exception ignored in: <function _get_module_lock.<locals>.cb>
+    ... KeyboardInterrupt: signal 15" on stderr.) A SIGTERM whose KeyboardInterrupt is raised inside a
+    destructor or a weakref callback, where Python prints and swallows it, still interrupts the command."""
+    r = subprocess.run([sys.executable, "-c", SWALLOWED], capture_output=True, text=True, timeout=60)
+    assert r.stdout == "interrupted\n" and "Exception ignored" not in r.stderr, r
