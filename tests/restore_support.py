@@ -650,6 +650,21 @@ def runc_known(root: str) -> List[str]:
     return r.stdout.split() if r.returncode == 0 else []
 
 
+def checked_env(runc_root: str, tmp_path, what: str = "the test"):
+    """The body of an `env` fixture (`yield from rs.checked_env(runc_root, tmp_path)`): an Env in the test's
+    private runc root and directory; afterwards everything it started or restored is removed, and the
+    test fails if anything was left (containers runc still lists included)."""
+    import pytest
+
+    e = Env(runc_root, str(tmp_path))
+    yield e
+    problems = e.cleanup()
+    if runc_known(runc_root):
+        problems.append(f"runc still lists {runc_known(runc_root)}")
+    if problems:
+        pytest.fail(f"{what} left (now removed): " + "; ".join(problems))
+
+
 def lo_state(ct: Container) -> str:
     """`ip addr show lo` in the container."""
     r = ct.exec("ip", "addr", "show", "lo")

@@ -594,12 +594,19 @@ def checkpoint(container_id: str | None = None, options: CheckpointOptions | Non
         if result is not None:
             what = f"container {container_id!r}" if container_id is not None else f"process {pid}"
             gone = "was left running" if result.leave_running else "was checkpointed and is gone"
-            raise Interrupted(f"interrupted after the checkpoint completed: images in {result.image_path}; "
-                              f"{what} {gone}") from None
+            raise _completed(Interrupted(f"interrupted after the checkpoint completed: images in "
+                                         f"{result.image_path}; {what} {gone}"), result.image_path) from None
         raise Interrupted(f"interrupted: nothing was checkpointed; {_untouched(container_id, pid, root)}") \
             from None
     finally:
         criu_proc.discard_spare()  # not used: the checkpoint stopped before CRIU
+
+
+def _completed(e: Error, image_path: str) -> Error:
+    """E, raised once the checkpoint is complete: its images (in IMAGE_PATH) are all there is of the
+    checkpointed target now (`e.completed_images`: a caller must not remove them)."""
+    e.completed_images = image_path
+    return e
 
 
 def _untouched(container_id: str | None, pid: int | None, root: str) -> str:
@@ -658,9 +665,10 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
         if ret < 0:
             raise_criu_failure("dump", ret, err, log_path, image_path, disk_full=full)
         if manifest_error is not None:
-            raise ImageDirError(f"the checkpoint completed (images in {image_path}; {state}), but its manifest "
-                                f"could not be written: {manifest_error}; a restore can check only the images' "
-                                "structure", errno=manifest_error.errno) from manifest_error
+            raise _completed(ImageDirError(f"the checkpoint completed (images in {image_path}; {state}), but its "
+                                           f"manifest could not be written: {manifest_error}; a restore can check "
+                                           "only the images' structure", errno=manifest_error.errno),
+                             image_path) from manifest_error
         wait_ids_free(members)
         return CheckpointResult(
             image_path=image_path, work_path=work_path, log_path=log_path, pid=target_pid,
@@ -669,8 +677,8 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
         )
     except KeyboardInterrupt:
         if done:
-            raise Interrupted(f"interrupted after the checkpoint completed: images in {image_path}; {state}") \
-                from None
+            raise _completed(Interrupted(f"interrupted after the checkpoint completed: images in {image_path}; "
+                                         f"{state}"), image_path) from None
         running = "is running" if not was_paused else "is paused, as it was"
         if not was_paused and ct is not None and ct.is_frozen():
             running = "is paused (by someone else, while the checkpoint ran)"
@@ -782,7 +790,7 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
                 ct.freeze_and_wait()
 
         # a pause by someone else while CRIU works would hang it: the watchdog stops CRIU then
-        outside_pause = criu_proc.OutsidePause(ct.is_frozen) if ct is not None and not was_paused \
+        outside_pause = criu_proc.OutsidePause(ct.is_frozen, image_path) if ct is not None and not was_paused \
             and ct.freezer_state_file else None
         try:
             if session is not None:
