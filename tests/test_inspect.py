@@ -121,6 +121,12 @@ def test_not_a_checkpoint(tmp_path):
     cs.assert_one_line_error(cs.run_cli("inspect"), 2, "PATH")
 
 
+def _threads_file(cgroup: str) -> str:
+    """The file listing a cgroup's threads: v1's tasks, v2's cgroup.threads."""
+    v1 = os.path.join(cgroup, "tasks")
+    return v1 if os.path.exists(v1) else os.path.join(cgroup, "cgroup.threads")
+
+
 # --- real checkpoints ------------------------------------------------------------------------
 
 LISTEN_PORT, CONN_PORT = 8000, 8001
@@ -271,7 +277,7 @@ def test_inspect_real_checkpoint(container, runc_root, tmp_path, tool):
     # (busybox nc listens on IPv6's any address: not in /proc/net/tcp, which cs.listening reads)
     cs.wait_until(lambda: cs.established(CONN_PORT, ct.pid)
                   and len(open(os.path.join(ct.freezer_dir, "cgroup.procs")).read().split()) >= 10
-                  and len(open(os.path.join(ct.freezer_dir, "tasks")).read().split()) >= 10 + THREADS - 1,
+                  and len(open(_threads_file(ct.freezer_dir)).read().split()) >= 10 + THREADS - 1,
                   "the container's sockets and processes")
     assert cs.run_quiet(["runc", "--root", runc_root, "pause", ct.id]) == 0
     try:
