@@ -98,6 +98,9 @@ class Bats:
         self.console_socket = os.path.join(self.sockdir, "tty.sock")
         self.recv = ConsoleReceiver(self.console_socket)
         self.cleanups: List[Callable[[], None]] = []
+        # runc's tests name the container test_busybox; a suffix of this test's own keeps two runs on one
+        # host apart (the container's cgroup path is named after its id, whatever the state root)
+        self.cid = f"test_busybox_{uuid.uuid4().hex[:8]}"
 
     # --- runc's helpers
     def setup_busybox(self) -> None:
@@ -196,9 +199,9 @@ class Bats:
                 after()
 
     def simple_cr(self, *global_args: str) -> None:
-        self.run_console("test_busybox")
-        self.testcontainer("test_busybox", "running")
-        self.cr_twice("test_busybox", *global_args)
+        self.run_console(self.cid)
+        self.testcontainer(self.cid, "running")
+        self.cr_twice(self.cid, *global_args)
 
     # --- teardown
     def teardown(self) -> None:
@@ -268,16 +271,16 @@ def test_checkpoint_and_restore_with_netdevice(bats):
                     "peer", "name", "fcb-peer0"], check=True)
     subprocess.run(["ip", "-n", name, "address", "add", ip, "dev", "dummy0"], check=True)
     bats.update_config(_set_netns_path(path))
-    bats.run_console("test_busybox_netdevice")
-    bats.testcontainer("test_busybox_netdevice", "running")
+    bats.run_console(bats.cid + "_netdevice")
+    bats.testcontainer(bats.cid + "_netdevice", "running")
 
     def check_device():
-        r = bats.runc("exec", "test_busybox_netdevice", "ip", "address", "show", "dev", "dummy0")
+        r = bats.runc("exec", bats.cid + "_netdevice", "ip", "address", "show", "dev", "dummy0")
         assert r.status == 0, r
         assert f" {ip} " in r.output and f"ether {mac} " in r.output and f"mtu {mtu} " in r.output, r.output
 
     check_device()
-    bats.cr_twice("test_busybox_netdevice", after=check_device)
+    bats.cr_twice(bats.cid + "_netdevice", after=check_device)
 
 
 def test_checkpoint_and_restore(bats):
@@ -304,16 +307,16 @@ def test_checkpoint_and_restore_cgroupns(bats):
 
 
 def test_checkpoint_pre_dump_bad_parent_path(bats):
-    bats.run_console("test_busybox")
-    bats.testcontainer("test_busybox", "running")
-    r = bats.checkpoint("test_busybox", "--parent-path", os.path.join(bats.bundle, "parent-dir"), "--work-path",
+    bats.run_console(bats.cid)
+    bats.testcontainer(bats.cid, "running")
+    r = bats.checkpoint(bats.cid, "--parent-path", os.path.join(bats.bundle, "parent-dir"), "--work-path",
                         "./work-dir", "--image-path", "./image-dir", "--manage-cgroups-mode", "ignore")
     assert "--parent-path" in r.output and r.status != 0, r
-    r = bats.checkpoint("test_busybox", "--parent-path", "./parent-dir", "--work-path", "./work-dir",
+    r = bats.checkpoint(bats.cid, "--parent-path", "./parent-dir", "--work-path", "./work-dir",
                         "--image-path", "./image-dir", "--manage-cgroups-mode", "ignore")
     assert "--parent-path" in r.output and r.status != 0, r
     # the port's addition: nothing was frozen or removed
-    bats.testcontainer("test_busybox", "running")
+    bats.testcontainer(bats.cid, "running")
     if bats.tool == "fastckpt":
         assert r.status == 2 and len(r.output.splitlines()) == 1, r
 
@@ -355,24 +358,24 @@ def _setup_pipes(bats: Bats) -> Pipes:
 def test_checkpoint_pre_dump_and_restore(bats):
     requires_feature("mem_track", "needs the kernel's dirty memory tracking (soft-dirty)")
     pipes = _setup_pipes(bats)
-    assert pipes.run(bats, ["runc", "--root", bats.root, "run", "-d", "test_busybox"]) == 0
-    bats.testcontainer("test_busybox", "running")
+    assert pipes.run(bats, ["runc", "--root", bats.root, "run", "-d", bats.cid]) == 0
+    bats.testcontainer(bats.cid, "running")
     os.mkdir(os.path.join(bats.bundle, "parent-dir"))
-    r = bats.checkpoint("test_busybox", "--pre-dump", "--image-path", "./parent-dir", "--manage-cgroups-mode", "ignore")
+    r = bats.checkpoint(bats.cid, "--pre-dump", "--image-path", "./parent-dir", "--manage-cgroups-mode", "ignore")
     assert r.status == 0, r
-    bats.testcontainer("test_busybox", "running")
+    bats.testcontainer(bats.cid, "running")
     os.mkdir(os.path.join(bats.bundle, "image-dir"))
     os.mkdir(os.path.join(bats.bundle, "work-dir"))
-    r = bats.checkpoint("test_busybox", "--parent-path", "../parent-dir", "--work-path", "./work-dir",
+    r = bats.checkpoint(bats.cid, "--parent-path", "../parent-dir", "--work-path", "./work-dir",
                         "--image-path", "./image-dir", "--manage-cgroups-mode", "ignore")
     assert r.status == 0, r
     assert os.path.lexists(os.path.join(bats.bundle, "image-dir/parent"))
-    bats.testcontainer("test_busybox", "checkpointed")
+    bats.testcontainer(bats.cid, "checkpointed")
     base = [sys.executable, "-m", "fastckpt"] if bats.tool == "fastckpt" else ["runc"]
     assert pipes.run(bats, [*base, "--root", bats.root, "restore", "-d", "--work-path", "./work-dir",
-                            "--image-path", "./image-dir", "--manage-cgroups-mode", "ignore", "test_busybox"]) == 0
-    bats.testcontainer("test_busybox", "running")
-    r = bats.runc("exec", "--cwd", "/bin", "test_busybox", "echo", "ok")
+                            "--image-path", "./image-dir", "--manage-cgroups-mode", "ignore", bats.cid]) == 0
+    bats.testcontainer(bats.cid, "running")
+    r = bats.runc("exec", "--cwd", "/bin", bats.cid, "echo", "ok")
     assert r.status == 0 and r.output == "ok", r
     pipes.check()
 
@@ -400,8 +403,8 @@ def test_checkpoint_lazy_pages_and_restore(bats):
     _raise_pipe_max_size(bats)
     requires_feature("lazy_pages", "needs a lazy page server that works here")
     pipes = _setup_pipes(bats)
-    assert pipes.run(bats, ["runc", "--root", bats.root, "run", "-d", "test_busybox"]) == 0
-    bats.testcontainer("test_busybox", "running")
+    assert pipes.run(bats, ["runc", "--root", bats.root, "run", "-d", bats.cid]) == 0
+    bats.testcontainer(bats.cid, "running")
     os.mkdir(os.path.join(bats.bundle, "image-dir"))
     os.mkdir(os.path.join(bats.bundle, "work-dir"))
     lazy_r, lazy_w = os.pipe()
@@ -409,7 +412,7 @@ def test_checkpoint_lazy_pages_and_restore(bats):
     base = [sys.executable, "-m", "fastckpt"] if bats.tool == "fastckpt" else ["runc"]
     cpt = subprocess.Popen([*base, "--root", bats.root, "checkpoint", "--lazy-pages", "--page-server",
                             f"0.0.0.0:{port}", "--status-fd", str(lazy_w), "--work-path", "./work-dir",
-                            "--image-path", "./image-dir", "test_busybox"], cwd=bats.bundle, pass_fds=(lazy_w,),
+                            "--image-path", "./image-dir", bats.cid], cwd=bats.bundle, pass_fds=(lazy_w,),
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=open(os.path.join(bats.dir, "checkpoint.err"), "w"))
     os.close(lazy_w)
@@ -425,8 +428,8 @@ def test_checkpoint_lazy_pages_and_restore(bats):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert pipes.run(bats, [*base, "--root", bats.root, "restore", "-d", "--work-path", "./image-dir",
                                 "--image-path", "./image-dir", "--lazy-pages", "--manage-cgroups-mode", "ignore",
-                                "test_busybox_restore"]) == 0
-        bats.testcontainer("test_busybox_restore", "running")
+                                bats.cid + "_restore"]) == 0
+        bats.testcontainer(bats.cid + "_restore", "running")
         assert cpt.wait(60) == 0
         assert lp.wait(60) == 0
         pipes.check()
@@ -441,14 +444,14 @@ def test_checkpoint_and_restore_in_external_network_namespace(bats):
     _, ns_path = _netns(bats)
     ns_inode = os.stat(ns_path).st_ino
     bats.update_config(_set_netns_path(ns_path))
-    bats.run_console("test_busybox")
-    bats.testcontainer("test_busybox", "running")
+    bats.run_console(bats.cid)
+    bats.testcontainer(bats.cid, "running")
 
     def same_netns():
-        pid = bats.state("test_busybox")["pid"]
+        pid = bats.state(bats.cid)["pid"]
         assert os.stat(f"/proc/{pid}/ns/net").st_ino == ns_inode
 
-    bats.cr_twice("test_busybox", after=same_netns)
+    bats.cr_twice(bats.cid, after=same_netns)
 
 
 def test_checkpoint_and_restore_with_container_specific_criu_config(bats):
@@ -465,19 +468,19 @@ def test_checkpoint_and_restore_with_container_specific_criu_config(bats):
         bats.cleanups.append(lambda: os.unlink("/etc/criu/default.conf"))
     with open(tmp, "w") as f:
         f.write(f"log-file={tmplog2}\n")
-    bats.run_console("test_busybox")
-    bats.testcontainer("test_busybox", "running")
+    bats.run_console(bats.cid)
+    bats.testcontainer(bats.cid, "running")
     work = os.path.join(bats.bundle, "work-dir")
-    r = bats.checkpoint("test_busybox", "--work-path", "./work-dir", "--manage-cgroups-mode", "ignore")
+    r = bats.checkpoint(bats.cid, "--work-path", "./work-dir", "--manage-cgroups-mode", "ignore")
     assert r.status == 0, r
     assert not os.path.exists(os.path.join(work, tmplog1))
     assert os.path.exists(os.path.join(work, tmplog2)), os.listdir(work)
-    bats.testcontainer("test_busybox", "checkpointed")
+    bats.testcontainer(bats.cid, "checkpointed")
     os.unlink(os.path.join(work, tmplog2))
-    bats.restore_console("test_busybox", "--work-path", "./work-dir", "--manage-cgroups-mode", "ignore")
+    bats.restore_console(bats.cid, "--work-path", "./work-dir", "--manage-cgroups-mode", "ignore")
     assert not os.path.exists(os.path.join(work, tmplog1))
     assert os.path.exists(os.path.join(work, tmplog2)), os.listdir(work)
-    bats.testcontainer("test_busybox", "running")
+    bats.testcontainer(bats.cid, "running")
 
 
 def test_checkpoint_and_restore_with_nested_bind_mounts(bats):
@@ -486,16 +489,16 @@ def test_checkpoint_and_restore_with_nested_bind_mounts(bats):
     bats.update_config(lambda c: c["mounts"].extend([
         {"type": "bind", "source": bind1, "destination": "/test", "options": ["rw", "bind"]},
         {"type": "bind", "source": bind2, "destination": "/test/for/nested", "options": ["rw", "bind"]}]))
-    bats.run_console("test_busybox")
-    bats.testcontainer("test_busybox", "running")
-    r = bats.checkpoint("test_busybox", "--work-path", "./work-dir", "--manage-cgroups-mode", "ignore")
+    bats.run_console(bats.cid)
+    bats.testcontainer(bats.cid, "running")
+    r = bats.checkpoint(bats.cid, "--work-path", "./work-dir", "--manage-cgroups-mode", "ignore")
     assert r.status == 0, r
-    bats.testcontainer("test_busybox", "checkpointed")
+    bats.testcontainer(bats.cid, "checkpointed")
     # the mount points runc made go; the restore must make them again (what is tested here)
     for name in os.listdir(bind1):
         shutil.rmtree(os.path.join(bind1, name))
-    bats.restore_console("test_busybox", "--work-path", "./work-dir", "--manage-cgroups-mode", "ignore")
-    bats.testcontainer("test_busybox", "running")
+    bats.restore_console(bats.cid, "--work-path", "./work-dir", "--manage-cgroups-mode", "ignore")
+    bats.testcontainer(bats.cid, "running")
 
 
 def _cgroups_path(bats: Bats) -> str:
@@ -527,18 +530,18 @@ def test_checkpoint_then_restore_into_a_different_cgroup_via_manage_cgroups_mode
     base = "/sys/fs/cgroup" if unified else "/sys/fs/cgroup/pids"
     bats.update_config(lambda c: c["linux"].setdefault("resources", {}).update({"pids": {"limit": 100}}))
     rel = _cgroups_path(bats)
-    bats.run_console("test_busybox")
-    bats.testcontainer("test_busybox", "running")
+    bats.run_console(bats.cid)
+    bats.testcontainer(bats.cid, "running")
     orig_path = f"{base}{rel}"
     assert os.path.isdir(orig_path)
-    r = bats.checkpoint("test_busybox", "--work-path", "./work-dir", "--manage-cgroups-mode", "ignore")
+    r = bats.checkpoint(bats.cid, "--work-path", "./work-dir", "--manage-cgroups-mode", "ignore")
     assert r.status == 0, r
-    bats.testcontainer("test_busybox", "checkpointed")
+    bats.testcontainer(bats.cid, "checkpointed")
     wait_until(lambda: not os.path.isdir(orig_path), f"{orig_path} to be removed", timeout=10)
     new_rel = _cgroups_path(bats)
-    bats.restore_console("test_busybox", "--manage-cgroups-mode", "ignore", "--pid-file", "pid",
+    bats.restore_console(bats.cid, "--manage-cgroups-mode", "ignore", "--pid-file", "pid",
                          "--work-path", "./work-dir")
-    bats.testcontainer("test_busybox", "running")
+    bats.testcontainer(bats.cid, "running")
     assert not os.path.isdir(orig_path)
     assert os.path.isdir(f"{base}{new_rel}")
     with open(os.path.join(bats.bundle, "pid")) as f:
@@ -548,19 +551,19 @@ def test_checkpoint_then_restore_into_a_different_cgroup_via_manage_cgroups_mode
 
 
 def test_checkpoint_restore_and_exec(bats):
-    bats.run_console("test_busybox")
-    bats.testcontainer("test_busybox", "running")
+    bats.run_console(bats.cid)
+    bats.testcontainer(bats.cid, "running")
     execed = []
 
     def exec_again():
         if execed:  # the previously exec'd process was restored
-            r = bats.runc("exec", "test_busybox", "ls", "-ld", f"/proc/{execed[-1]}")
+            r = bats.runc("exec", bats.cid, "ls", "-ld", f"/proc/{execed[-1]}")
             assert r.status == 0, r
-        r = bats.runc("exec", "test_busybox", "sh", "-c", "sleep 1000 < /dev/null &> /dev/null & echo $!")
+        r = bats.runc("exec", bats.cid, "sh", "-c", "sleep 1000 < /dev/null &> /dev/null & echo $!")
         assert r.status == 0, r
         execed.append(r.output.strip())
 
-    bats.cr_twice("test_busybox", after=exec_again)
+    bats.cr_twice(bats.cid, after=exec_again)
     assert len(execed) == 2
 
 
@@ -570,15 +573,15 @@ def test_restore_with_pipes(bats):
     """runc_run_with_pipes / runc_restore_with_pipes / check_pipes without pre-dump or lazy pages (which
     skip here): the restored container's stdio are the restoring command's pipes, its stdout too."""
     pipes = _setup_pipes(bats)
-    assert pipes.run(bats, ["runc", "--root", bats.root, "run", "-d", "test_busybox"]) == 0
-    bats.testcontainer("test_busybox", "running")
-    r = bats.checkpoint("test_busybox", "--work-path", "./work-dir", "--image-path", "./image-dir")
+    assert pipes.run(bats, ["runc", "--root", bats.root, "run", "-d", bats.cid]) == 0
+    bats.testcontainer(bats.cid, "running")
+    r = bats.checkpoint(bats.cid, "--work-path", "./work-dir", "--image-path", "./image-dir")
     assert r.status == 0, r
-    bats.testcontainer("test_busybox", "checkpointed")
+    bats.testcontainer(bats.cid, "checkpointed")
     base = [sys.executable, "-m", "fastckpt"] if bats.tool == "fastckpt" else ["runc"]
     assert pipes.run(bats, [*base, "--root", bats.root, "restore", "-d", "--work-path", "./work-dir",
-                            "--image-path", "./image-dir", "test_busybox"]) == 0
-    bats.testcontainer("test_busybox", "running")
-    r = bats.runc("exec", "--cwd", "/bin", "test_busybox", "echo", "ok")
+                            "--image-path", "./image-dir", bats.cid]) == 0
+    bats.testcontainer(bats.cid, "running")
+    r = bats.runc("exec", "--cwd", "/bin", bats.cid, "echo", "ok")
     assert r.status == 0 and r.output == "ok", r
     pipes.check()
