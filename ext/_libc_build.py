@@ -17,13 +17,23 @@ int setns(int fd, int nstype);
 int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5);
 int fc_warm_run(const char *procs_path, long period_us, long limit_ms, int user);
 void fc_warm_stop(void);
+int fastckpt_pidfd_getfd(int pidfd, int targetfd);
 """)
 ffibuilder.set_source("fastckpt._libc_cffi", """
 #define _GNU_SOURCE
 #include <sched.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include "warm.h"
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+static int fastckpt_pidfd_getfd(int pidfd, int targetfd)
+{
+    return (int)syscall(SYS_pidfd_getfd, pidfd, targetfd, 0);
+}
 """, include_dirs=[os.path.dirname(os.path.abspath(__file__))], extra_compile_args=["-pthread"],
                       extra_link_args=["-pthread"])
 

@@ -70,3 +70,11 @@ def warm_stop() -> None:
     """One warm_start() done; the last one stops the thread (waits for it, at most one write)."""
     _, lib = _lib()
     lib.fc_warm_stop()
+def pidfd_getfd(pidfd: int, fd: int) -> int:
+    """A duplicate of descriptor FD of the process behind PIDFD (Linux >= 5.6), close-on-exec."""
+    ffi, lib = _lib()
+    ret = lib.fastckpt_pidfd_getfd(pidfd, fd)
+    if ret < 0:
+        e = ffi.errno
+        raise OSError(e, f"pidfd_getfd: {os.strerror(e)}")
+    return ret

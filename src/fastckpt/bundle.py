@@ -91,7 +91,7 @@ def run_detached(container_id: str, bundle: str, *, root: str | None = None, run
 
 def runc_log_errors(path: str) -> str:
     msgs = []
-    with open(path) as f:
+    with open(path, errors="replace") as f:  # runc may log bytes that are not UTF-8
         for line in f:
             try:
                 rec = json.loads(line)

@@ -269,6 +269,15 @@ def kill_all(path: str, timeout: float = 5.0) -> None:
         time.sleep(0.005)
 
 
+def in_use(paths: dict[str, str]) -> tuple[str, int] | None:
+    """(a cgroup of PATHS, how many processes it holds) when one already holds processes."""
+    for path in paths.values():
+        n = len(_pids(os.path.join(path, "cgroup.procs")))
+        if n:
+            return path, n
+    return None
+
+
 def _pids(procs_file: str) -> list[int]:
     try:
         with open(procs_file) as f:

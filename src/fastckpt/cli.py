@@ -186,7 +186,20 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
-_COMMANDS = {"checkpoint": _add_checkpoint, "restore": _add_restore, "check": _add_check, "inspect": _add_inspect}
+def _add_page_server(sub, full: bool = True) -> None:
+    from .migrate_cli import add_page_server
+
+    add_page_server(sub, full)
+
+
+def _add_migrate(sub, full: bool = True) -> None:
+    from .migrate_cli import add_migrate
+
+    add_migrate(sub, full)
+
+
+_COMMANDS = {"checkpoint": _add_checkpoint, "restore": _add_restore, "check": _add_check, "inspect": _add_inspect,
+             "page-server": _add_page_server, "migrate": _add_migrate}
 
 
 # runc's global options that take a value (as separate words or --name=value)

@@ -515,6 +515,10 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
         undo.append(lambda: runc.remove_state_dir(state_dir))
 
         cg_paths = cgroups.paths_for(cfg.get("cgroups") or {})
+        busy = cgroups.in_use(cg_paths)
+        if busy:  # as runc >= 1.2; a failed restore would kill what runs there (another container?)
+            raise ContainerStateError(f"container's cgroup is not empty: {busy[1]} process(es) found in "
+                                      f"{busy[0]}: refused", errno=errno.EBUSY)
         made = cgroups.create(cg_paths, cfg.get("cgroups") or {})
         undo.append(lambda: _remove_cgroups(cg_paths, made))
 
