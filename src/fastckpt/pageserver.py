@@ -36,7 +36,7 @@ import subprocess
 import time
 
 from ._record import Record, factory
-from . import criu_failures, criu_proc, imagedir, manifest, privileges
+from . import criu_failures, criu_proc, imagedir, images, manifest, privileges
 from .criu import criu_binary
 from .errors import CriuError, DiskFull, Error, ImageDirError, Interrupted, UsageError, log_errors
 
@@ -149,7 +149,8 @@ def check_pages(image_path: str, page_size: int | None = None) -> None:
         if not (name.startswith("pagemap-") and name.endswith(".img")):
             continue
         try:
-            pages_id, n = manifest.pagemap_pages(manifest._read_image(image_path, name, manifest.PAGEMAP_MAGIC))
+            pagemap = images.read_pagemap(os.path.join(image_path, name))
+            pages_id, n = pagemap.pages_id, pagemap.stored_pages
         except Exception as e:  # noqa: BLE001 -- any decoding failure is a damaged image
             problems.append((name, f"unreadable: {e}"))
             continue
@@ -216,7 +217,8 @@ def serve(image_path: str, port: int, address: str = "", *, timeout: float = DEF
         if ready is not None:
             ready(bound[0], bound[1])
         try:  # the pagemaps' decoder, ready before the dump comes (its import would count in the downtime)
-            manifest._message_classes()
+            images.message_class("pagemap_head")
+            images.message_class("pagemap_entry")
         except Error:
             pass
         conn = _accept(sk, deadline, stop_fd)
