@@ -19,8 +19,12 @@ demo: deps
 COV_FLOOR ?= 75
 COV_ARGS ?= --cov=fastckpt --cov-report=term --cov-fail-under=$(COV_FLOOR)
 
+# the whole suite twice: as the host is, then as on a cgroup-v2-only host (a cgroup2 mount namespace)
 test: deps
+	@echo "make test: cgroups as this host has them"
 	@$(PY) -m pytest $(COV_ARGS) $(PYTEST_ARGS)
+	@echo "make test: a cgroup-v2-only (unified) host, simulated by scripts/cgroup2-ns.sh"
+	@FASTCKPT_TEST_LAYOUT=unified sh scripts/cgroup2-ns.sh $(PY) -m pytest $(COV_ARGS) $(PYTEST_ARGS)
 
 # 100 checkpoint/restore cycles of one container: nothing may pile up (the default suite runs 10)
 soak: deps

@@ -226,9 +226,12 @@ cdef class Opts:
     def set_freeze_cgroup(self, path):
         _check(c.criu_local_set_freeze_cgroup(self._o, _path(path, "the freeze cgroup")), "the freeze cgroup", path)
     def add_cg_root(self, ctrl, path):
-        cdef bytes bctrl = _path(ctrl, "the cgroup controller") if ctrl else None
+        cdef bytes bctrl = _path(ctrl, "the cgroup controller") if ctrl is not None else None  # "": cgroup v2
         _check(c.criu_local_add_cg_root(self._o, _cstr(bctrl), _path(path, "the cgroup root")),
                "the cgroup root", path)
+    def add_cg_dump_controller(self, name):
+        _check(c.criu_local_add_cg_dump_controller(self._o, _path(name, "the cgroup dump controller")),
+               "the cgroup dump controller", name)
 
     # --- mounts, namespaces, externals
     def add_ext_mount(self, key, val):

@@ -26,8 +26,20 @@
 #define FASTCKPT_PYTHON "python3"
 #endif
 
-/* sys.path[0] is the working directory under -c: dropped, as a console script never has it */
-static const char code[] = "import sys; del sys.path[0]; from fastckpt.cli import run; run()";
+/*
+ * sys.path[0] is the working directory under -c: dropped, as a console script never has it (unless
+ * PYTHONSAFEPATH kept it out).  A package that cannot be loaded (an installation this user cannot
+ * read, e.g. a checkout in a 0700 directory; a dependency gone) is one line, not a traceback.
+ */
+static const char code[] =
+	"import os, sys\n"
+	"if sys.path and sys.path[0] in ('', os.getcwd()): del sys.path[0]\n"
+	"try:\n"
+	"    from fastckpt.cli import run\n"
+	"except ImportError as e:\n"
+	"    sys.exit(f'fastckpt: cannot load the fastckpt package: {e} (is its installation readable by this "
+	"user, uid {os.getuid()}?)')\n"
+	"run()\n";
 
 int main(int argc, char **argv)
 {

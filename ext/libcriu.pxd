@@ -96,6 +96,7 @@ cdef extern from "criu.h" nogil:
     int criu_local_add_ext_mount(criu_opts *opts, const char *key, const char *val)
     int criu_local_add_veth_pair(criu_opts *opts, const char *inside, const char *outside)
     int criu_local_add_cg_root(criu_opts *opts, const char *ctrl, const char *path)
+    int criu_local_add_cg_dump_controller(criu_opts *opts, const char *name)
     int criu_local_add_skip_mnt(criu_opts *opts, const char *mnt)
     int criu_local_add_inherit_fd(criu_opts *opts, int fd, const char *key)
     int criu_local_add_external(criu_opts *opts, const char *key)

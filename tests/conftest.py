@@ -1,8 +1,13 @@
 """Fixtures of fastckpt's tests.
 
 Integration tests (``@pytest.mark.integration``) run real CRIU dumps of real
-runc containers and process trees: they are skipped, with the reason, when
-not root or when criu, runc or busybox is missing.  Every fixture cleans up
+runc containers and process trees: when not root, when criu, runc or busybox
+is missing or the host's cgroups cannot hold containers, they are skipped
+with the reason, and FAIL with it in CI (CI=true: a green run that tested
+nothing is a defect).  The suite runs in whatever cgroup layout the host has
+(the header says which); FASTCKPT_TEST_LAYOUT=unified (set by `make test` for
+its second run, in a cgroup2 mount namespace) makes sure it is that one.
+Every fixture cleans up
 what it started, also when the test failed: containers live in a private runc
 root (``runc_root``) with uuid-based ids, process trees are killed by the pid
 and process group the fixture holds.
@@ -21,37 +26,24 @@ sys.path.insert(0, os.path.dirname(__file__))
 import ckpt_support as cs  # noqa: E402
 
 
-def integration_skip_reason():
-    """Why integration tests cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "integration tests need root (CRIU dumps and runc containers)"
-    for tool in ("criu", "runc"):
-        if not shutil.which(tool):
-            return f"{tool} is not installed (not on PATH={os.environ.get('PATH', '')})"
-    try:
-        from fastckpt import bundle
-        bundle.busybox()
-    except (ImportError, FileNotFoundError) as e:
-        return f"cannot build test bundles: {e}"
-    if not os.path.isdir(cs.FREEZER_ROOT):
-        return f"no cgroup v1 freezer at {cs.FREEZER_ROOT}"
-    return None
+def pytest_report_header(config):
+    want = os.environ.get("FASTCKPT_TEST_LAYOUT")
+    return [f"cgroup layout: {cs.LAYOUT or 'none'}" + (f" (FASTCKPT_TEST_LAYOUT={want})" if want else "")]
 
 
-def pytest_collection_modifyitems(config, items):
-    reason = integration_skip_reason()
-    if reason is None:
-        return
-    skip = pytest.mark.skip(reason=reason)
-    for item in items:
-        if "integration" in item.keywords:
-            item.add_marker(skip)
+def pytest_configure(config):
+    want = os.environ.get("FASTCKPT_TEST_LAYOUT")
+    if want and want != cs.LAYOUT:
+        raise pytest.UsageError(f"FASTCKPT_TEST_LAYOUT={want} but this host's cgroup layout is {cs.LAYOUT or 'none'}")
 
 
-def _require_integration():
-    reason = integration_skip_reason()
-    if reason:
-        pytest.skip(reason)
+def pytest_runtest_setup(item):
+    if "integration" in item.keywords:
+        _require_integration()
+
+
+_require_integration = cs.require_integration
+integration_skip_reason = cs.integration_skip_reason
 
 
 @pytest.fixture

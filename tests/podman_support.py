@@ -55,6 +55,21 @@ def require() -> None:
         pytest.skip(reason)
 
 
+def private():
+    """The body of a `podman` fixture (`yield from ps.private()`): a Podman of the test's own, removed
+    afterwards; the test fails if podman left anything."""
+    import tempfile
+
+    import pytest
+
+    require()
+    p = Podman(tempfile.mkdtemp(prefix="fcpod-"))  # podman wants a runroot shorter than 50 characters
+    yield p
+    problems = p.cleanup()
+    if problems:
+        pytest.fail("podman cleanup: " + "; ".join(problems))
+
+
 class Result:
     def __init__(self, args, returncode: int, stdout: str, stderr: str):
         self.args, self.returncode, self.stdout, self.stderr = args, returncode, stdout, stderr

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 # shared with the checkpoint tests
+import ckpt_support as cs
 from ckpt_support import WAIT, RuncContainer, read_int, runc, wait_until  # noqa: F401
 
 CLI_TIMEOUT = 90.0
@@ -39,20 +40,7 @@ COUNTER = ("i=0; while true; do i=$((i+1)); echo $i > {dir}/count; echo $i >> {d
 CONTAINER_COUNTER = COUNTER.format(dir="/tmp")
 
 
-def skip_reason() -> Optional[str]:
-    """Why these tests cannot run here (they need root, criu, runc and busybox), or None."""
-    if os.geteuid() != 0:
-        return "restore tests need root (CRIU and runc)"
-    for tool in ("criu", "runc"):
-        if not shutil.which(tool):
-            return f"{tool} is not installed"
-    try:
-        from fastckpt import bundle
-
-        bundle.busybox()
-    except (ImportError, FileNotFoundError) as e:
-        return f"cannot build test bundles: {e}"
-    return None
+skip_reason = cs.integration_skip_reason  # one rule for every integration test
 
 
 # --- waiting and reading -----------------------------------------------------------
@@ -215,16 +203,20 @@ def _cgroup_mounts() -> Dict[str, str]:
             if fstype not in ("cgroup", "cgroup2") or parts[3] != "/" or not parts[4].startswith("/sys/fs/cgroup/"):
                 continue
             out.setdefault(parts[4], parts[4])
+    if cs.UNIFIED:  # one hierarchy, mounted over the v1 ones (still listed, hidden)
+        return {"/sys/fs/cgroup": "/sys/fs/cgroup"}
     return out
 
 
 def _own_cgroups() -> List[str]:
     with open("/proc/self/cgroup") as f:
-        return sorted({line.rstrip("\n").split(":", 2)[2] for line in f})
+        paths = {line.rstrip("\n").split(":", 2)[2] for line in f}
+    return sorted(paths | {os.path.dirname(p) for p in paths})  # v2: runc's cgroups are our parent's children
 
 
 def cgroup_dirs(cid: str) -> List[str]:
-    """Existing cgroup directories named CID: <hierarchy>/<id> or <hierarchy>/<our own cgroup>/<id>."""
+    """Existing cgroup directories named CID: <hierarchy>/<id> or <hierarchy>/<our own cgroup (or its
+    parent)>/<id>."""
     out = set()
     for mnt in _cgroup_mounts():
         for base in ["/"] + _own_cgroups():
@@ -243,15 +235,7 @@ def _cgroup_procs(d: str) -> List[int]:
 
 
 def frozen_cgroups(cid: str) -> List[str]:
-    out = []
-    for d in cgroup_dirs(cid):
-        try:
-            with open(os.path.join(d, "freezer.state")) as f:
-                if f.read().strip() != "THAWED":
-                    out.append(d)
-        except FileNotFoundError:
-            pass
-    return out
+    return [d for d in cgroup_dirs(cid) if cs.freezer_state(d) not in (None, "THAWED")]
 
 
 def pids_in_cgroup_named(cid: str) -> List[int]:
@@ -334,13 +318,7 @@ def force_clean(cid: str, root: str, workdir: Optional[str] = None) -> None:
     for p in criu_pids_in(workdir) if workdir else []:
         kill_tree(p, group=False)
     for d in cgroup_dirs(cid):
-        f = os.path.join(d, "freezer.state")
-        if os.path.exists(f):
-            try:
-                with open(f, "w") as fh:
-                    fh.write("THAWED")
-            except OSError:
-                pass
+        cs.thaw(d)
     for p in pids_in_cgroup_named(cid):
         try:
             os.kill(p, signal.SIGKILL)
@@ -473,10 +451,12 @@ class Container(RuncContainer):
         return int(st["pid"])
 
     def assert_own_cgroups(self) -> None:
-        """Its init is in cgroups named after its id, in every hierarchy."""
+        """Its init is in cgroups named after its id, in every hierarchy (the one, on cgroup v2)."""
         with open(f"/proc/{self.pid}/cgroup") as f:
             lines = f.read().splitlines()
         for line in lines:
+            if cs.UNIFIED != line.startswith("0::") and cs.LAYOUT != "hybrid":
+                continue  # the kernel lists every hierarchy, also those this host has not mounted
             path = line.split(":", 2)[2]
             assert path.rstrip("/").split("/")[-1] == self.id, f"{self.id}'s init is in cgroup {line!r}"
         assert cgroup_dirs(self.id), f"no cgroup directory named {self.id}"
@@ -504,11 +484,7 @@ class Container(RuncContainer):
         if self.state() is None:
             return
         for d in frozen_cgroups(self.id):
-            try:
-                with open(os.path.join(d, "freezer.state"), "w") as f:
-                    f.write("THAWED")
-            except OSError:
-                pass
+            cs.thaw(d)
         runc(self.root, "kill", self.id, "KILL")
         try:
             wait_until(lambda: self.status() in (None, "stopped"), f"{self.id} to stop", timeout=10)
@@ -672,6 +648,21 @@ def remove_lock_files(cid: str) -> None:
 def runc_known(root: str) -> List[str]:
     r = runc(root, "list", "-q")
     return r.stdout.split() if r.returncode == 0 else []
+
+
+def checked_env(runc_root: str, tmp_path, what: str = "the test"):
+    """The body of an `env` fixture (`yield from rs.checked_env(runc_root, tmp_path)`): an Env in the test's
+    private runc root and directory; afterwards everything it started or restored is removed, and the
+    test fails if anything was left (containers runc still lists included)."""
+    import pytest
+
+    e = Env(runc_root, str(tmp_path))
+    yield e
+    problems = e.cleanup()
+    if runc_known(runc_root):
+        problems.append(f"runc still lists {runc_known(runc_root)}")
+    if problems:
+        pytest.fail(f"{what} left (now removed): " + "; ".join(problems))
 
 
 def lo_state(ct: Container) -> str:

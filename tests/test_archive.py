@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -34,13 +35,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.skipif(SKIP is not None, reas
 
 @pytest.fixture
 def env(runc_root, tmp_path):
-    e = rs.Env(runc_root, str(tmp_path))
-    yield e
-    problems = e.cleanup()
-    if rs.runc_known(runc_root):
-        problems.append(f"runc still lists {rs.runc_known(runc_root)}")
-    if problems:
-        pytest.fail("the test left (now removed): " + "; ".join(problems))
+    yield from rs.checked_env(runc_root, tmp_path)
 
 
 def _no_temporaries(*dirs: str) -> None:
@@ -79,6 +74,8 @@ def test_export_then_import_into_an_empty_bundle(env, compress):
     restored.counter.assert_continued(stopped_at)
     assert restored.exec("cat", "/tmp/count").returncode == 0
     _no_temporaries(bundle)
+    # the bundle the import made keeps host users away from the archive's device nodes and setuid files
+    assert stat.S_IMODE(os.stat(bundle).st_mode) == 0o700, oct(os.stat(bundle).st_mode)
     restored.kill_and_delete()
 
 
@@ -298,3 +295,67 @@ def test_ctrl_c_during_import_leaves_nothing(env):
     rb.assert_failed(res, 130, "nothing was restored and nothing was left behind")
     assert not os.path.exists(bundle), os.listdir(bundle)
     rs.assert_nothing_left(new, env.root, env.workdir)
+
+
+def ctrl_c_after(target: str) -> str:
+    """Code for `python -c CODE ARGS`: `fastckpt ARGS` whose fastckpt.TARGET ("module.function", one that runs
+    while Ctrl-C is held back) gets a Ctrl-C once it returned: taken once the guarded section is complete."""
+    module, name = target.split(".")
+    return f"""
+import os, signal, sys
+from fastckpt import {module} as mod
+from fastckpt.cli import main
+
+real = mod.{name}
+def hooked(*a, **kw):
+    res = real(*a, **kw)
+    os.kill(os.getpid(), signal.SIGINT)
+    return res
+mod.{name} = hooked
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_after_the_import_completed_keeps_the_bundle(env):
+    """A Ctrl-C that comes while the import's restore runs is taken once it is complete: the container runs,
+    and the bundle it runs from (its rootfs, config.json) stays."""
+    ct = env.start()
+    archive = os.path.join(env.workdir, "x.tar.zst")
+    assert env.fastckpt("checkpoint", "--export", archive, ct.id).returncode == 0
+    stopped_at = ct.counter.last()
+    bundle = os.path.join(env.workdir, "new-bundle")
+    new = rs.new_id("late")
+    env.track(new, bundle)
+    r = rs.run([sys.executable, "-c", ctrl_c_after("restorer._restore_container"), "--root", env.root, "restore",
+                "-d", "--import", archive, "--bundle", bundle, new], env.workdir, 120)
+    assert r.returncode == 130 and "interrupted after the restore completed" in r.stderr, str(r)
+    restored = env.track(new, bundle)
+    restored.assert_running()
+    assert os.path.isfile(os.path.join(bundle, "config.json")), "the running container's bundle was removed"
+    restored.counter.assert_continued(stopped_at)
+    _no_temporaries(bundle)
+    restored.kill_and_delete()
+
+
+def test_ctrl_c_after_the_exports_checkpoint_completed_keeps_its_images(env):
+    """A Ctrl-C that comes while CRIU dumps for --export (no --image-path) is taken once the checkpoint is
+    complete: the container is gone, and its images, in the private directory the message names, stay
+    (and restore)."""
+    import re
+
+    ct = env.start()
+    archive = os.path.join(env.workdir, "x.tar.zst")
+    r = rs.run([sys.executable, "-c", ctrl_c_after("engine._dump"), "--root", env.root, "checkpoint", "--export",
+                archive, ct.id], env.workdir, 120)
+    assert r.returncode == 130 and "interrupted after the checkpoint completed" in r.stderr, str(r)
+    assert ct.state() is None
+    images = re.search(r"images in (\S+);", r.stderr).group(1)
+    assert os.path.isfile(os.path.join(images, "inventory.img")), f"the images named were removed: {r.stderr}"
+    stopped_at = ct.counter.last()
+    restored = env.track(rs.new_id("kept"), ct.bundle)
+    rr = env.fastckpt("restore", "-d", "--image-path", images, "-b", ct.bundle, restored.id)
+    assert rr.returncode == 0, str(rr)
+    restored.assert_running()
+    restored.counter.assert_continued(stopped_at)
+    restored.kill_and_delete()
+    shutil.rmtree(images)

@@ -251,6 +251,30 @@ def test_member_count_bound(good, world):
     world.refused(good, "more than 5 members", limits=archive.Limits(max_members=5))
 
 
+def test_json_bound_covers_the_checkpoints_json_files(good, world):
+    """The manifest (and fastckpt.json, descriptors.json) are read whole into memory as the .dump files are:
+    the same bound (first in the archive, the manifest is the member named)."""
+    world.refused(good, "checkpoint/fastckpt-manifest.json", "more than 100", limits=archive.Limits(max_json=100))
+
+
+def test_many_members_are_checked_in_bounded_memory(tmp_path):
+    """A rootfs tar of many members (an archive may hold 2,000,000) is checked without keeping their headers:
+    tarfile keeps each one it reads (~500 bytes: 25 MB for these 50,000, ~1 GB at the bound)."""
+    import tracemalloc
+
+    path = str(tmp_path / "many.tar")
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as t:
+        for i in range(50_000):
+            t.addfile(tarfile.TarInfo(f"d/f{i:06d}"), io.BytesIO(b""))
+    tracemalloc.start()
+    try:
+        archive.scan_tar("a.tar", path, archive.ROOTFS_DIFF, archive._Budget("a.tar", archive.Limits()))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak >> 20} MiB held while checking 50,000 members"
+
+
 def test_byte_bound(good, world):
     world.refused(good, "more than 1000 bytes unpacked", limits=archive.Limits(max_bytes=1000))
 
@@ -316,6 +340,43 @@ def test_device_node_inside_rootfs_is_made_there(good, tmp_path, world):
     world.import_(bad)
     st = os.lstat(os.path.join(world.bundle, "rootfs", "dev", "null"))
     assert stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == 1 and os.minor(st.st_rdev) == 3
+
+
+@pytest.mark.skipif(not ROOT, reason="mknod needs root")
+@pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.FIFOTYPE], ids=["chr", "fifo"])
+def test_node_swapped_for_a_link_does_not_chmod_the_host_file(good, tmp_path, world, monkeypatch, kind):
+    """A host user who can write in a directory of the rootfs being extracted (the archive made it 0777)
+    swaps a device node or FIFO, just made, for a link to a host file: its mode is not set through it."""
+    host_file = os.path.join(world.outside, "shadow")
+    with open(host_file, "w") as f:
+        f.write("secret")
+    os.chmod(host_file, 0o600)
+    node = info("node", None, kind)
+    node.devmajor, node.devminor = 1, 3
+    node.mode = 0o666
+    bad = with_rootfs(good, str(tmp_path / "node.tar"), [(node, None)])
+    real_mknod, real_mkfifo = os.mknod, os.mkfifo
+
+    def swap(name, dir_fd):
+        os.unlink(name, dir_fd=dir_fd)
+        os.symlink(host_file, name, dir_fd=dir_fd)
+
+    def mknod(name, *a, dir_fd=None, **kw):
+        real_mknod(name, *a, dir_fd=dir_fd, **kw)
+        if name == "node":
+            swap(name, dir_fd)
+
+    def mkfifo(name, *a, dir_fd=None, **kw):
+        real_mkfifo(name, *a, dir_fd=dir_fd, **kw)
+        if name == "node":
+            swap(name, dir_fd)
+
+    monkeypatch.setattr(os, "mknod", mknod)
+    monkeypatch.setattr(os, "mkfifo", mkfifo)
+    with pytest.raises(DamagedImage, match="rootfs-diff.tar:node.*replaced"):
+        world.import_(bad)
+    st = os.stat(host_file)
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0, oct(st.st_mode)
 
 
 @pytest.mark.skipif(not ROOT, reason="needs root")
@@ -412,6 +473,7 @@ def test_cli_refuses_hostile_archive_and_leaves_nothing(good, tmp_path):
     assert r.returncode == 1, r
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("fastckpt: ") and "/etc/evil-fastckpt" in lines[0], r.stderr
+    assert lines[0].endswith("; refused, nothing was restored"), lines[0]
     assert not os.path.exists("/etc/evil-fastckpt")
     assert not bundle.exists(), f"the bundle was left: {list(bundle.iterdir())}"
     assert not (root / "fct-hostile").exists()
@@ -428,6 +490,39 @@ def test_cli_usage_errors(tmp_path):
     assert r.returncode == 2 and "--compress needs --export" in r.stderr
     r = cli("restore", "--import", str(tmp_path / "a"), "--image-path", str(tmp_path), "x")
     assert r.returncode == 2 and "exclude each other" in r.stderr
+    for flag in ("--podman-image", "--podman-image-id"):  # podman's import needs both
+        r = cli("checkpoint", "--export", str(tmp_path / "a"), flag, "localhost/x", "x")
+        assert r.returncode == 2 and "--podman-image and --podman-image-id go together" in r.stderr, r
+
+
+@pytest.mark.skipif(not ROOT, reason="restore needs root")
+def test_cli_import_of_what_is_no_file(tmp_path):
+    """A directory, a FIFO or nothing given to --import: one line saying which, exit 2, nothing left."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    for name, want in (("dir", "is a directory, not an archive"), ("fifo", "not a regular file"),
+                       ("none", "no such file")):
+        r = subprocess.run([sys.executable, "-m", "fastckpt", "--root", str(tmp_path / "root"), "restore", "-d",
+                            "--import", str(tmp_path / name), "--bundle", str(tmp_path / "b"), "fct-nofile"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and want in r.stderr and len(r.stderr.splitlines()) == 1, (name, r)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "root").exists()
+
+
+@pytest.mark.skipif(not ROOT, reason="restore needs root")
+def test_failed_import_puts_back_the_users_config_json(good, tmp_path):
+    """An import into a bundle of the user's that holds a config.json writes the archive's; when the
+    restore fails (here: the fake images), the user's config.json is back as it was."""
+    import fastckpt
+
+    bundle = tmp_path / "mine"
+    bundle.mkdir()
+    (bundle / "config.json").write_text('{"the": "user\'s own"}')
+    with pytest.raises(fastckpt.Error):
+        fastckpt.restore("fct-cfg-" + os.urandom(4).hex(), root=str(tmp_path / "runc-root"), import_archive=good,
+                         bundle=str(bundle), detach=True)
+    assert (bundle / "config.json").read_text() == '{"the": "user\'s own"}'
+    assert sorted(os.listdir(bundle)) == ["config.json"], os.listdir(bundle)
 
 
 def test_full_rootfs_archive_refuses_a_nonempty_rootfs(good, world):

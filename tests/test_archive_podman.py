@@ -33,15 +33,8 @@ IMAGE = "localhost/fastckpt-test-busybox:latest"
 
 
 @pytest.fixture
-def podman(tmp_path):
-    ps.require()
-    import tempfile
-
-    p = ps.Podman(tempfile.mkdtemp(prefix="fcpod-"))  # podman wants a runroot shorter than 50 characters
-    yield p
-    problems = p.cleanup()
-    if problems:
-        pytest.fail("podman cleanup: " + "; ".join(problems))
+def podman():
+    yield from ps.private()
 
 
 @pytest.fixture
@@ -56,11 +49,7 @@ def image(podman, tmp_path):
 
 @pytest.fixture
 def env(runc_root, tmp_path):
-    e = rs.Env(runc_root, str(tmp_path))
-    yield e
-    problems = e.cleanup()
-    if problems:
-        pytest.fail("the test left (now removed): " + "; ".join(problems))
+    yield from rs.checked_env(runc_root, tmp_path)
 
 
 def _podman_counter(podman, name: str) -> rs.Counter:

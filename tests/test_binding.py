@@ -204,3 +204,29 @@ def test_bad_values_through_the_api_are_usage_errors(call, needle):
     """(Were ValueError and TypeError from int() and a comparison.)"""
     with pytest.raises(fastckpt.UsageError, match=needle):
         call()
+
+
+def test_watchdog_stops_nothing_once_the_operation_ended():
+    """The operation ends (stop()) while the watchdog is deciding to stop CRIU: CRIU's process (and what
+    it forked: a restored container) is left alone, and no reason is reported."""
+    import subprocess
+    import threading
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        dog = None
+
+        def watch():  # the operation ends right as the watch finds a reason to stop CRIU
+            threading.Thread(target=dog.stop).start()
+            assert dog._stop_event.wait(10)
+            return "a reason found too late"
+
+        dog = criu_proc.Watchdog(child.pid, None, None, 1 << 30, watch=watch)
+        dog.start()
+        dog.join(20)
+        assert not dog.is_alive()
+        assert child.poll() is None, "the watchdog killed a process after the operation ended"
+        assert dog.reason is None
+    finally:
+        child.kill()
+        child.wait()

@@ -40,3 +40,18 @@ def test_check_json():
     assert info["version_ok"] is True and info["check_ok"] is True
     assert set(info["features"]) >= {"mem_track", "lazy_pages", "pidfd_store"}
     assert all(isinstance(v, bool) for v in info["features"].values())
+
+
+def test_check_reports_the_cgroup_layout():
+    """The layout the suite runs in (hybrid as the host is, unified in make test's cgroup2 namespace)."""
+    proc = cs.run_cli("check")
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(rf"^cgroup layout: {cs.LAYOUT} \(controllers: .+\)$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^container checkpoint/restore: yes \(frozen through (cgroup\.freeze|the v1 freezer)",
+                     proc.stdout, re.M), proc.stdout
+    info = json.loads(cs.run_cli("check", "--json").stdout)["cgroups"]
+    assert info["layout"] == cs.LAYOUT and info["containers"] is True, info
+    if cs.UNIFIED:
+        assert "hugetlb" in info["controllers"] and "BPF" in info["how"]
+    else:
+        assert {"freezer", "devices"} <= set(info["controllers"])

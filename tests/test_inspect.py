@@ -113,7 +113,8 @@ def test_not_a_checkpoint(tmp_path):
     archive = tmp_path / "ckpt.tar.zst"
     archive.write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 64)
     # an archive is unpacked and checked as an import checks it: a damaged one is named, in one line
-    cs.assert_one_line_error(cs.run_cli("inspect", str(archive)), 1, "damaged or truncated")
+    err = cs.assert_one_line_error(cs.run_cli("inspect", str(archive)), 1, "damaged or truncated")
+    assert "restored" not in err, err  # inspect restores nothing: no word of it
     with pytest.raises(ImageError, match="damaged or truncated"):
         fastckpt.inspect_path(str(archive))
     assert not [n for n in os.listdir(tempfile.gettempdir()) if n.startswith("fastckpt-inspect-")]
@@ -330,46 +331,15 @@ def test_inspect_process_tree(proc_tree, tmp_path):
 
 # --- podman's checkpoints ----------------------------------------------------------------------
 
-PODMAN_CONF = """[engine]
-cgroup_manager="cgroupfs"
-events_logger="file"
-runtime="runc"
-[containers]
-default_ulimits=["nofile=20000:20000","nproc=4096:4096"]
-"""
 PODMAN_SCRIPT = "exec 3>/tmp/held.txt; sleep 1000 & i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done"
 
 
 @pytest.fixture
-def podman(tmp_path):
-    """podman(*args) -> CompletedProcess, in a storage root, run root and containers.conf of the test's own
-    (this host has no systemd: cgroupfs, runc); everything it made is removed afterwards."""
-    import shutil
+def podman():
+    """A podman of the test's own (tests/podman_support.py: storage, run root, containers.conf)."""
+    import podman_support as ps
 
-    if not shutil.which("podman"):
-        if os.environ.get("CI") == "true":
-            pytest.fail("podman is not installed (make deps installs it)")
-        pytest.skip("podman is not installed (make deps installs it)")
-    if os.geteuid() != 0:
-        pytest.skip("podman's checkpoints need root")
-    import tempfile
-
-    conf = tmp_path / "containers.conf"
-    conf.write_text(PODMAN_CONF)
-    runroot = tempfile.mkdtemp(prefix="fck-pm-", dir="/tmp")  # podman wants it under 50 characters
-    base = ["podman", "--root", str(tmp_path / "pm-root"), "--runroot", runroot, "--storage-driver", "vfs"]
-    env = dict(os.environ, CONTAINERS_CONF=str(conf))
-
-    def run(*args, check=True, **kw):
-        r = subprocess.run([*base, *args], env=env, capture_output=True, text=True, timeout=120, **kw)
-        assert not check or r.returncode == 0, f"podman {' '.join(args)}: exit {r.returncode}: {r.stderr}"
-        return r
-
-    yield run
-    run("rm", "--all", "--force", "--time", "0", check=False)
-    run("rmi", "--all", "--force", check=False)
-    shutil.rmtree(runroot, ignore_errors=True)
-    shutil.rmtree(tmp_path / "pm-root", ignore_errors=True)
+    yield from ps.private()
 
 
 @pytest.mark.integration
@@ -383,18 +353,17 @@ def test_inspect_podman_checkpoint(podman, tmp_path):
     fb.make_rootfs(rootfs)
     name = "inspect-" + cs.new_id()[-12:]
     image = f"localhost/{name}"
-    tarball = str(tmp_path / "rootfs.tar")
-    assert cs.run_quiet(["tar", "-C", rootfs, "-cf", tarball, "."]) == 0
-    podman("import", tarball, image)
-    cid = podman("run", "-d", "--name", name, "--network", "none", image, "sh", "-c", PODMAN_SCRIPT).stdout.strip()
+    podman.import_rootfs(rootfs, image)
+    podman.run(image, "sh", "-c", PODMAN_SCRIPT, name=name)
+    cid = podman.ok("inspect", "--format", "{{.Id}}", name)
 
     def counter():
-        r = podman("exec", name, "cat", "/tmp/count", check=False)
-        return int(r.stdout) if r.returncode == 0 and r.stdout.strip().isdigit() else None
+        out = podman.exec_cat(name, "/tmp/count")
+        return int(out) if out and out.strip().isdigit() else None
 
     cs.wait_advancing(counter, "the podman container's counter")
     archive = str(tmp_path / "ckpt.tar")
-    podman("container", "checkpoint", "--export", archive, "--compress", "none", name)
+    podman.ok("container", "checkpoint", "--export", archive, "--compress", "none", name)
     unpacked = tmp_path / "unpacked"
     with tarfile.open(archive) as t:
         t.extractall(unpacked, filter="tar") if hasattr(tarfile, "tar_filter") else t.extractall(unpacked)

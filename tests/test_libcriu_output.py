@@ -84,3 +84,20 @@ def test_check_as_non_root_is_one_line():
     assert len(lines) == 1, r.stderr
     assert "check needs root (or the capabilities CAP_CHECKPOINT_RESTORE and CAP_SYS_ADMIN)" in lines[0], lines
     assert "libcriu returned" not in r.stderr
+
+
+def test_held_back_are_libcriu_lines_only():
+    """While libcriu is called, fd 2 is held back and libcriu's own messages dropped; a line of the
+    caller's that merely starts alike ("Can't ...") reaches stderr, in its order."""
+    code = """
+import os
+from fastckpt import criu_proc
+with criu_proc._LibcriuStderr():
+    os.write(2, b"Can't open my own config: No such file or directory\\n")
+    os.write(2, b"Can't send request: Broken pipe\\n")
+    os.write(2, b"Failed unpacking response: Success\\n")
+    os.write(2, b"the caller's own line\\n")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r
+    assert r.stderr == "Can't open my own config: No such file or directory\nthe caller's own line\n", r.stderr

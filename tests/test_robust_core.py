@@ -85,6 +85,22 @@ def test_ctrl_c_during_a_dump_hung_by_a_pause(containers, tmp_path):
     ct.assert_memory_intact()
 
 
+def test_pause_that_comes_before_the_watchdogs_first_look(tmp_path, monkeypatch):
+    """CRIU seized the tasks, thawed the cgroup and wrote images, and someone paused the container again
+    before the watchdog first looked (a thawed spell of a few ms; seen under load, when CRIU then hung until
+    the dump's bound): the images CRIU wrote tell, and the pause is found."""
+    from fastckpt import criu_proc
+
+    monkeypatch.setattr(criu_proc.OutsidePause, "GRACE", 0.05)
+    watch = criu_proc.OutsidePause(lambda: True, str(tmp_path))
+    assert watch() is None and not watch.paused  # fastckpt's own freeze: CRIU has written nothing yet
+    (tmp_path / "pages-1.img").write_bytes(b"x")
+    assert watch() is None
+    time.sleep(0.1)
+    assert "paused (frozen) by someone else" in (watch() or ""), "the pause was not found"
+    assert watch.paused
+
+
 def test_dump_has_a_bound():
     """A dump is bounded like a restore: a minute plus 20 s a GB of the tree's resident memory."""
     from fastckpt import criu_proc

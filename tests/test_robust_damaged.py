@@ -136,8 +136,8 @@ def test_watchdog_stops_criu_looping_on_a_cut_short_pages_image(proc_tree, tmp_p
 # Made certain here with a stand-in for criu that does just that: once it is in the cgroup fastckpt puts
 # CRIU in, it forks a task that appends 64 KiB to CRIU's log every 10 ms, and sleeps.
 LOOPING_CRIU = """#!/bin/sh
-start=$(grep :freezer: /proc/$PPID/cgroup); i=0  # fastckpt's: it may have moved us before we look
-while [ "$(grep :freezer: /proc/self/cgroup)" = "$start" ] && [ $i -lt 300 ]; do sleep 0.01; i=$((i+1)); done
+start=$(grep {freezer_line} /proc/$PPID/cgroup); i=0  # fastckpt's: it may have moved us before we look
+while [ "$(grep {freezer_line} /proc/self/cgroup)" = "$start" ] && [ $i -lt 300 ]; do sleep 0.01; i=$((i+1)); done
 ( while :; do head -c 65536 /dev/zero | tr '\\0' x >> "{log}"; sleep 0.01; done ) &
 exec sleep 1000
 """
@@ -158,7 +158,7 @@ def restore_with_looping_criu(args, workdir: str, log: str, clean) -> rs.Result:
     after the log passed the bound, kill it and what it started (CLEAN(cli_pid)) and fail."""
     criu = os.path.join(workdir, "looping-criu")
     with open(criu, "w") as f:
-        f.write(LOOPING_CRIU.format(log=log))
+        f.write(LOOPING_CRIU.format(log=log, freezer_line=cs.FREEZER_LINE))
     os.chmod(criu, 0o755)
     env = dict(os.environ, FASTCKPT_CRIU=criu, FASTCKPT_KDAT_CACHE="0")
     out, err = os.path.join(workdir, ".looping-out"), os.path.join(workdir, ".looping-err")
@@ -182,7 +182,9 @@ def restore_with_looping_criu(args, workdir: str, log: str, clean) -> rs.Result:
         raise AssertionError(f"fastckpt restore did not end within {HANG:g} s after CRIU's log passed the "
                              f"watchdog's bound (waiting in {wchan}); the log grew to {size >> 20} MiB") from None
     with open(out) as o, open(err) as e:
-        return rs.Result(list(args), rc, o.read(), e.read())
+        res = rs.Result(list(args), rc, o.read(), e.read())
+    res.pid = p.pid  # the command's: its CRIU containment cgroup is named after it
+    return res
 
 
 def assert_stopped(r: rs.Result, log: str) -> None:
@@ -217,7 +219,8 @@ def test_watchdog_stop_ends_a_process_tree_restore_whatever_criu_forked(proc_tre
 
     r = restore_with_looping_criu(["restore", "--image-path", images], str(tmp_path), log, clean)
     assert_stopped(r, log)
-    assert not rb.restore_cgroups(), rb.restore_cgroups()
+    # its own containment cgroup (the host's other restores, by other tests, have theirs)
+    assert not rb.restore_cgroups(r.pid), rb.restore_cgroups(r.pid)
 
 
 def test_watchdog_stop_ends_a_container_restore_whatever_criu_forked(containers, tmp_path):
@@ -264,8 +267,8 @@ def test_watchdog_stop_says_it_in_one_line(proc_tree, tmp_path, restored):
 # A criu that dies (crashes, is OOM-killed) after it forked a task of the restore: the task goes on (here it
 # let go of CRIU's socket, so libcriu sees CRIU go at once).  README: a failed restore removes all it made.
 DYING_CRIU = """#!/bin/sh
-start=$(grep :freezer: /proc/$PPID/cgroup); i=0  # fastckpt's: it may have moved us before we look
-while [ "$(grep :freezer: /proc/self/cgroup)" = "$start" ]; do
+start=$(grep {freezer_line} /proc/$PPID/cgroup); i=0  # fastckpt's: it may have moved us before we look
+while [ "$(grep {freezer_line} /proc/self/cgroup)" = "$start" ]; do
     i=$((i+1)); [ $i -gt 100 ] && exit 1  # not a restore fastckpt contains (its version query): just fail
     sleep 0.01
 done
@@ -288,7 +291,7 @@ def _left_alive(pid_file: str) -> list:
 def test_criu_dying_half_way_leaves_nothing(kind, proc_tree, containers, tmp_path, restored):
     pid_file = str(tmp_path / "forked.pid")
     criu = tmp_path / "dying-criu"
-    criu.write_text(DYING_CRIU.format(pid_file=pid_file))
+    criu.write_text(DYING_CRIU.format(pid_file=pid_file, freezer_line=cs.FREEZER_LINE))
     criu.chmod(0o755)
     env = {"FASTCKPT_CRIU": str(criu), "FASTCKPT_KDAT_CACHE": "0"}
     images = str(tmp_path / "images")

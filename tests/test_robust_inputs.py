@@ -46,7 +46,6 @@ from fastckpt import manifest
 
 pytestmark = pytest.mark.integration
 
-SKIP = rs.skip_reason()
 
 
 @dataclass
@@ -69,8 +68,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, mem_binary):  # noqa: F811
-    if SKIP:
-        pytest.skip(SKIP)
+    cs.require_integration()
     base = str(tmp_path_factory.mktemp("robust-inputs"))
     os.makedirs(os.path.join(base, "cases"))
     root = os.path.join(base, "runc-root")

@@ -70,6 +70,8 @@ def warm_stop() -> None:
     """One warm_start() done; the last one stops the thread (waits for it, at most one write)."""
     _, lib = _lib()
     lib.fc_warm_stop()
+
+
 def pidfd_getfd(pidfd: int, fd: int) -> int:
     """A duplicate of descriptor FD of the process behind PIDFD (Linux >= 5.6), close-on-exec."""
     ffi, lib = _lib()
@@ -78,3 +80,31 @@ def pidfd_getfd(pidfd: int, fd: int) -> int:
         e = ffi.errno
         raise OSError(e, f"pidfd_getfd: {os.strerror(e)}")
     return ret
+
+
+def fs_type(path: str) -> int:
+    """statfs(2)'s f_type of PATH: the magic number of the filesystem mounted there."""
+    ffi, lib = _lib()
+    ret = lib.fastckpt_fs_type(os.fsencode(path))
+    if ret == -1:
+        e = ffi.errno
+        raise OSError(e, os.strerror(e), path)
+    return ret & 0xFFFFFFFF
+
+
+def bpf(cmd: int, attr: bytearray) -> int:
+    """bpf(2) with ATTR (a union bpf_attr, read back into ATTR); the result, or OSError."""
+    ffi, lib = _lib()
+    buf = ffi.from_buffer(attr)
+    ret = lib.fastckpt_bpf(cmd, buf, len(attr))
+    if ret < 0:
+        e = ffi.errno
+        raise OSError(e, f"bpf: {os.strerror(e)}")
+    return ret
+
+
+def buffer(data, copy: bool = True):
+    """(keep-alive object, address) of a C buffer: a copy of DATA, or DATA's own memory (a bytearray)."""
+    ffi, _ = _lib()
+    p = ffi.new("char[]", bytes(data)) if copy else ffi.from_buffer(data)
+    return p, int(ffi.cast("uintptr_t", p))

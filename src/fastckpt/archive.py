@@ -78,7 +78,7 @@ class Limits(Record, frozen=True):
 
     max_members: int = MAX_MEMBERS
     max_bytes: int = MAX_BYTES
-    max_json: int = MAX_JSON
+    max_json: int = MAX_JSON  # a JSON file (.dump, deleted.files, checkpoint/*.json)
 
 
 class ExportResult(Record):
@@ -105,7 +105,7 @@ class Imported(Record):
 
 def _refused(archive: str, member: str | None, what: str) -> DamagedImage:
     where = f", member {member!r}" if member else ""
-    return DamagedImage(f"archive {archive}{where}: {what}; refused, nothing was restored", path=archive,
+    return DamagedImage(f"archive {archive}{where}: {what}; refused", path=archive,
                         problems=[(member or archive, what)])
 
 
@@ -581,10 +581,18 @@ class _EndSeen(_SafeTarInfo):
             raise
 
 
+def _each(tar):
+    """TAR's members one at a time, none kept: tarfile keeps every header it read (~500 bytes each: ~1 GB
+    for the 2,000,000 members an archive may have)."""
+    for ti in tar:
+        tar.members.clear()
+        yield ti
+
+
 def _members(tar, path: str, after: list):
     """The members of TAR; an error once the stream ends anywhere but at the end-of-archive blocks."""
     tar.fastckpt_end = None
-    for ti in tar:
+    for ti in _each(tar):
         after[0] = ti.name
         yield ti
     if tar.fastckpt_end != "end":
@@ -635,6 +643,9 @@ def unpack(path: str, directory: str, limits: Limits | None = None) -> Imported:
                     if len(parts) != 2 or not ti.isreg():
                         raise _refused(path, ti.name, "not a regular file directly in checkpoint/ (links, "
                                                       "devices and subdirectories are refused there)")
+                    # the manifest, fastckpt.json, descriptors.json: read whole into memory
+                    if parts[1].endswith(".json") and ti.size > limits.max_json:
+                        raise _refused(path, ti.name, f"{ti.size} bytes, more than {limits.max_json}")
                     target = os.path.join(images, parts[1])
                 elif len(parts) == 1 and top in _TOP_FILES:
                     if not ti.isreg():
@@ -793,6 +804,19 @@ class _Root:
             os.close(fd)
         os.rmdir(name, dir_fd=dir_fd)
 
+    def own_node(self, parent: int, name: str, ti: tarfile.TarInfo, kind: int) -> None:
+        """Owner and mode of the device node or FIFO just made as NAME, set on that node only: chmod
+        follows links, so it goes through an O_PATH fd of the node (someone who can write in its
+        directory may have swapped it for a link to a host file meanwhile: refused)."""
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            if stat.S_IFMT(os.fstat(fd).st_mode) != kind:
+                raise self.refuse(ti.name, "replaced by something else while it was extracted")
+            os.chown(f"/proc/self/fd/{fd}", ti.uid, ti.gid)
+            os.chmod(f"/proc/self/fd/{fd}", ti.mode & 0o7777)
+        finally:
+            os.close(fd)
+
     def extract(self, ti: tarfile.TarInfo, data) -> None:
         parts = member_parts(ti.name)
         if parts is None:
@@ -855,12 +879,10 @@ class _Root:
             elif ti.ischr() or ti.isblk():
                 kind = stat.S_IFCHR if ti.ischr() else stat.S_IFBLK
                 os.mknod(name, kind | mode, os.makedev(ti.devmajor, ti.devminor), dir_fd=parent)
-                os.chown(name, ti.uid, ti.gid, dir_fd=parent, follow_symlinks=False)
-                os.chmod(name, mode, dir_fd=parent)
+                self.own_node(parent, name, ti, kind)
             elif ti.isfifo():
                 os.mkfifo(name, mode, dir_fd=parent)
-                os.chown(name, ti.uid, ti.gid, dir_fd=parent, follow_symlinks=False)
-                os.chmod(name, mode, dir_fd=parent)
+                self.own_node(parent, name, ti, stat.S_IFIFO)
             else:
                 raise self.refuse(ti.name, f"a member of tar type {ti.type!r}, which a rootfs cannot hold")
             os.utime(name, (ti.mtime, ti.mtime), dir_fd=parent, follow_symlinks=False)
@@ -901,7 +923,7 @@ def extract_tar(archive: str, path: str, label: str, dest: str) -> None:
     root = _Root(dest, archive, label)
     try:
         with tarfile.open(path, mode="r:", tarinfo=_SafeTarInfo) as tar:
-            for ti in tar:
+            for ti in _each(tar):
                 root.extract(ti, tar.extractfile(ti) if ti.isreg() else None)
     except (tarfile.TarError, EOFError) as e:
         raise _refused(archive, label, f"damaged or truncated ({e})") from None
@@ -977,8 +999,9 @@ def bundle_spec(spec: dict, bundle: str, rootfs: str) -> tuple[dict, dict[str, s
     return spec, standins
 
 
-def build_bundle(imp: Imported, bundle: str, archive: str, limits: Limits | None = None) -> list[str]:
-    """Make BUNDLE (config.json, rootfs) from the unpacked archive; returns what was made (undo list).
+def build_bundle(imp: Imported, bundle: str, archive: str, limits: Limits | None = None) -> list:
+    """Make BUNDLE (config.json, rootfs) from the unpacked archive; returns what was made (the undo list:
+    paths made, (path, bytes) of a config.json of the user's it replaced).
 
     The rootfs: the archive's whole one, or BUNDLE/rootfs (the image's files)
     with rootfs-diff.tar applied and deleted.files removed.  Every tar is
@@ -986,7 +1009,7 @@ def build_bundle(imp: Imported, bundle: str, archive: str, limits: Limits | None
     limits = limits or Limits()
     budget = _Budget(archive, limits)  # the archive's members count too
     budget.members, budget.bytes = imp.counted
-    made: list[str] = []
+    made: list = []
     rootfs = os.path.join(bundle, "rootfs")
     full = imp.meta.get("rootfs") == "full"
     diff = os.path.join(imp.directory, ROOTFS_DIFF) if ROOTFS_DIFF in imp.files else None
@@ -1022,26 +1045,41 @@ def build_bundle(imp: Imported, bundle: str, archive: str, limits: Limits | None
     if devshm and "/dev/shm" in standins:
         extract_tar(archive, devshm, DEVSHM_TAR, standins["/dev/shm"])
     cfg = os.path.join(bundle, "config.json")
-    if not os.path.exists(cfg):
+    try:
+        with open(cfg, "rb") as f:
+            made.append((cfg, f.read()))  # the user's: put back if the import fails
+    except FileNotFoundError:
         made.append(cfg)
-    tmp = cfg + f".tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(spec, f, indent=2)
-    os.rename(tmp, cfg)
+    _write_replacing(cfg, json.dumps(spec, indent=2).encode())
     return made
 
 
-def _undo(made: list[str]) -> None:
+def _write_replacing(path: str, data: bytes) -> None:
+    tmp = path + f".tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, path)
+
+
+def _undo(made: list) -> None:
+    """Undo what build_bundle made: paths are removed, (path, bytes) files of the user's written back."""
     import shutil
 
-    for path in reversed(made):
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
+    for item in reversed(made):
+        if isinstance(item, tuple):
             try:
-                os.unlink(path)
+                _write_replacing(*item)
             except OSError:
                 pass
+        elif os.path.isdir(item) and not os.path.islink(item):
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            try:
+                os.unlink(item)
+            except OSError:
+                pass
+
+
 
 
 def restore_import(container_id: str | None, options, *, root: str, session=None, limits: Limits | None = None):
@@ -1059,18 +1097,24 @@ def restore_import(container_id: str | None, options, *, root: str, session=None
     if container_id is None:
         raise UsageError("restore --import needs a container id: the archive holds a container")
     runc.validate_id(container_id)
+    if os.path.isdir(archive):
+        raise UsageError(f"--import {archive} is a directory, not an archive (an image directory is restored "
+                         "with --image-path)")
     if not os.path.isfile(archive):
-        raise UsageError(f"--import {archive}: no such file")
+        what = "not a regular file" if os.path.lexists(archive) else "no such file"
+        raise UsageError(f"--import {archive}: {what}")
     if os.path.exists(os.path.join(root, container_id)):
         from .errors import ContainerStateError
 
         raise ContainerStateError(f"container {container_id!r} already exists (in runc root {root})",
                                   errno=errno.EEXIST)
     bundle = options.resolved_bundle()
-    made: list[str] = []
+    made: list = []
     if not os.path.isdir(bundle):
         try:
-            os.makedirs(bundle, mode=0o755)
+            # 0700: the archive's rootfs may hold device nodes and setuid files, which host users must
+            # not reach through it (podman keeps its layers in a 0700 storage for the same reason)
+            os.makedirs(bundle, mode=0o700)
         except OSError as e:
             raise Error(f"cannot create the bundle {bundle}: {e.strerror}", errno=e.errno) from None
         made.append(bundle)
@@ -1080,6 +1124,9 @@ def restore_import(container_id: str | None, options, *, root: str, session=None
             tmp = tempfile.mkdtemp(prefix=".fastckpt-import-", dir=bundle)
             imp = unpack(archive, tmp, limits)
             made += build_bundle(imp, bundle, archive, limits)
+        except DamagedImage as e:
+            raise DamagedImage(f"{e}, nothing was restored", path=e.path, errno=e.errno,
+                               problems=e.problems) from None
         except KeyboardInterrupt:
             from .errors import Interrupted
 
@@ -1088,7 +1135,10 @@ def restore_import(container_id: str | None, options, *, root: str, session=None
         return restorer.restore(container_id, options.replace(import_archive=None, image_path=imp.images,
                                                               bundle=bundle), root=root, session=session)
     except BaseException:
-        _undo(made)
+        # a failed restore leaves no runc state: one there is a restore that completed (and was
+        # interrupted after), whose container runs from the bundle
+        if not os.path.exists(os.path.join(root, container_id, "state.json")):
+            _undo(made)
         raise
     finally:
         if tmp:
@@ -1148,8 +1198,10 @@ def checkpoint_export(container_id: str | None, options, *, pid=None, root: str,
         options = options.replace(image_path=tmp)
     try:
         res = engine.checkpoint(container_id, options, root=root, session=session)
-    except BaseException:
-        if tmp:
+    except BaseException as e:
+        # a checkpoint that completed (then was interrupted, or its manifest failed) names its images: they
+        # are all there is of the container now
+        if tmp and not getattr(e, "completed_images", None):
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:

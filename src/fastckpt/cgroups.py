@@ -1,17 +1,138 @@
-"""cgroups for a container being restored: the paths runc would use, made and removed.
+"""cgroups for a container: the host's layout, and the paths, limits and device rules
+runc gives a container, made and removed.
 
-cgroup v1 controllers (plus the v2 hierarchy of a hybrid host), as runc 1.1
-lays them out: ``<mount>/<own cgroup of this process>/<name>`` when the
-config gives no path, ``<mount>/<path>`` when it does.
+runc 1.1's rules. The layout: /sys/fs/cgroup a cgroup2 mount is a unified
+(cgroup v2 only) host; a cgroup2 mount at /sys/fs/cgroup/unified beside the v1
+controllers a hybrid one; v1 controllers alone a legacy one.  Paths, v1:
+``<mount>/<own cgroup of this process>/<name>`` when the config gives no path,
+``<mount>/<path>`` when it does; v2: ``/sys/fs/cgroup/<parent of own
+cgroup>/<name>`` or ``/sys/fs/cgroup/<path>``.  Limits are written as runc's
+v1 (fs) or v2 (fs2) manager writes them, its conversions included; device
+rules go to the v1 devices controller or, on v2, to an eBPF program
+(devicefilter.py).  A limit that cannot be applied is an error, never dropped.
 """
 from __future__ import annotations
 
 import errno
 import os
 
+ROOT = "/sys/fs/cgroup"
+UNIFIED, HYBRID, LEGACY = "unified", "hybrid", "legacy"
+CGROUP2_SUPER_MAGIC = 0x63677270
+CGROUP_SUPER_MAGIC = 0x27E0EB
+
+
+def _fs_type(path: str) -> int | None:
+    from . import _libc
+
+    try:
+        return _libc.fs_type(path)
+    except OSError:
+        return None
+
+
+def layout() -> str | None:
+    """The host's cgroup layout by runc's rules: UNIFIED, HYBRID, LEGACY, or None (no cgroups mounted)."""
+    if _fs_type(ROOT) == CGROUP2_SUPER_MAGIC:
+        return UNIFIED
+    if _fs_type(os.path.join(ROOT, "unified")) == CGROUP2_SUPER_MAGIC:
+        return HYBRID
+    if any(k for k in _v1_mounts() if k):
+        return LEGACY
+    return None
+
+
+def unsupported() -> str | None:
+    """Why containers cannot be checkpointed or restored with this host's cgroups, or None."""
+    kind = layout()
+    if kind is None:
+        return f"no cgroup filesystem is mounted at {ROOT}: containers cannot be checkpointed or restored here"
+    if kind == UNIFIED:
+        rel = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2] if x.isdigit())
+        if rel < (5, 2):
+            return (f"this cgroup v2 host's kernel ({os.uname().release}) has no cgroup.freeze (Linux >= 5.2): "
+                    "containers cannot be frozen for a checkpoint")
+        return None
+    if "freezer" not in _v1_mounts():
+        return f"this cgroup v1 ({kind}) host has no freezer hierarchy mounted: containers cannot be frozen"
+    return None
+
+
+def report() -> dict[str, object]:
+    """What `fastckpt check` says of the host's cgroups: the layout, and whether containers can be
+    checkpointed and restored there (with why not, or how)."""
+    kind = layout()
+    why = unsupported()
+    out: dict[str, object] = {"layout": kind or "none", "containers": why is None}
+    if kind == UNIFIED:
+        try:
+            out["controllers"] = _read(os.path.join(ROOT, "cgroup.controllers")).split()
+        except OSError:
+            out["controllers"] = []
+        if why is None:
+            try:  # what confines a restored container's devices here
+                from .devicefilter import load, program
+
+                os.close(load(program([])))
+            except OSError as e:
+                why = f"cannot load BPF device programs (a restored container's device rules): {e.strerror}"
+                out["containers"] = False
+        out["how"] = "frozen through cgroup.freeze; devices confined by BPF programs, as runc does"
+    elif kind:
+        out["controllers"] = sorted(k for k in _v1_mounts() if k)
+        out["how"] = "frozen through the v1 freezer; devices confined by the v1 devices controller"
+    if why:
+        out["why_not"] = why
+    return out
+
+
+def limit_criu_to_v2(opts) -> None:
+    """On a unified host CRIU is to handle the cgroup v2 hierarchy alone (CRIU's name for it: ""):
+    the kernel still lists v1 hierarchies in /proc/PID/cgroup (bound elsewhere, or never mounted), which
+    are not the container's and whose directories CRIU would otherwise dump and re-create."""
+    if layout() == UNIFIED:
+        opts.add_cg_dump_controller("")
+
+
+def unmount_yards(work_path: str) -> list[str]:
+    """Detach CRIU's cgroup yards (``.criu.cgyard.*``: the hierarchies CRIU mounts in its work directory
+    while it restores cgroups) that a CRIU stopped half-way left mounted; returns them."""
+    from . import _libc
+
+    parent = os.path.realpath(work_path)
+    found = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                mnt = line.split()[4].replace("\\040", " ")
+                if os.path.dirname(mnt) == parent and os.path.basename(mnt).startswith(".criu.cgyard."):
+                    found.append(mnt)
+        for mnt in found:
+            _libc.umount(mnt)  # detached: the hierarchies mounted in it go with it
+            os.rmdir(mnt)
+    except OSError:
+        pass  # best effort on a failure path
+    return found
+
+
+def require_supported() -> str:
+    """The host's layout; one clear Error when fastckpt cannot work with it."""
+    why = unsupported()
+    if why:
+        from .errors import Error
+
+        raise Error(why, errno=errno.EOPNOTSUPP)
+    return layout()  # type: ignore[return-value]
+
 
 def mounts() -> dict[str, str]:
     """cgroup hierarchy key (runc's: controller name, 'name=systemd', '' for v2) -> mount point."""
+    if layout() == UNIFIED:
+        return {"": ROOT}
+    return _v1_mounts()
+
+
+def _v1_mounts() -> dict[str, str]:
     out: dict[str, str] = {}
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -122,19 +243,34 @@ def prime_fast_migrations(requested: bool) -> None:
         _libc.warm_start(path, limit_ms=2000, user=False)
 
 
+def _clean(path: str) -> str:
+    """runc's CleanPath: normalized, and a relative path cannot climb out ("../x" is "x")."""
+    if not path:
+        return ""
+    if os.path.isabs(path):
+        return os.path.normpath(path)
+    return os.path.relpath(os.path.normpath("/" + path), "/")
+
+
 def paths_for(cg_config: dict) -> dict[str, str]:
     """The cgroup directories runc would give a container with this cgroups config."""
-    path = cg_config.get("path") or ""
-    name = cg_config.get("name") or ""
-    parent = cg_config.get("parent") or ""
+    path, name, parent = (_clean(cg_config.get(k) or "") for k in ("path", "name", "parent"))
+    if path and (name or parent):
+        from .errors import UsageError
+
+        raise UsageError(f"cgroup: either Path or Name and Parent should be used, got path {path!r}, "
+                         f"name {name!r}, parent {parent!r}")
+    inner = path or os.path.join(parent, name)
+    inner = "" if inner == "." else inner
     mine = own()
     out: dict[str, str] = {}
+    if layout() == UNIFIED:
+        # relative to the parent of this process's cgroup (its own has tasks: no controllers below it)
+        base = "/" if os.path.isabs(inner) else os.path.dirname(mine.get("", "/"))
+        return {"": os.path.normpath(os.path.join(ROOT, base.lstrip("/"), inner.lstrip("/")))}
     for key, mnt in mounts().items():
-        if path:
-            rel = path
-        else:
-            rel = os.path.join(mine.get(key, "/"), parent.lstrip("/"), name)
-        out[key] = os.path.normpath(os.path.join(mnt, rel.lstrip("/")))
+        base = "/" if os.path.isabs(inner) else mine.get(key, "/")
+        out[key] = os.path.normpath(os.path.join(mnt, base.lstrip("/"), inner.lstrip("/")))
     return out
 
 
@@ -145,68 +281,359 @@ def relative(key: str, full: str) -> str:
 
 
 def _write(path: str, value: str) -> None:
-    with open(path, "w") as f:
-        f.write(value)
+    """Write a cgroup file (never created: a missing one is ENOENT, as runc reports it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, path) from None
+    finally:
+        os.close(fd)
 
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+class SetupError(Exception):
+    """A cgroup setting that cannot be made; create() turns it into fastckpt's Error."""
+
+
+def create(paths: dict[str, str], resources: dict) -> list[str]:
+    """Make the cgroup directories and apply the config's resources as runc does; returns what was made.
+
+    A limit that cannot be applied (its controller missing on this host, a
+    setting this cgroup version has not) is an error, and nothing made is left.
+    """
+    made: list[str] = []
+    try:
+        if set(paths) == {""} and layout() == UNIFIED:
+            _mkdir_v2(paths[""], made)
+            _set_v2(paths[""], resources)
+        else:
+            for key, path in paths.items():
+                _mkdir_v1(key, path, made)
+            _set_v1(paths, resources)
+    except (OSError, SetupError) as e:
+        from .errors import Error  # not at the top: the CLI imports this module before `re`
+
+        if isinstance(e, Error):  # a device rule fastckpt refuses, as runc does
+            err = e
+        elif isinstance(e, SetupError):
+            err = Error(f"error setting cgroup config: {e}", errno=errno.EINVAL)
+        elif e.filename:
+            err = Error(f"error setting cgroup config: {e.filename}: {e.strerror.lower()}"
+                        f"{_missing_controller(e)}", errno=e.errno)
+        else:
+            err = Error(f"error setting cgroup config: {e.strerror}", errno=e.errno)
+        remove(made)
+        if err is e:
+            raise
+        raise err from e
+    return made
+
+
+def _missing_controller(e: OSError) -> str:
+    """Why a cgroup v2 file is missing, when its controller is not available there."""
+    if e.errno != errno.ENOENT or not e.filename:
+        return ""
+    d, name = os.path.split(e.filename)
+    ctrl = name.split(".", 1)[0]
+    try:
+        available = _read(os.path.join(d, "cgroup.controllers")).split()
+    except OSError:
+        return ""
+    if ctrl in available or ctrl == "cgroup":
+        return ""
+    return f" (the {ctrl} controller is not available in this host's cgroup v2 hierarchy)"
+
+
+def _mkdir_v1(key: str, path: str, made: list[str]) -> None:
+    todo = []
+    p = path
+    while not os.path.isdir(p):
+        todo.append(p)
+        p = os.path.dirname(p)
+    for d in reversed(todo):
+        os.mkdir(d, 0o755)
+        made.append(d)
+        if key == "cpuset":  # a v1 cpuset cgroup is empty when made: seeded from its parent
+            parent = os.path.dirname(d)
+            for f in ("cpuset.cpus", "cpuset.mems"):
+                _write(os.path.join(d, f), _read(os.path.join(parent, f)) or "\n")
+
+
+def _mkdir_v2(path: str, made: list[str]) -> None:
+    """runc's fs2 CreateCgroupPath: each level made, the host's controllers enabled below every
+    ancestor (best effort: a cgroup with tasks of its own refuses)."""
+    try:
+        ctrls = ["+" + c for c in _read(os.path.join(ROOT, "cgroup.controllers")).split()]
+    except OSError:
+        ctrls = []
+    rel = os.path.relpath(path, ROOT)
+    parts = [] if rel == "." else rel.split("/")
+    current = ROOT
+    for i in range(len(parts) + 1):
+        if i:
+            current = os.path.join(current, parts[i - 1])
+            if not os.path.isdir(current):
+                os.mkdir(current, 0o755)
+                made.append(current)
+        if i < len(parts) and ctrls:
+            sc = os.path.join(current, "cgroup.subtree_control")
+            try:
+                _write(sc, " ".join(ctrls))
+            except OSError:
+                for c in ctrls:
+                    try:
+                        _write(sc, c)
+                    except OSError:
+                        pass
+
+
+# --- resources: runc's v1 (fs) manager -----------------------------------------------
 
 def _device_rule(d: dict) -> str:
-    kind = {97: "a", 98: "b", 99: "c"}.get(d.get("type"), chr(d.get("type", 97)))
-    if kind == "a":
-        return "a"
+    """A device exception as devices.allow/deny take it: "c 1:3 rwm"."""
+    kind = d["type"]
     major = "*" if d.get("major", -1) < 0 else str(d["major"])
     minor = "*" if d.get("minor", -1) < 0 else str(d["minor"])
     return f"{kind} {major}:{minor} {d.get('permissions', 'rwm')}"
 
 
-def create(paths: dict[str, str], resources: dict) -> list[str]:
-    """Make the cgroup directories and apply the config's resources; returns what was made.
-
-    cpuset is seeded from its parent (a v1 cpuset cgroup is empty when made),
-    devices gets the config's allow/deny list; other limits when set.
-    """
-    made: list[str] = []
-    try:
-        for key, path in paths.items():
-            todo = []
-            p = path
-            while not os.path.isdir(p):
-                todo.append(p)
-                p = os.path.dirname(p)
-            for d in reversed(todo):
-                os.mkdir(d, 0o755)
-                made.append(d)
-                if key == "cpuset":
-                    parent = os.path.dirname(d)
-                    for f in ("cpuset.cpus", "cpuset.mems"):
-                        with open(os.path.join(parent, f)) as fh:
-                            _write(os.path.join(d, f), fh.read().strip() or "\n")
-        _apply(paths, resources)
-    except OSError as e:
-        remove(made)
-        from .errors import Error  # not at the top: the CLI imports this module before `re`
-
-        raise Error(f"cannot set up cgroup {e.filename or ''}: {e.strerror}", errno=e.errno) from e
-    return made
+def _dev(d: dict) -> str:
+    return f"{d['major']}:{d['minor']}"
 
 
-def _apply(paths: dict[str, str], r: dict) -> None:
-    dev = paths.get("devices")
-    if dev and r.get("devices"):
-        for d in r["devices"]:
-            _write(os.path.join(dev, "devices.allow" if d.get("allow") else "devices.deny"), _device_rule(d))
-    settings: list[tuple[str, str, object]] = [
-        ("memory", "memory.limit_in_bytes", r.get("memory")),
-        ("memory", "memory.soft_limit_in_bytes", r.get("memory_reservation")),
-        ("pids", "pids.max", r.get("pids_limit")),
-        ("cpu", "cpu.shares", r.get("cpu_shares")),
-        ("cpu", "cpu.cfs_period_us", r.get("cpu_period")),
-        ("cpu", "cpu.cfs_quota_us", r.get("cpu_quota")),
-        ("cpuset", "cpuset.cpus", r.get("cpuset_cpus")),
-        ("cpuset", "cpuset.mems", r.get("cpuset_mems")),
-    ]
-    for key, fname, value in settings:
-        if value and paths.get(key):
-            _write(os.path.join(paths[key], fname), str(value))
+def _set_v1(paths: dict[str, str], r: dict) -> None:
+    """What runc's fs manager writes, controller by controller in its order."""
+    def put(key: str, fname: str, value) -> None:
+        if not paths.get(key):
+            raise SetupError(f"cannot set {key} limit: container could not join or create cgroup")
+        _write(os.path.join(paths[key], fname), str(value))
+
+    if r.get("unified"):
+        raise SetupError("invalid configuration: cannot use unified on cgroup v1")
+    if r.get("cpuset_cpus"):
+        put("cpuset", "cpuset.cpus", r["cpuset_cpus"])
+    if r.get("cpuset_mems"):
+        put("cpuset", "cpuset.mems", r["cpuset_mems"])
+    if not r.get("skip_devices") and r.get("devices"):
+        # as runc moves a new cgroup to the rules: the default first, then the exceptions in its order
+        from .devicefilter import Rules
+
+        rules = Rules(r["devices"])
+        allow, deny = "devices.allow", "devices.deny"
+        put("devices", allow if rules.default_allow else deny, "a")
+        for (kind, major, minor), perms in rules.ordered():
+            put("devices", deny if rules.default_allow else allow,
+                _device_rule({"type": kind, "major": major, "minor": minor,
+                              "permissions": "".join(c for c in "rwm" if c in perms)}))
+    # memory: with both limits, the order that keeps memory <= memory+swap at each step
+    mem, swap = r.get("memory") or 0, r.get("memory_swap") or 0
+    if mem == -1 and swap == 0:
+        swap = -1
+    order = []
+    if mem and swap:
+        cur = int(_read(os.path.join(paths["memory"], "memory.limit_in_bytes"))) if paths.get("memory") else 0
+        first_swap = swap == -1 or cur < swap
+        order = [("memory.memsw.limit_in_bytes", swap), ("memory.limit_in_bytes", mem)]
+        if not first_swap:
+            order.reverse()
+    else:
+        order = [(f, v) for f, v in (("memory.limit_in_bytes", mem), ("memory.memsw.limit_in_bytes", swap)) if v]
+    for fname, v in order:
+        put("memory", fname, v)
+    if r.get("memory_reservation"):
+        put("memory", "memory.soft_limit_in_bytes", r["memory_reservation"])
+    if r.get("oom_kill_disable"):
+        put("memory", "memory.oom_control", "1")
+    sw = r.get("memory_swappiness")
+    if sw is not None and sw != -1:
+        if not 0 <= sw <= 100:
+            raise SetupError(f"invalid value:{sw}. valid memory swappiness range is 0-100")
+        put("memory", "memory.swappiness", sw)
+    if r.get("cpu_shares"):
+        put("cpu", "cpu.shares", r["cpu_shares"])
+        got = int(_read(os.path.join(paths["cpu"], "cpu.shares")))
+        if got != r["cpu_shares"]:
+            which = "maximum" if r["cpu_shares"] > got else "minimum"
+            raise SetupError(f"the {which} allowed cpu-shares is {got}")
+    if r.get("cpu_period"):
+        put("cpu", "cpu.cfs_period_us", r["cpu_period"])
+    if r.get("cpu_quota"):
+        put("cpu", "cpu.cfs_quota_us", r["cpu_quota"])
+    if r.get("cpu_rt_period"):
+        put("cpu", "cpu.rt_period_us", r["cpu_rt_period"])
+    if r.get("cpu_rt_quota"):
+        put("cpu", "cpu.rt_runtime_us", r["cpu_rt_quota"])
+    if r.get("pids_limit"):
+        put("pids", "pids.max", r["pids_limit"] if r["pids_limit"] > 0 else "max")
+    _set_blkio_v1(paths, r, put)
+    for h in r.get("hugetlb_limit") or []:
+        put("hugetlb", f"hugetlb.{h['page_size']}.limit_in_bytes", h["limit"])
+    if r.get("net_cls_classid_u"):
+        put("net_cls", "net_cls.classid", r["net_cls_classid_u"])
+    for p in r.get("net_prio_ifpriomap") or []:
+        put("net_prio", "net_prio.ifpriomap", f"{p['interface']} {p['priority']}")
+    for dev, limit in (r.get("rdma") or {}).items():
+        put("rdma", "rdma.max", _rdma_line(dev, limit))
+
+
+def _set_blkio_v1(paths: dict[str, str], r: dict, put) -> None:
+    d = paths.get("blkio")
+    bfq = bool(d) and not os.path.exists(os.path.join(d, "blkio.weight")) \
+        and os.path.exists(os.path.join(d, "blkio.bfq.weight"))
+    weight = "blkio.bfq.weight" if bfq else "blkio.weight"
+    if r.get("blkio_weight"):
+        put("blkio", weight, r["blkio_weight"])
+    if r.get("blkio_leaf_weight"):
+        put("blkio", "blkio.leaf_weight", r["blkio_leaf_weight"])
+    for wd in r.get("blkio_weight_device") or []:
+        if wd.get("weight"):
+            put("blkio", weight + "_device", f"{_dev(wd)} {wd['weight']}")
+        if wd.get("leafWeight"):
+            put("blkio", "blkio.leaf_weight_device", f"{_dev(wd)} {wd['leafWeight']}")
+    for key, fname in _THROTTLE_V1:
+        for t in r.get(key) or []:
+            put("blkio", fname, f"{_dev(t)} {t['rate']}")
+
+
+_THROTTLE_V1 = (("blkio_throttle_read_bps_device", "blkio.throttle.read_bps_device"),
+                ("blkio_throttle_write_bps_device", "blkio.throttle.write_bps_device"),
+                ("blkio_throttle_read_iops_device", "blkio.throttle.read_iops_device"),
+                ("blkio_throttle_write_iops_device", "blkio.throttle.write_iops_device"))
+_THROTTLE_V2 = (("blkio_throttle_read_bps_device", "rbps"), ("blkio_throttle_write_bps_device", "wbps"),
+                ("blkio_throttle_read_iops_device", "riops"), ("blkio_throttle_write_iops_device", "wiops"))
+
+
+def _rdma_line(dev: str, limit: dict) -> str:
+    parts = [dev]
+    if limit.get("hca_handles") is not None:
+        parts.append(f"hca_handle={limit['hca_handles']}")
+    if limit.get("hca_objects") is not None:
+        parts.append(f"hca_object={limit['hca_objects']}")
+    return " ".join(parts)
+
+
+# --- resources: runc's v2 (fs2) manager ---------------------------------------------
+
+def _num(v: int) -> str:
+    """runc's numToStr: 0 unset (""), -1 "max"."""
+    return "" if not v else "max" if v == -1 else str(v)
+
+
+def swap_v2(memory_swap: int, memory: int) -> int:
+    """runc's ConvertMemorySwapToCgroupV2Value: v1's memory+swap limit as v2's swap alone."""
+    if memory == -1 and memory_swap == 0:
+        return -1
+    if memory_swap in (-1, 0):
+        return memory_swap
+    if memory in (0, -1):
+        raise SetupError("unable to set swap limit without memory limit")
+    if memory < 0:
+        raise SetupError(f"invalid memory value: {memory}")
+    if memory_swap < memory:
+        raise SetupError("memory+swap limit should be >= memory limit")
+    return memory_swap - memory
+
+
+def cpu_weight(shares: int) -> int:
+    """runc's ConvertCPUSharesToCgroupV2Value: v1 cpu.shares [2-262144] as cpu.weight [1-10000]."""
+    return 0 if not shares else 1 + ((shares - 2) * 9999) // 262142
+
+
+def io_weight(blkio_weight: int) -> int:
+    """runc's ConvertBlkIOToIOWeightValue: blkio weight [10-1000] as io.weight [1-10000]."""
+    return 0 if not blkio_weight else 1 + (blkio_weight - 10) * 9999 // 990
+
+
+def _set_v2(d: str, r: dict) -> None:
+    """What runc's fs2 manager writes, in its order; settings cgroup v2 has not are errors."""
+    def put(fname: str, value) -> None:
+        _write(os.path.join(d, fname), str(value))
+
+    v1_only = [k for k in ("cpu_rt_period", "cpu_rt_quota", "oom_kill_disable", "net_cls_classid_u",
+                           "net_prio_ifpriomap", "blkio_leaf_weight") if r.get(k)]
+    if r.get("memory_swappiness") not in (None, -1):
+        v1_only.append("memory_swappiness")
+    if v1_only:
+        raise SetupError(f"{', '.join(v1_only)}: cgroup v1 settings that cgroup v2 has not; not applied")
+    if r.get("pids_limit"):
+        put("pids.max", _num(r["pids_limit"]) if r["pids_limit"] > 0 else "max")
+    mem, swap, low = r.get("memory") or 0, r.get("memory_swap") or 0, r.get("memory_reservation") or 0
+    if mem or swap or low:
+        sv = swap_v2(swap, mem)
+        s = _num(sv)
+        if s == "" and sv == 0 and swap > 0:
+            s = "0"  # memory and memory+swap set to the same value: no swap
+        if s:
+            try:
+                put("memory.swap.max", s)
+            except FileNotFoundError:
+                if s not in ("max", "0"):  # no swap accounting: only "no limit" and "no swap" are harmless
+                    raise
+        if _num(mem):
+            put("memory.max", _num(mem))
+        if _num(low):
+            put("memory.low", _num(low))
+    _set_io_v2(d, r, put)
+    weight = r.get("cpu_weight") or cpu_weight(r.get("cpu_shares") or 0)
+    if weight:
+        put("cpu.weight", weight)
+    quota, period = r.get("cpu_quota") or 0, r.get("cpu_period") or 0
+    if quota or period:
+        put("cpu.max", (str(quota) if quota > 0 else "max") + (f" {period}" if period else ""))
+    if not r.get("skip_devices"):
+        from . import devicefilter
+
+        devicefilter.attach(d, r.get("devices"))
+    if r.get("cpuset_cpus"):
+        put("cpuset.cpus", r["cpuset_cpus"])
+    if r.get("cpuset_mems"):
+        put("cpuset.mems", r["cpuset_mems"])
+    for h in r.get("hugetlb_limit") or []:
+        put(f"hugetlb.{h['page_size']}.max", h["limit"])
+    for dev, limit in (r.get("rdma") or {}).items():
+        put("rdma.max", _rdma_line(dev, limit))
+    for k, v in (r.get("unified") or {}).items():
+        if "/" in k:
+            raise SetupError(f"unified resource {k!r} must be a file name (no slashes)")
+        try:
+            put(k, v)
+        except (FileNotFoundError, PermissionError):
+            ctrl = k.split(".", 1)
+            if len(ctrl) != 2:
+                raise SetupError(f"unified resource {k!r} must be in the form CONTROLLER.PARAMETER") from None
+            if ctrl[0] != "cgroup" and ctrl[0] not in _read(os.path.join(d, "cgroup.controllers")).split():
+                raise SetupError(f"unified resource {k!r} can't be set: controller {ctrl[0]!r} not available") \
+                    from None
+            raise
+
+
+def _set_io_v2(d: str, r: dict, put) -> None:
+    bfq = os.path.exists(os.path.join(d, "io.bfq.weight"))
+    if r.get("blkio_weight"):
+        if bfq:
+            put("io.bfq.weight", r["blkio_weight"])
+        else:
+            put("io.weight", io_weight(r["blkio_weight"]))
+    for wd in r.get("blkio_weight_device") or []:
+        if not bfq:
+            raise SetupError("blkio weight per device needs io.bfq.weight (the BFQ I/O scheduler); not applied")
+        put("io.bfq.weight", f"{_dev(wd)} {wd['weight']}")
+    for key, name in _THROTTLE_V2:
+        for t in r.get(key) or []:
+            put("io.max", f"{_dev(t)} {name}={t['rate']}")
+
+
+def freezing(paths: dict[str, str]) -> dict[str, str]:
+    """Of a container's cgroups, the one that freezes (and holds) all its tasks: v1's freezer, else v2's."""
+    for key in ("freezer", ""):
+        if key in paths:
+            return {key: paths[key]}
+    return {}
 
 
 def enter(paths: dict[str, str], pid: int) -> None:
@@ -312,10 +739,11 @@ class Containment:
         kill_all(self.path)
         self._remove()
 
-    def release(self) -> None:
+    def release(self, into: str | None = None) -> None:
+        """Move what is left in the cgroup INTO another (default: its parent), and remove it."""
         for pid in _pids(os.path.join(self.path, "cgroup.procs")):
             try:
-                _write(os.path.join(self.parent, "cgroup.procs"), str(pid))
+                _write(os.path.join(into or self.parent, "cgroup.procs"), str(pid))
             except OSError:
                 pass  # it exited meanwhile
         self._remove()

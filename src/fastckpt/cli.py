@@ -382,6 +382,11 @@ def _cmd_check(args) -> int:
                                        if name in info.get("feature_notes", {})
                                        else _MISSING.get(name, ""))
             print(f"feature {name}: {'yes' if present else 'no'}{note}")
+        cg = info["cgroups"]
+        print(f"cgroup layout: {cg['layout']}" + (f" (controllers: {' '.join(cg['controllers']) or 'none'})"
+                                                  if "controllers" in cg else ""))
+        print("container checkpoint/restore: " + (f"yes ({cg['how']})" if cg["containers"] else
+                                                   f"no ({cg['why_not']})"))
     return 0 if info["version_ok"] and info["check_ok"] else EXIT_ERROR
 
 

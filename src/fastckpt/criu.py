@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from . import _criu, criu_proc, kdat, migration
+from . import _criu, cgroups, criu_proc, kdat, migration
 from .constants import MIN_CRIU_VERSION
 from .errors import CriuError, CriuNotFound, log_errors
 from .options import NETNS_HOST, CheckpointOptions, auto_network_lock
@@ -96,6 +96,7 @@ def check() -> dict[str, object]:
         "libcriu": ".".join(map(str, _criu.LIBCRIU_VERSION)),
         "features": feats,
         "feature_notes": notes,
+        "cgroups": cgroups.report(),
     }
 
 

@@ -29,6 +29,9 @@ class Watchdog(threading.Thread):
         self.watch = watch  # called at each look: a reason to stop CRIU, or None
         self.reason: str | None = None
         self._stop_event = threading.Event()
+        # held while CRIU is stopped; stop() takes it: an operation that ended first is not stopped after it
+        self._lock = threading.Lock()
+        self._ended = False
 
     def run(self) -> None:
         start = time.monotonic()
@@ -56,6 +59,11 @@ class Watchdog(threading.Thread):
                     return
 
     def _kill(self, reason: str) -> None:
+        with self._lock:
+            if not self._ended:  # the operation ended while the watchdog looked: CRIU and its tasks stay
+                self._stop_criu(reason)
+
+    def _stop_criu(self, reason: str) -> None:
         self.reason = reason
         # CRIU first stops forking, then what it forked goes (the tasks it was
         # restoring hold its socket open), then CRIU itself
@@ -85,6 +93,8 @@ class Watchdog(threading.Thread):
                 pass
 
     def stop(self) -> None:
+        with self._lock:
+            self._ended = True
         self._stop_event.set()
         self.join()
 
@@ -116,11 +126,25 @@ class OutsidePause:
 
     GRACE = 2.0
 
-    def __init__(self, is_frozen):
+    def __init__(self, is_frozen, image_dir: str | None = None):
         self.is_frozen = is_frozen
+        # CRIU's images of this dump in IMAGE_DIR also tell that CRIU seized the tasks and thawed the
+        # cgroup: its thawed spell may end (a quick pause) before the watchdog's first look
+        self.image_dir = image_dir
+        self.since = time.time() - 1.0  # files' times come from a coarser clock
         self.seen_thawed = False
         self.frozen_since: float | None = None
         self.paused = False  # someone else paused the container during the dump
+
+    def _criu_wrote_images(self) -> bool:
+        if self.image_dir is None:
+            return False
+        try:
+            with os.scandir(self.image_dir) as it:
+                return any(e.name.endswith(".img") and e.stat(follow_symlinks=False).st_mtime >= self.since
+                           for e in it)
+        except OSError:
+            return False
 
     def __call__(self) -> str | None:
         try:
@@ -130,8 +154,9 @@ class OutsidePause:
         if not frozen:
             self.seen_thawed, self.frozen_since = True, None
             return None
-        if not self.seen_thawed:
+        if not self.seen_thawed and not self._criu_wrote_images():
             return None  # still fastckpt's own freeze: CRIU has not seized the tasks yet
+        self.seen_thawed = True
         now = time.monotonic()
         if self.frozen_since is None:
             self.frozen_since = now
@@ -326,9 +351,17 @@ class _LibcriuStderr:
     threads) is written to the real stderr afterwards. Calls from several threads share one
     redirection (the first one in makes it, the last one out undoes it)."""
 
-    # libcriu's messages (lib/c/criu.c): perror()s and a few fprintf()s
-    LIBCRIU = ("Can't ", "Failed unpacking response", "Failed packing request", "Unexpected response type",
-               "The service address ", "ns parameter for join_ns")
+    # libcriu's messages (lib/c/criu.c), each whole: perror()s ("MESSAGE: strerror") and two fprintf()s
+    # without a newline; a line of the caller's own that merely starts alike ("Can't ...") gets through
+    LIBCRIU = tuple(m + ": " for m in (
+        "Can't allocate memory for criu RPC opts", "Can't allocate memory for criu opts",
+        "Can't allocate memory for criu service setting", "Can't read request", "Can't receive response",
+        "Failed unpacking response", "Can't send request", "Failed packing request",
+        "Can't detach for a self-dump", "Can't write swrk pid", "Can't exec criu swrk", "Can't read swrk pid",
+        "Can't create socket", "Can't connect to socket", "Unexpected response type", "Can't connect to criu",
+        "Can't allocate memory for ns", "Can't allocate memory for ns_file",
+        "Can't allocate memory for extra_opt", "Can't allocate memory for join_ns",
+        "Can't allocate memory for join_ns_arr")) + ("The service address ", "ns parameter for join_ns is not")
     _lock = threading.Lock()
     _users = 0
     _saved = -1

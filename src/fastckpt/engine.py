@@ -14,6 +14,7 @@ import time
 
 from ._record import Record, factory
 from . import cgroups, criu_proc, locks, manifest, migration, netimages, runc, signals
+from .constants import CgroupMode
 from .criu import apply_common, apply_config_file, criu_binary, features, new_opts, run_op
 from .criu_failures import disk_full, raise_criu_failure
 from .errors import (ContainerStateError, CriuError, DiskFull, Error, ImageDirError, Interrupted, ProcessNotFound,
@@ -60,6 +61,7 @@ class CheckpointResult(Record):
 
 def load_checkpointable(container_id: str, root: str) -> tuple[runc.Container, str]:
     ct = runc.load(container_id, root)
+    cgroups.require_supported()  # before anything is frozen
     status = ct.status()
     if status == runc.CREATED:
         raise ContainerStateError("Container cannot be checkpointed in created state")
@@ -121,12 +123,19 @@ def checkpoint(container_id: str | None = None, options: CheckpointOptions | Non
         if result is not None:
             what = f"container {container_id!r}" if container_id is not None else f"process {pid}"
             gone = "was left running" if result.leave_running else "was checkpointed and is gone"
-            raise Interrupted(f"interrupted after the checkpoint completed: images in {result.image_path}; "
-                              f"{what} {gone}") from None
+            raise _completed(Interrupted(f"interrupted after the checkpoint completed: images in "
+                                         f"{result.image_path}; {what} {gone}"), result.image_path) from None
         raise Interrupted(f"interrupted: nothing was checkpointed; {_untouched(container_id, pid, root)}") \
             from None
     finally:
         criu_proc.discard_spare()  # not used: the checkpoint stopped before CRIU
+
+
+def _completed(e: Error, image_path: str) -> Error:
+    """E, raised once the checkpoint is complete: its images (in IMAGE_PATH) are all there is of the
+    checkpointed target now (`e.completed_images`: a caller must not remove them)."""
+    e.completed_images = image_path
+    return e
 
 
 def _untouched(container_id: str | None, pid: int | None, root: str) -> str:
@@ -185,9 +194,10 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
         if ret < 0:
             raise_criu_failure("dump", ret, err, log_path, image_path, disk_full=full)
         if manifest_error is not None:
-            raise ImageDirError(f"the checkpoint completed (images in {image_path}; {state}), but its manifest "
-                                f"could not be written: {manifest_error}; a restore can check only the images' "
-                                "structure", errno=manifest_error.errno) from manifest_error
+            raise _completed(ImageDirError(f"the checkpoint completed (images in {image_path}; {state}), but its "
+                                           f"manifest could not be written: {manifest_error}; a restore can check "
+                                           "only the images' structure", errno=manifest_error.errno),
+                             image_path) from manifest_error
         wait_ids_free(members)
         return CheckpointResult(
             image_path=image_path, work_path=work_path, log_path=log_path, pid=target_pid,
@@ -196,8 +206,8 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
         )
     except KeyboardInterrupt:
         if done:
-            raise Interrupted(f"interrupted after the checkpoint completed: images in {image_path}; {state}") \
-                from None
+            raise _completed(Interrupted(f"interrupted after the checkpoint completed: images in {image_path}; "
+                                         f"{state}"), image_path) from None
         running = "is running" if not was_paused else "is paused, as it was"
         if not was_paused and ct is not None and ct.is_frozen():
             running = "is paused (by someone else, while the checkpoint ran)"
@@ -268,6 +278,7 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
             opts.set_orphan_pts_master(True)
             if ct.freeze_cgroup:
                 opts.set_freeze_cgroup(ct.freeze_cgroup)
+            cgroups.limit_criu_to_v2(opts)
             for key, val in container_external_mounts(ct):
                 opts.add_ext_mount(key, val)
             for key in container_externals(ct):
@@ -290,15 +301,20 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
 
         frozen_at: list[float] = []
 
+        # CRIU records the v1 freezer state it found as the container's: in the modes whose restore writes
+        # cgroup properties back (full, strict) a cgroup frozen here would come back frozen; CRIU freezes it
+        restores_props = (options.manage_cgroups_mode in (CgroupMode.FULL, CgroupMode.STRICT)
+                          and ct is not None and "freezer" in ct.cgroup_paths)
+
         def freeze(criu_pid=None):
             # frozen here in ~1 ms (CRIU's own freeze polls every 100 ms), once criu
             # is up and about to get its request: its start is not frozen time
-            if ct is not None and not was_paused and ct.freezer_state_file:
+            if ct is not None and not was_paused and ct.freezer_state_file and not restores_props:
                 frozen_at.append(time.monotonic())
                 ct.freeze_and_wait()
 
         # a pause by someone else while CRIU works would hang it: the watchdog stops CRIU then
-        outside_pause = criu_proc.OutsidePause(ct.is_frozen) if ct is not None and not was_paused \
+        outside_pause = criu_proc.OutsidePause(ct.is_frozen, image_path) if ct is not None and not was_paused \
             and ct.freezer_state_file else None
         try:
             if session is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 
-from . import runc
+from . import cgroups, runc
 from .errors import Error
 from .options import NETNS_HOST, NETNS_OWN, NETNS_OWN_LO
 
@@ -63,7 +63,8 @@ def container_external_mounts(ct: runc.Container) -> list[tuple[str, str]]:
     cfg = ct.config
     pid = ct.init_pid
     ext: dict[str, str] = {}
-    cgroupns = ct.has_namespace("NEWCGROUP")
+    # a cgroup namespace, or a cgroup v2 host, mounts the container's cgroups for real (runc's rule)
+    cgroupns = ct.has_namespace("NEWCGROUP") or cgroups.layout() == cgroups.UNIFIED
     for m in cfg.get("mounts") or []:
         dest = m["destination"]
         if m.get("device") == "bind":

@@ -451,14 +451,31 @@ def check_structure(image_path: str, page_size: int | None = None) -> None:
 
     Raises :class:`~fastckpt.errors.DamagedImage` naming the file and the numbers.
     """
-    from . import images
-
-    page_size = page_size or os.sysconf("SC_PAGE_SIZE")
     problems: list[tuple[str, str]] = []
     for name, kind in (("inventory.img", "INVENTORY"), ("pstree.img", "PSTREE")):
         got = _problem(image_path, name, kind)
         if isinstance(got, str):
             problems.append((name, got))
+    problems += page_problems(image_path, page_size)
+    if problems:
+        raise _damaged(image_path, problems)
+
+
+def check_pages(image_path: str, page_size: int | None = None) -> None:
+    """Each ``pages-<id>.img`` holds exactly the pages its pagemap says (DamagedImage otherwise):
+    what a page server checks of what it received."""
+    problems = page_problems(image_path, page_size)
+    if problems:
+        raise _damaged(image_path, problems)
+
+
+def page_problems(image_path: str, page_size: int | None = None) -> list[tuple[str, str]]:
+    """(file, what is wrong) for each pagemap that does not decode and each pages image whose size
+    is not what its pagemaps say."""
+    from . import images
+
+    page_size = page_size or os.sysconf("SC_PAGE_SIZE")
+    problems: list[tuple[str, str]] = []
     try:
         names = sorted(os.listdir(image_path))
     except OSError as e:
@@ -482,7 +499,8 @@ def check_structure(image_path: str, page_size: int | None = None) -> None:
             st = os.stat(os.path.join(image_path, pages))
             size = st.st_size
         except FileNotFoundError:
-            problems.append((pages, f"missing ({by} says it holds {n} pages, {want} bytes)"))
+            if n:
+                problems.append((pages, f"missing ({by} says it holds {n} pages, {want} bytes)"))
             continue
         except OSError as e:
             problems.append((pages, f"unreadable: {e.strerror}"))
@@ -493,5 +511,4 @@ def check_structure(image_path: str, page_size: int | None = None) -> None:
         elif size > want:
             problems.append((pages, f"altered: {size} bytes, but {by} says it holds {n} pages of "
                                     f"{page_size} bytes ({want} bytes)"))
-    if problems:
-        raise _damaged(image_path, problems)
+    return problems

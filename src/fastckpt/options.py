@@ -344,6 +344,9 @@ def _check_export(o: CheckpointOptions) -> None:
         return
     if o.page_server is not None:
         raise UsageError("--export and --page-server exclude each other (the pages go to the page server)")
+    if bool(o.podman_image) != bool(o.podman_image_id):
+        raise UsageError("--podman-image and --podman-image-id go together: podman restores an archive on an "
+                         "image it has, named by both")
     from .archive import check_compress
 
     object.__setattr__(o, "compress", check_compress(o.compress))

@@ -140,32 +140,6 @@ def _accept(sk: socket.socket, deadline: float, stop_fd: int | None) -> socket.s
             conn.close()
 
 
-def check_pages(image_path: str, page_size: int | None = None) -> None:
-    """Each ``pages-<id>.img`` that arrived holds exactly the pages its pagemap says
-    (:class:`~fastckpt.errors.DamagedImage` otherwise)."""
-    page_size = page_size or os.sysconf("SC_PAGE_SIZE")
-    problems = []
-    for name in sorted(os.listdir(image_path)):
-        if not (name.startswith("pagemap-") and name.endswith(".img")):
-            continue
-        try:
-            pagemap = images.read_pagemap(os.path.join(image_path, name))
-            pages_id, n = pagemap.pages_id, pagemap.stored_pages
-        except Exception as e:  # noqa: BLE001 -- any decoding failure is a damaged image
-            problems.append((name, f"unreadable: {e}"))
-            continue
-        pages = f"pages-{pages_id}.img"
-        try:
-            size = os.stat(os.path.join(image_path, pages)).st_size
-        except FileNotFoundError:
-            size = -1 if n else 0
-        if size != n * page_size:
-            got = "missing" if size < 0 else f"{size} bytes"
-            problems.append((pages, f"{got}, but {name} says it holds {n} pages ({n * page_size} bytes)"))
-    if problems:
-        raise manifest._damaged(image_path, problems)
-
-
 def _remove_images(image_path: str) -> None:
     for name in _held_images(image_path):
         try:
@@ -217,8 +191,7 @@ def serve(image_path: str, port: int, address: str = "", *, timeout: float = DEF
         if ready is not None:
             ready(bound[0], bound[1])
         try:  # the pagemaps' decoder, ready before the dump comes (its import would count in the downtime)
-            images.message_class("pagemap_head")
-            images.message_class("pagemap_entry")
+            images.message_class("pagemap_head"), images.message_class("pagemap_entry")
         except Error:
             pass
         conn = _accept(sk, deadline, stop_fd)
@@ -250,7 +223,7 @@ def serve(image_path: str, port: int, address: str = "", *, timeout: float = DEF
             raise CriuError("page-server", -1, 0, log_path, lines,
                             detail=(lines[0] if lines else f"exit status {proc.returncode}")
                             + "; the pages received were removed")
-        check_pages(image_path)
+        manifest.check_pages(image_path)
         files = {n: os.stat(os.path.join(image_path, n)).st_size for n in _held_images(image_path)}
         ok = True
         return PageServerResult(image_path=image_path, address=bound[0], port=bound[1],

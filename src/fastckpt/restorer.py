@@ -199,8 +199,9 @@ def _restore_ext_mounts(cfg: dict, cg_paths: dict[str, str]) -> list[tuple[str, 
         if m.get("device") == "bind":
             # keyed as the checkpoint keyed it: the destination resolved in the rootfs
             ext[externals.resolve_in_root(cfg["rootfs"], m["destination"])] = m["source"]
-        elif m.get("device") == "cgroup":
-            # the container saw each hierarchy at <dest>/<mount dir name>: give it its new cgroups
+        elif m.get("device") == "cgroup" and cgroups.layout() != cgroups.UNIFIED:
+            # the container saw each v1 hierarchy at <dest>/<mount dir name>: give it its new cgroups
+            # (on cgroup v2 its cgroup mount is a real one, restored by CRIU)
             for key, mnt in cgroups.mounts().items():
                 if key in cg_paths:
                     ext[os.path.join(m["destination"], os.path.basename(mnt))] = cg_paths[key]
@@ -447,8 +448,8 @@ def _restore_process(options: RestoreOptions, t0: float, session=None) -> Restor
         box = None if session is not None else cgroups.Containment(f"fastckpt-restore-{os.getpid()}")
         try:
             ret, err = criu.run_op(opts, "restore", session, log_path=os.path.join(work_path, RESTORE_LOG),
-                                     timeout=restore_bound(image_path), setup=box.enter if box else None,
-                                     on_stop=box.kill_all if box else None)
+                                   timeout=restore_bound(image_path), setup=box.enter if box else None,
+                                   on_stop=box.kill_all if box else None)
             if ret > 0:
                 _write_pid_file(options.pid_file, ret)
         except BaseException:
@@ -473,6 +474,7 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
     state_dir = os.path.join(root, cid)
     if os.path.exists(state_dir):
         raise ContainerStateError(f"container {cid!r} already exists (in runc root {root})", errno=errno.EEXIST)
+    cgroups.require_supported()
     cfg = container_config(cid, bundle, meta)
     if options.no_pivot:
         cfg["no_pivot_root"] = True
@@ -538,6 +540,7 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
         opts = _new_opts(options, image_fd, fds[1], netns, dumped_with=(meta or {}).get("network_lock"))
         opts.set_root(criu_root)
         opts.set_manage_cgroups(True)
+        cgroups.limit_criu_to_v2(opts)
         opts.set_evasive_devices(True)
         # a pty whose master was outside the container comes back with a new master, sent to us in
         # a notification (only asked for then: each costs CRIU a round trip)
@@ -545,19 +548,27 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
         if terminal:
             opts.set_notify(_restore_notify(sock, masters))
         criu.apply_config_file(opts, cfg.get("labels") or [], work_path, options.lazy_pages)
+        box = None  # CRIU's own cgroup, when it is not run in the container's
         if options.manage_cgroups_mode in (None, CgroupMode.IGNORE):
             # CRIU itself runs in the container's new cgroups (as with runc) and its
             # restored tasks inherit them: CRIU need not rebuild cgroups (~15 ms)
             opts.set_manage_cgroups_mode(int(CgroupMode.IGNORE))
             enter_cgroups = lambda criu_pid: cgroups.enter(cg_paths, criu_pid)  # noqa: E731
         else:
-            # CRIU places the tasks; CRIU itself goes into the container's freezer
-            # cgroup only, so that a failure can kill all it started
-            freezer = {k: v for k, v in cg_paths.items() if k == "freezer"}
-            enter_cgroups = lambda criu_pid: cgroups.enter(freezer, criu_pid)  # noqa: E731
+            if options.manage_cgroups_mode == CgroupMode.STRICT:
+                # strict wants CRIU to make every cgroup, but a container's are made first (its limits,
+                # its device rules), as runc makes them: runc 1.1 restores in soft mode whatever it is
+                # given (CRIU logs "cgroups restore mode 0x4"), and so does fastckpt for strict
+                opts.set_manage_cgroups_mode(int(CgroupMode.SOFT))
+            # CRIU places the tasks; CRIU itself runs in a cgroup of fastckpt's own, so that a failure
+            # can kill all it started: not in the container's, whose freezer state CRIU restores (a
+            # checkpoint of a paused container comes back paused, and CRIU would freeze itself)
+            box = cgroups.Containment(f"fastckpt-restore-{os.getpid()}")
+            undo.append(box.kill_all)
+            enter_cgroups = box.enter
             for key, path in cg_paths.items():
-                # per v1 controller; the v2 hierarchy ("") is CRIU's global cgroup root
-                opts.add_cg_root(key or None, cgroups.relative(key, path))
+                # per hierarchy: a v1 controller, or "" (CRIU's name for cgroup v2)
+                opts.add_cg_root(key, cgroups.relative(key, path))
         for key, val in _restore_ext_mounts(cfg, cg_paths):
             opts.add_ext_mount(key, val)
         for ns in cfg.get("namespaces") or []:
@@ -586,8 +597,8 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
             # nearest subreaper: fastckpt when it waits in the foreground
             # a criu of its own when fds are handed over (the spare one was started before they were opened)
             ret, err = criu.run_op(opts, "restore", log_path=log_path, timeout=restore_bound(image_path),
-                                     setup=enter_cgroups, on_stop=lambda: _kill_cgroup_tasks(cg_paths),
-                                     fresh=bool(ns_fds))
+                                   setup=enter_cgroups, on_stop=lambda: _kill_cgroup_tasks(cg_paths, box),
+                                   fresh=bool(ns_fds))
         finally:  # the restored mount namespace keeps its own copy of the root
             _libc.umount(criu_root)
             mounted = False
@@ -602,6 +613,8 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
         undo.append(lambda: _kill(pid))
         if terminal and sock is None and not masters:
             raise Error("the container has a terminal but CRIU sent no pty master for it")
+        if box is not None:  # CRIU placed the restored tasks: anything still here joins the container
+            box.release(into=next(iter(cgroups.freezing(cg_paths).values())))
 
         if own_netns and not options.empty_ns & Namespace.NEWNET:
             ensure_loopback_up(pid)
@@ -626,6 +639,7 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
             mounted = False
         if criu_images is not None:
             shutil.rmtree(criu_images, ignore_errors=True)
+        cgroups.unmount_yards(work_path)  # of a CRIU stopped half-way
         for fn in reversed(undo):
             try:
                 fn()
@@ -716,12 +730,13 @@ def _namespace_paths(pid: int, cfg: dict) -> dict[str, str]:
     return paths
 
 
-def _kill_cgroup_tasks(paths: dict[str, str]) -> None:
-    """Kill everything in the container's (freezer, else v2) cgroup: CRIU is in it, and all it forked."""
-    for key in ("freezer", ""):
-        if key in paths:
-            cgroups.kill_all(paths[key])
-            return
+def _kill_cgroup_tasks(paths: dict[str, str], box: "cgroups.Containment | None" = None) -> None:
+    """Kill everything in the container's (freezer, else v2) cgroup and in CRIU's BOX: CRIU is in one
+    of them, and all it forked."""
+    if box is not None:
+        box.kill_all()
+    for path in cgroups.freezing(paths).values():
+        cgroups.kill_all(path)
 
 
 def _remove_cgroups(paths: dict[str, str], made: list[str]) -> None:

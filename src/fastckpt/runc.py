@@ -112,8 +112,10 @@ class Container(Record):
 
     @property
     def freeze_cgroup(self) -> str | None:
-        """What CRIU's freeze_cgroup option wants: the v1 freezer dir or v2's cgroup.freeze."""
-        return self.cgroup_paths.get("freezer") or self.freezer_state_file
+        """What CRIU's freeze_cgroup option wants: the cgroup directory whose freezer.state (v1)
+        or cgroup.freeze (v2) freezes the container (runc gives it the same)."""
+        f = self.freezer_state_file
+        return os.path.dirname(f) if f else None
 
     def is_frozen(self) -> bool:
         f = self.freezer_state_file

@@ -38,9 +38,30 @@ def raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _swallowed(unraisable) -> None:
+    """sys.unraisablehook: a signal's KeyboardInterrupt that hit a destructor or a weakref callback (an
+    import's module-lock callback, say) is swallowed by Python, with a traceback, and the command would go
+    on as if nothing came: it is sent again instead (SIGINT; pending while signals are held back), to
+    interrupt the command where it can."""
+    import os
+    import sys
+
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        import _thread
+
+        # by another thread, not waited for: sent from here, it would be taken (and swallowed) here again
+        _thread.start_new_thread(os.kill, (os.getpid(), _signal.SIGINT))
+        return
+
+    sys.__unraisablehook__(unraisable)
+
+
 def install_cli_handlers() -> None:
+    import sys
+
     for sig in (_signal.SIGTERM, _signal.SIGHUP):
         _signal.signal(sig, raise_keyboard_interrupt)
+    sys.unraisablehook = _swallowed
 
 
 def release_held() -> None:
