@@ -256,7 +256,7 @@ class Bench:
         return os.path.join(self.errdir, f"{name}.stderr")
 
     def setup(self) -> None:
-        from fastckpt import engine, kdat
+        from fastckpt import criu, kdat
 
         self.base = self.jan.mkdtemp("fastckpt-bench-")
         self.root = os.path.join(self.base, "runc-root")  # private runc root
@@ -266,7 +266,7 @@ class Bench:
         self.bundle = bl.make_bundle(os.path.join(self.base, "bundle-tiny"))
         # fastckpt's cache, made now if need be (as fastckpt's first command would), and this process's
         # once-per-process check of it done now, while it is in place: the API rows never re-check it
-        kdat.ensure(engine.criu_binary())
+        kdat.ensure(criu.criu_binary())
         if not os.path.exists(bl.KDAT):
             raise RuntimeError(f"fastckpt made no kernel-probe cache ({bl.KDAT}): the with-cache rows would "
                                "not have one (FASTCKPT_KDAT_CACHE=0?)")

@@ -285,7 +285,7 @@ cdef class Opts:
 
         Returns libcriu's ``(ret, errno)``: ret >= 0 is success (restore_child:
         the pid, version: the version number), a negative one a failure the
-        caller classifies with CRIU's log (fastckpt.engine.raise_criu_failure).
+        caller classifies with CRIU's log (fastckpt.criu_failures.raise_criu_failure).
         """
         cdef int code
         cdef int ret = 0, err = 0

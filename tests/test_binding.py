@@ -8,7 +8,7 @@ import socket
 import pytest
 
 import fastckpt
-from fastckpt import _criu, constants, criu_proc, engine
+from fastckpt import _criu, constants, criu, criu_proc
 
 
 # the kernel's ABI (linux/sched.h)
@@ -36,7 +36,7 @@ def test_notify_callback_sees_crius_actions(proc_tree, tmp_path):
     """A dump with a notify handler: the handler gets CRIU's actions with the dumped pid."""
     tree = proc_tree.counter(str(tmp_path / "count"))
     seen = []
-    opts = engine.new_opts()
+    opts = criu.new_opts()
     fd = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
     os.set_inheritable(fd, True)
     try:
@@ -45,7 +45,7 @@ def test_notify_callback_sees_crius_actions(proc_tree, tmp_path):
         opts.set_pid(tree.pid)
         opts.set_leave_running(True)
         opts.set_notify(lambda action, pid: seen.append((action, pid)) or 0)
-        ret, err = engine.run_op(opts, "dump", log_path=str(tmp_path / "dump.log"))
+        ret, err = criu.run_op(opts, "dump", log_path=str(tmp_path / "dump.log"))
     finally:
         os.close(fd)
     assert ret == 0, (ret, err)
@@ -57,7 +57,7 @@ def test_notify_callback_sees_crius_actions(proc_tree, tmp_path):
 
 def test_notify_handler_failure_aborts_the_dump(proc_tree, tmp_path):
     tree = proc_tree.counter(str(tmp_path / "count"))
-    opts = engine.new_opts()
+    opts = criu.new_opts()
     fd = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
     os.set_inheritable(fd, True)
 
@@ -72,7 +72,7 @@ def test_notify_handler_failure_aborts_the_dump(proc_tree, tmp_path):
         opts.set_pid(tree.pid)
         opts.set_leave_running(True)
         opts.set_notify(refuse)
-        ret, _ = engine.run_op(opts, "dump", log_path=str(tmp_path / "dump.log"))
+        ret, _ = criu.run_op(opts, "dump", log_path=str(tmp_path / "dump.log"))
     finally:
         os.close(fd)
     assert ret < 0, "a handler that fails must abort CRIU's dump"
@@ -132,8 +132,8 @@ def test_service_socket_is_owned_by_opts(tmp_path):
         b.close()
     assert open_fds() == before
 
-    opts = engine.new_opts()
-    ret, _err, _stopped = criu_proc.run(opts, "version", engine.criu_binary())
+    opts = criu.new_opts()
+    ret, _err, _stopped = criu_proc.run(opts, "version", criu.criu_binary())
     assert ret > 0
     with pytest.raises(fastckpt.CriuError, match="used up by an earlier operation"):
         opts.run("version")  # the fd number libcriu closed is not ours any more
@@ -142,12 +142,12 @@ def test_service_socket_is_owned_by_opts(tmp_path):
 def test_failing_setups_leak_no_descriptor():
     """criu_proc.run() whose set-up fails after the socket was handed over: nothing stays open, no
     criu is left running."""
-    binary = engine.criu_binary()
+    binary = criu.criu_binary()
 
     def refuse(pid):
         raise fastckpt.Error("set-up failed on purpose")
 
-    run = lambda: criu_proc.run(engine.new_opts(), "check", binary, setup=refuse)  # noqa: E731
+    run = lambda: criu_proc.run(criu.new_opts(), "check", binary, setup=refuse)  # noqa: E731
     with pytest.raises(fastckpt.Error):
         run()  # once first: modules, caches and the kdat cache are in place from here on
     before = open_fds()
@@ -159,7 +159,7 @@ def test_failing_setups_leak_no_descriptor():
 
 
 def test_feature_check_gives_a_dict_or_raises():
-    features = engine.features()
+    features = criu.features()
     assert set(features) == {"mem_track", "lazy_pages", "pidfd_store"}
     assert all(isinstance(v, bool) for v in features.values())
 
@@ -172,7 +172,7 @@ def test_a_criu_path_that_is_not_utf8_works_through_the_command(tmp_path):
 
     odd_dir = os.path.join(os.fsencode(str(tmp_path)), b"criu-\xff")
     os.mkdir(odd_dir)
-    os.symlink(os.fsencode(engine.criu_binary()), os.path.join(odd_dir, b"criu"))
+    os.symlink(os.fsencode(criu.criu_binary()), os.path.join(odd_dir, b"criu"))
     env = dict(os.environ)
     env["FASTCKPT_CRIU"] = os.fsdecode(os.path.join(odd_dir, b"criu"))
     env["FASTCKPT_KDAT_CACHE"] = "0"  # the host's kernel-probe cache is keyed to the criu path: not ours to touch

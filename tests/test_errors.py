@@ -149,20 +149,20 @@ def test_hierarchy():
 
 def test_a_too_old_criu_is_named_by_its_own_error(monkeypatch, tmp_path):
     """CRIU failed without a word in its log, and it is older than 4.1: CriuVersionError, a CriuError."""
-    from fastckpt import engine
+    from fastckpt import criu, criu_failures
     from fastckpt.errors import CriuVersionError
 
-    monkeypatch.setattr(engine, "criu_version", lambda: (3, 17, 1))
+    monkeypatch.setattr(criu, "criu_version", lambda: (3, 17, 1))
     log = tmp_path / "dump.log"
     log.write_text("")
     with pytest.raises(CriuVersionError) as ei:
-        engine.raise_criu_failure("dump", -1, 0, str(log))
+        criu_failures.raise_criu_failure("dump", -1, 0, str(log))
     e = ei.value
     assert isinstance(e, CriuError)
     assert str(e) == f"criu dump failed: CRIU 3.17.1 is too old (need >= 4.1) (log: {log})"
     assert type(roundtrip(e)) is CriuVersionError and str(roundtrip(e)) == str(e)
     # a recent one: the plain error
-    monkeypatch.setattr(engine, "criu_version", lambda: (4, 2, 1))
+    monkeypatch.setattr(criu, "criu_version", lambda: (4, 2, 1))
     with pytest.raises(CriuError) as ei:
-        engine.raise_criu_failure("dump", -1, 0, str(log))
+        criu_failures.raise_criu_failure("dump", -1, 0, str(log))
     assert type(ei.value) is CriuError

@@ -30,7 +30,7 @@ import restore_support as rs  # noqa: E402
 
 from google.protobuf import json_format  # noqa: E402  (a failure, not a skip, when missing)
 
-from fastckpt import engine, images, manifest  # noqa: E402
+from fastckpt import images, imagedir, manifest  # noqa: E402
 from fastckpt.errors import DamagedImage, ImageDirError, ImageError  # noqa: E402
 
 PAGE = 4096
@@ -300,7 +300,7 @@ def test_write_replaces_a_stale_manifest_and_leaves_none_on_failure(tmp_path, mo
 
 def test_failed_dump_discards_the_manifest(tmp_path):
     d = make_images(tmp_path / "img")
-    engine._discard_partial_images(d)
+    imagedir.discard_partial_images(d)
     assert sorted(os.listdir(d)) == ["dump.log"]
 
 

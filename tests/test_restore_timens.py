@@ -33,9 +33,9 @@ def _images(tmp_path, names, boot_id):
 
 
 def test_host_clock_view_only_on_the_same_boot(tmp_path):
-    from fastckpt import engine
+    from fastckpt import imagedir
 
-    image_path, meta = _images(tmp_path, ["timens-0.img", "pages-1.img", "inventory.img"], engine.boot_id())
+    image_path, meta = _images(tmp_path, ["timens-0.img", "pages-1.img", "inventory.img"], imagedir.boot_id())
     view = restorer._host_clock_view(image_path, meta)
     try:
         assert sorted(os.listdir(view)) == ["inventory.img", "pages-1.img"]
@@ -50,9 +50,9 @@ def test_host_clock_view_only_on_the_same_boot(tmp_path):
 
 
 def test_a_tree_in_its_own_time_namespace_keeps_it(tmp_path):
-    from fastckpt import engine
+    from fastckpt import imagedir
 
-    image_path, meta = _images(tmp_path, ["timens-0.img", "timens-12.img", "inventory.img"], engine.boot_id())
+    image_path, meta = _images(tmp_path, ["timens-0.img", "timens-12.img", "inventory.img"], imagedir.boot_id())
     assert restorer._host_clock_view(image_path, meta) is None
 
 

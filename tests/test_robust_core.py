@@ -18,7 +18,7 @@ import robust_support as rb
 from robust_support import containers, mem_binary, slow_criu  # noqa: F401 (fixtures)
 
 import fastckpt
-from fastckpt import engine, locks
+from fastckpt import locks, proctree
 
 pytestmark = pytest.mark.integration
 
@@ -124,9 +124,9 @@ def test_tree_restored_right_after_its_checkpoint(proc_tree, tmp_path):
     count = str(tmp_path / "count")
     tree = proc_tree(["busybox", "sh", "-c", TREE.format(count=count)], count_file=count)
     pid = tree.pid
-    first = {p for p, _ in engine.tree_members(pid)}
+    first = {p for p, _ in proctree.tree_members(pid)}
     time.sleep(0.3)
-    lasting = first & {p for p, _ in engine.tree_members(pid)}  # the counter's `sleep 0.1`s come and go
+    lasting = first & {p for p, _ in proctree.tree_members(pid)}  # the counter's `sleep 0.1`s come and go
     assert len(lasting) >= 4, f"the tree has too few processes: {lasting}"
     restored = None
     try:
@@ -142,7 +142,7 @@ def test_tree_restored_right_after_its_checkpoint(proc_tree, tmp_path):
             assert r.returncode == 0, f"round {round}: {r}"
             restored = int(open(pid_file).read())
             assert restored == pid
-            now = {p for p, _ in engine.tree_members(pid)}
+            now = {p for p, _ in proctree.tree_members(pid)}
             assert lasting <= now, f"round {round}: {sorted(lasting - now)} were not restored"
             cs.wait_advancing(lambda: cs.read_int(count), f"the counter restored in round {round}")
     finally:

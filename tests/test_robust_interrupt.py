@@ -228,8 +228,8 @@ def test_signal_while_the_command_starts(containers, tmp_path, sig):
 
 def _interrupt_after_everything(containers, tmp_path, mib, where):
     """The signal arrives after the signal-deferred section, while fastckpt lists the images for its
-    result (engine.list_images slowed down) or prints it (cli._print_result): the checkpoint is
-    complete, the container gone."""
+    result (imagedir.list_images, as engine calls it, slowed down) or prints it (cli._print_result): the
+    checkpoint is complete, the container gone."""
     ct = containers(mib)
     images = str(tmp_path / "images")
     mark = str(tmp_path / "late")

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import restore_support as rs  # noqa: E402
-from fastckpt import engine, migration  # noqa: E402
+from fastckpt import criu, externals, migration  # noqa: E402
 from fastckpt.errors import UsageError  # noqa: E402
 from fastckpt.options import CheckpointOptions, RestoreOptions  # noqa: E402
 
@@ -59,13 +59,13 @@ def test_resolve_in_root(tmp_path):
     os.makedirs(f"{root}/real/conf")
     os.symlink("/real/conf", f"{root}/conf")  # absolute: inside the rootfs, not the host's /real
     os.symlink("../../real", f"{root}/real/up")  # climbs no higher than the rootfs
-    assert engine.resolve_in_root(root, "/conf") == "/real/conf"
-    assert engine.resolve_in_root(root, "/conf/x") == "/real/conf/x"
-    assert engine.resolve_in_root(root, "/real/up/conf") == "/real/conf"
-    assert engine.resolve_in_root(root, "/missing/dir") == "/missing/dir"
+    assert externals.resolve_in_root(root, "/conf") == "/real/conf"
+    assert externals.resolve_in_root(root, "/conf/x") == "/real/conf/x"
+    assert externals.resolve_in_root(root, "/real/up/conf") == "/real/conf"
+    assert externals.resolve_in_root(root, "/missing/dir") == "/missing/dir"
     os.symlink("loop", f"{root}/loop")
     with pytest.raises(Exception, match="symbolic links"):
-        engine.resolve_in_root(root, "/loop")
+        externals.resolve_in_root(root, "/loop")
 
 
 def test_criu_config_file_as_runc_chooses_it():
@@ -124,7 +124,7 @@ def _still_running(env, ct, images: str | None = None) -> None:
 
 
 def _features():
-    return engine.check()
+    return criu.check()
 
 
 @pytest.mark.integration

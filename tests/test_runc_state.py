@@ -11,7 +11,8 @@ import pytest
 
 import ckpt_support as cs
 from fastckpt import ContainerNotFound, ContainerStateError, Error, UsageError, checkpoint, runc
-from fastckpt.engine import load_checkpointable, make_private_dir
+from fastckpt.engine import load_checkpointable
+from fastckpt.imagedir import make_private_dir
 from fastckpt.errors import ImageDirError
 
 

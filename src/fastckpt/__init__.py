@@ -11,7 +11,7 @@ from ._version import __version__
 backend = "cython"
 
 _EXPORTS = {
-    "checkpoint": "engine", "check": "engine", "criu_version": "engine", "features": "engine",
+    "checkpoint": "engine", "check": "criu", "criu_version": "criu", "features": "criu",
     "CheckpointResult": "engine",
     "restore": "restorer", "RestoreResult": "restorer", "Session": "session",
     "CheckpointOptions": "options", "RestoreOptions": "options", "PageServer": "options",
@@ -43,7 +43,8 @@ def __dir__():
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~8 ms at start-up)
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .constants import CgroupMode, LogLevel, Namespace, NetworkLock
-    from .engine import CheckpointResult, check, checkpoint, criu_version, features
+    from .criu import check, criu_version, features
+    from .engine import CheckpointResult, checkpoint
     from .errors import (ContainerNotFound, ContainerStateError, CriuError, CriuNotFound, CriuVersionError,
                          DamagedImage, Error, FeatureUnavailable, ImageDirError, ImageError, ProcessNotFound,
                          UsageError)

@@ -1090,9 +1090,9 @@ def restore_import(container_id: str | None, options, *, root: str, session=None
     import shutil
     import tempfile
 
-    from . import engine, restorer, runc
+    from . import privileges, restorer, runc
 
-    engine.require_privileges("restore")
+    privileges.require_privileges("restore")
     archive = os.path.abspath(options.import_archive)
     if container_id is None:
         raise UsageError("restore --import needs a container id: the archive holds a container")

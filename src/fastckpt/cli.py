@@ -365,9 +365,9 @@ _MISSING = {
 
 
 def _cmd_check(args) -> int:
-    from . import engine
+    from . import criu
 
-    info = engine.check()
+    info = criu.check()
     if args.json:
         import json
 

@@ -26,7 +26,7 @@ from . import images
 from .errors import ImageError
 
 FORMAT = 1
-META_FILE = "fastckpt.json"  # engine.META_FILE (not imported: engine loads the libcriu binding)
+META_FILE = "fastckpt.json"  # imagedir.META_FILE (not imported: imagedir loads the libcriu binding)
 DESCRIPTORS_FILE = "descriptors.json"  # runc.DESCRIPTORS_FILE
 PODMAN_FILES = ("config.dump", "spec.dump")
 

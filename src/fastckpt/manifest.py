@@ -43,7 +43,7 @@ CHUNK_SIZE = 16 << 20
 THREADS = 2
 
 # fastckpt's and runc's files that belong to a checkpoint, besides CRIU's *.img
-# (engine.META_FILE, runc.DESCRIPTORS_FILE, CRIU's statistics of the dump)
+# (imagedir.META_FILE, runc.DESCRIPTORS_FILE, CRIU's statistics of the dump)
 _CHECKPOINT_FILES = ("fastckpt.json", "descriptors.json", "stats-dump")
 _READ_SLICE = 1 << 20  # bytes read (and checksummed) at a time by one thread
 _PARALLEL_MIN = 16 << 20  # below this many bytes, threads cost more than they bring

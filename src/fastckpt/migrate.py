@@ -41,7 +41,7 @@ import time
 import uuid
 
 from ._record import Record
-from . import cgroups, engine, runc, signals, tcplock
+from . import cgroups, engine, privileges, runc, signals, tcplock
 from .errors import ContainerStateError, Error, FeatureUnavailable, Interrupted, UsageError
 
 DEFAULT_DEST_DIR = "/var/lib/fastckpt/migrate"
@@ -252,7 +252,7 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
     rem = Remote(remote, remote_fastckpt)
     dest_dir = dest_image_path or os.path.join(DEFAULT_DEST_DIR, f"{dest_id}.{uuid.uuid4().hex[:12]}")
     rem.argv(dest_dir, bundle, *([dest_root] if dest_root else []), address)  # shell-safe, or refused now
-    engine.require_privileges("migrate")
+    privileges.require_privileges("migrate")
     ct, status = engine.load_checkpointable(container_id, root)
     if status != runc.RUNNING:
         raise ContainerStateError(f"container {container_id!r} is {status}: only a running container migrates")

@@ -36,7 +36,8 @@ import subprocess
 import time
 
 from ._record import Record, factory
-from . import criu_proc, engine, images, manifest
+from . import criu_failures, criu_proc, imagedir, images, manifest, privileges
+from .criu import criu_binary
 from .errors import CriuError, DiskFull, Error, ImageDirError, Interrupted, UsageError, log_errors
 
 LOG_FILE = "page-server.log"
@@ -171,9 +172,9 @@ def serve(image_path: str, port: int, address: str = "", *, timeout: float = DEF
     if timeout is None or timeout <= 0:
         raise UsageError(f"Invalid timeout {timeout!r} (seconds, > 0)")
     image_path = os.path.abspath(image_path)
-    engine.require_privileges("page-server")
-    criu = engine.criu_binary()
-    engine.make_private_dir(image_path, "image directory")
+    privileges.require_privileges("page-server")
+    criu = criu_binary()
+    imagedir.make_private_dir(image_path, "image directory")
     # empty: whatever is in it afterwards came from the dump (and a failed migration may clear it)
     held = sorted(os.listdir(image_path))
     if held:
@@ -216,7 +217,7 @@ def serve(image_path: str, port: int, address: str = "", *, timeout: float = DEF
                         errno=errno.ETIMEDOUT)
         if proc.returncode != 0:
             lines = log_errors(log_path)
-            if any("No space le" in l for l in lines) or engine._free_bytes(image_path) in range(0, 4 << 20):
+            if any("No space le" in l for l in lines) or criu_failures.disk_full(image_path):
                 raise DiskFull(f"criu page-server failed: no space left on the disk holding {image_path}; "
                                f"the pages received were removed (log: {log_path})", errno=errno.ENOSPC)
             raise CriuError("page-server", -1, 0, log_path, lines,

@@ -14,7 +14,8 @@ import shutil
 import time
 
 from ._record import Record
-from . import _libc, cgroups, console, criu_proc, engine, locks, manifest, runc, signals
+from . import (_libc, cgroups, console, criu, criu_failures, criu_proc, externals, imagedir, locks, manifest, privileges,
+               runc, signals)
 from .errors import ContainerStateError, Error, ImageDirError, Interrupted, UsageError
 from .constants import CgroupMode, Namespace
 from .options import NETNS_HOST, NETNS_OWN, RestoreOptions
@@ -65,7 +66,7 @@ def image_kind(image_path: str) -> tuple[str, dict | None]:
         raise ImageDirError(f"image directory {image_path} does not exist", errno=errno.ENOENT)
     if not os.path.exists(os.path.join(image_path, "inventory.img")):
         raise ImageDirError(f"{image_path} holds no checkpoint (no inventory.img)", errno=errno.ENOENT)
-    meta = engine.read_meta(image_path)
+    meta = imagedir.read_meta(image_path)
     if meta is not None:
         return meta.get("kind", "process"), meta
     # runc writes descriptors.json with every container checkpoint
@@ -176,7 +177,7 @@ def _prepare_mountpoints(cfg: dict) -> None:
     for m in mounts:
         if m.get("device") != "bind" or any(m["destination"].startswith(t + "/") for t in tmpfs):
             continue
-        dest = engine.resolve_in_root(rootfs, m["destination"])
+        dest = externals.resolve_in_root(rootfs, m["destination"])
         target = os.path.join(rootfs, dest.lstrip("/"))
         for bdest, bsrc in reversed(binds):
             if dest.startswith(bdest.rstrip("/") + "/"):
@@ -197,7 +198,7 @@ def _restore_ext_mounts(cfg: dict, cg_paths: dict[str, str]) -> list[tuple[str, 
     for m in cfg.get("mounts") or []:
         if m.get("device") == "bind":
             # keyed as the checkpoint keyed it: the destination resolved in the rootfs
-            ext[engine.resolve_in_root(cfg["rootfs"], m["destination"])] = m["source"]
+            ext[externals.resolve_in_root(cfg["rootfs"], m["destination"])] = m["source"]
         elif m.get("device") == "cgroup" and cgroups.layout() != cgroups.UNIFIED:
             # the container saw each v1 hierarchy at <dest>/<mount dir name>: give it its new cgroups
             # (on cgroup v2 its cgroup mount is a real one, restored by CRIU)
@@ -283,11 +284,11 @@ def ensure_loopback_up(pid: int) -> None:
 
 def _new_opts(options: RestoreOptions, image_fd: int, work_fd: int, netns: str = NETNS_HOST, session=None,
               dumped_with: str | None = None):
-    opts = engine.new_opts(session)
+    opts = criu.new_opts(session)
     opts.set_images_dir_fd(image_fd)
     opts.set_work_dir_fd(work_fd)
     opts.set_log_file(RESTORE_LOG)
-    engine.apply_common(opts, options, netns, dumped_with)
+    criu.apply_common(opts, options, netns, dumped_with)
     if options.lsm_profile:
         opts.set_lsm_profile(options.lsm_profile)
     if options.lsm_mount_context:
@@ -296,7 +297,7 @@ def _new_opts(options: RestoreOptions, image_fd: int, work_fd: int, netns: str =
 
 
 def _check_lazy_pages(options: RestoreOptions) -> None:
-    if options.lazy_pages and not engine.features().get("lazy_pages"):
+    if options.lazy_pages and not criu.features().get("lazy_pages"):
         raise Error("--lazy-pages needs userfaultfd (non-cooperative), which this kernel lacks: nothing was "
                     "restored", errno=errno.EOPNOTSUPP)
 
@@ -305,11 +306,11 @@ def _open_dirs(options: RestoreOptions) -> tuple[str, str, list[int]]:
     image_path = options.resolved_image_path()
     work_path = options.resolved_work_path()
     if work_path != image_path:
-        engine.make_private_dir(work_path, "work directory")
+        imagedir.make_private_dir(work_path, "work directory")
     else:
-        engine.require_writable_work_dir(work_path, RESTORE_LOG)
-    fds = [engine.open_dir_fd(image_path, "image directory")]
-    fds.append(engine.open_dir_fd(work_path, "work directory") if work_path != image_path else fds[0])
+        imagedir.require_writable_work_dir(work_path, RESTORE_LOG)
+    fds = [imagedir.open_dir_fd(image_path, "image directory")]
+    fds.append(imagedir.open_dir_fd(work_path, "work directory") if work_path != image_path else fds[0])
     return image_path, work_path, fds
 
 
@@ -365,7 +366,7 @@ def restore(container_id: str | None = None, options: RestoreOptions | None = No
         from .archive import restore_import
 
         return restore_import(container_id, options, root=root, session=session)
-    engine.require_privileges("restore")
+    privileges.require_privileges("restore")
     root = os.path.abspath(root)  # CRIU's root is made in it: CRIU needs it absolute
     if session is None:
         criu_proc.prespawn()  # its exec overlaps the checks of the images
@@ -441,14 +442,14 @@ def _restore_process(options: RestoreOptions, t0: float, session=None) -> Restor
     try:
         opts = _new_opts(options, fds[0], fds[1], session=session)
         if options.lazy_pages:
-            engine.apply_config_file(opts, None, work_path, lazy_pages=True)
+            criu.apply_config_file(opts, None, work_path, lazy_pages=True)
         # CRIU and all it forks run in a cgroup of their own: if it fails or is
         # stopped, nothing it started half-way can outlive it
         box = None if session is not None else cgroups.Containment(f"fastckpt-restore-{os.getpid()}")
         try:
-            ret, err = engine.run_op(opts, "restore", session, log_path=os.path.join(work_path, RESTORE_LOG),
-                                     timeout=restore_bound(image_path), setup=box.enter if box else None,
-                                     on_stop=box.kill_all if box else None)
+            ret, err = criu.run_op(opts, "restore", session, log_path=os.path.join(work_path, RESTORE_LOG),
+                                   timeout=restore_bound(image_path), setup=box.enter if box else None,
+                                   on_stop=box.kill_all if box else None)
             if ret > 0:
                 _write_pid_file(options.pid_file, ret)
         except BaseException:
@@ -462,7 +463,7 @@ def _restore_process(options: RestoreOptions, t0: float, session=None) -> Restor
             os.close(fd)
     log_path = os.path.join(work_path, RESTORE_LOG)
     if ret <= 0:
-        engine.raise_criu_failure("restore", ret, err, log_path)
+        criu_failures.raise_criu_failure("restore", ret, err, log_path)
     return RestoreResult(pid=ret, image_path=image_path, work_path=work_path, log_path=log_path,
                          wall_time=time.monotonic() - t0)
 
@@ -530,7 +531,7 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
         image_fd = fds[0]
         criu_images = _host_clock_view(image_path, meta)
         if criu_images is not None:
-            image_fd = engine.open_dir_fd(criu_images, "image directory")
+            image_fd = imagedir.open_dir_fd(criu_images, "image directory")
             fds.append(image_fd)
 
         own_netns = any(ns.get("type") == "NEWNET" and not ns.get("path") for ns in cfg.get("namespaces") or [])
@@ -546,7 +547,7 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
         opts.set_orphan_pts_master(True)
         if terminal:
             opts.set_notify(_restore_notify(sock, masters))
-        engine.apply_config_file(opts, cfg.get("labels") or [], work_path, options.lazy_pages)
+        criu.apply_config_file(opts, cfg.get("labels") or [], work_path, options.lazy_pages)
         box = None  # CRIU's own cgroup, when it is not run in the container's
         if options.manage_cgroups_mode in (None, CgroupMode.IGNORE):
             # CRIU itself runs in the container's new cgroups (as with runc) and its
@@ -595,9 +596,9 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
             # CRIU restores the tree as its child; when it exits the tree goes to the
             # nearest subreaper: fastckpt when it waits in the foreground
             # a criu of its own when fds are handed over (the spare one was started before they were opened)
-            ret, err = engine.run_op(opts, "restore", log_path=log_path, timeout=restore_bound(image_path),
-                                     setup=enter_cgroups, on_stop=lambda: _kill_cgroup_tasks(cg_paths, box),
-                                     fresh=bool(ns_fds))
+            ret, err = criu.run_op(opts, "restore", log_path=log_path, timeout=restore_bound(image_path),
+                                   setup=enter_cgroups, on_stop=lambda: _kill_cgroup_tasks(cg_paths, box),
+                                   fresh=bool(ns_fds))
         finally:  # the restored mount namespace keeps its own copy of the root
             _libc.umount(criu_root)
             mounted = False
@@ -607,7 +608,7 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
         if opts.notify_error is not None:
             raise opts.notify_error
         if ret <= 0:
-            engine.raise_criu_failure("restore", ret, err, log_path)
+            criu_failures.raise_criu_failure("restore", ret, err, log_path)
         pid = ret
         undo.append(lambda: _kill(pid))
         if terminal and sock is None and not masters:
@@ -671,7 +672,7 @@ def _host_clock_view(image_path: str, meta: dict | None) -> str | None:
     restored again (CRIU cannot restore a tree spread over two time namespaces: "Can't restore
     sub-task in NS"). A tree already in a time namespace of its own at the dump keeps it.
     """
-    if not meta or not meta.get("boot_id") or meta.get("boot_id") != engine.boot_id():
+    if not meta or not meta.get("boot_id") or meta.get("boot_id") != imagedir.boot_id():
         return None
     names = [e.name for e in os.scandir(image_path) if e.is_file(follow_symlinks=False) or e.is_symlink()]
     if HOST_TIMENS_IMAGE not in names or any(n.startswith("timens-") and n != HOST_TIMENS_IMAGE for n in names):

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 
-from . import criu_proc, engine, runc
+from . import criu, criu_proc, engine, kdat, runc
 from .errors import CriuError
 
 RUN_DIR = "/run/fastckpt"
@@ -26,13 +26,13 @@ class Session:
 
     def __init__(self, *, root: str = runc.DEFAULT_ROOT, start_timeout: float = 10.0):
         self.root = root
-        binary = engine.criu_binary()
+        binary = criu.criu_binary()
         os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
         self._dir = tempfile.mkdtemp(prefix="criu-service-", dir=RUN_DIR)
         self.address = os.path.join(self._dir, "criu.sock")
         pidfile = os.path.join(self._dir, "criu.pid")
         self.log_path = os.path.join(self._dir, "service.log")
-        engine.kdat.ensure(binary)
+        kdat.ensure(binary)
         with open(os.devnull, "r+b") as null:
             # umask 077: the service's workers write images that hold process memory
             r = subprocess.run([binary, "service", "--address", self.address, "--daemon", "--pidfile", pidfile,

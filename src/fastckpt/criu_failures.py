@@ -1,0 +1,70 @@
+"""A failed CRIU operation told as the error that says why: disk full, a pid the restored tree needs
+taken (and by whom), a session leader outside the pid namespace, a CRIU too old."""
+from __future__ import annotations
+
+import errno
+import os
+import re
+
+from . import criu
+from .constants import MIN_CRIU_VERSION
+from .errors import CriuError, CriuVersionError, DiskFull, Error, log_errors
+
+
+def raise_criu_failure(op: str, ret: int, err: int, log_path: str | None,
+                       image_path: str | None = None, disk_full: bool = False) -> None:
+    lines = log_errors(log_path)
+    detail = ""
+    # CRIU's message may be cut short ("No space lef"), or missing when its log
+    # had no room either: the free space measured after the failure decides then
+    if image_path and (disk_full or err == errno.ENOSPC or any("No space le" in l for l in lines)):
+        raise DiskFull(f"criu {op} failed: no space left on the disk holding {image_path}; the partial "
+                       f"images were removed ({free_bytes(image_path) >> 20} MiB free now)"
+                       + (f" (log: {log_path})" if log_path else ""), errno=errno.ENOSPC)
+    taken = next((m for m in map(_FORK_EXISTS.search, lines) if m), None)
+    if taken:
+        detail = f"{taken.group(0)}: pid {taken.group(1)}, which the restored tree needs, {_pid_holder(int(taken.group(1)))}"
+    elif any("session leader" in l and "outside of its pid namespace" in l for l in lines):
+        # CRIU refuses this whatever the options, so say what does help
+        detail = (f"{lines[0]}: the tree's session leader is in an outer pid namespace; start the tree "
+                  "with setsid (--shell-job does not help here)")
+    elif not lines:
+        try:
+            v = criu.criu_version()
+        except Error:
+            v = None
+        if v is not None and v < MIN_CRIU_VERSION:
+            raise CriuVersionError(op, ret, err, log_path, lines,
+                                   f"CRIU {'.'.join(map(str, v))} is too old (need >= 4.1)")
+    raise CriuError(op, ret, err, log_path, lines, detail)
+
+
+_FORK_EXISTS = re.compile(r"Can't fork for (\d+): File exists")
+
+
+def _pid_holder(pid: int) -> str:
+    """Who holds PID, as said after "pid N, which the restored tree needs, ..."."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return "was taken and is free now: try again"
+    comm = data[data.index("(") + 1:data.rindex(")")]
+    state, ppid = data[data.rindex(")") + 2:].split()[:2]
+    if state in ("Z", "X"):
+        return (f"is held by {comm!r}, a dead process (zombie) that its parent (pid {ppid}) has not reaped yet: "
+                "try again once it has")
+    return f"is taken by {comm!r} (parent pid {ppid}), a running process"
+
+
+def free_bytes(path: str) -> int:
+    try:
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize
+    except OSError:
+        return -1
+
+
+def disk_full(*paths: str) -> bool:
+    """Less room left than one of CRIU's page pipes holds: a dump that failed here ran out of disk."""
+    return any(0 <= free_bytes(p) < (4 << 20) for p in paths)
