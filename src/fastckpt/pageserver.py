@@ -36,7 +36,7 @@ import subprocess
 import time
 
 from ._record import Record, factory
-from . import criu_proc, engine, manifest
+from . import criu_proc, engine, images, manifest
 from .errors import CriuError, DiskFull, Error, ImageDirError, Interrupted, UsageError, log_errors
 
 LOG_FILE = "page-server.log"
@@ -148,7 +148,8 @@ def check_pages(image_path: str, page_size: int | None = None) -> None:
         if not (name.startswith("pagemap-") and name.endswith(".img")):
             continue
         try:
-            pages_id, n = manifest.pagemap_pages(manifest._read_image(image_path, name, manifest.PAGEMAP_MAGIC))
+            pagemap = images.read_pagemap(os.path.join(image_path, name))
+            pages_id, n = pagemap.pages_id, pagemap.stored_pages
         except Exception as e:  # noqa: BLE001 -- any decoding failure is a damaged image
             problems.append((name, f"unreadable: {e}"))
             continue
@@ -215,7 +216,8 @@ def serve(image_path: str, port: int, address: str = "", *, timeout: float = DEF
         if ready is not None:
             ready(bound[0], bound[1])
         try:  # the pagemaps' decoder, ready before the dump comes (its import would count in the downtime)
-            manifest._message_classes()
+            images.message_class("pagemap_head")
+            images.message_class("pagemap_entry")
         except Error:
             pass
         conn = _accept(sk, deadline, stop_fd)
