@@ -696,3 +696,42 @@ def test_lazy_pages_refused(hosts):
     finally:
         if put_back is not None:
             put_back()
+
+
+def test_migrate_lazy_pull_cut_after_the_restore(lazy_hosts):
+    """The pages stop coming after the restore (the destination's lazy-pages daemon is killed mid-pull):
+    the destination's copy is removed, the source (frozen all along) runs on, its memory whole."""
+    hosts = lazy_hosts
+    cid, db = _patmem_1gib(hosts)
+    sb = os.path.join(hosts.src.dir, "big")
+    dest_dir = _lazy_dirs(hosts)
+    p = subprocess.Popen(
+        hosts.src.fastckpt("migrate", "--lazy-pages", "--remote", hosts.dst.remote(), "--remote-fastckpt",
+                           ms.FASTCKPT, "--address", hosts.dst.address, "-b", db, "--dest-root", hosts.dst.root,
+                           "--dest-id", cid + "-d", "--dest-image-path", dest_dir, cid),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def daemon_of_a_restored_container():
+            if cid + "-d" not in hosts.dst.ids():
+                return None
+            return [pid for pid in ms.procs_mentioning(dest_dir)
+                    if open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[1:2] == [b"lazy-pages"]]
+        daemons = cs.wait_until(daemon_of_a_restored_container, "the restore there, its daemon pulling pages",
+                                timeout=120, interval=0.005)
+        for pid in daemons:
+            ms.kill(pid)
+        out, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 1, (p.returncode, out, err)
+    assert "copy on the destination was removed" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert hosts.src.container(cid).status() == "running"
+    assert hosts.src.container(cid).freezer_state() == "THAWED"
+    answer = ms.check_pattern(hosts.src, sb, cid)
+    assert answer == f"ok {(1 << 30) // 8}", f"the source's memory after the cut: {answer}"
+    _assert_destination_clean(hosts)
+    assert not os.path.exists(dest_dir) or os.listdir(dest_dir) == []
+    assert ms.procs_mentioning(dest_dir) == [], "something of the migration still runs on the destination"
