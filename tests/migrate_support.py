@@ -278,6 +278,19 @@ def procs_mentioning(text: str) -> List[int]:
     return [p for p in out if p != os.getpid()]
 
 
+def criu_procs(text: str, command: str) -> List[int]:
+    """Live `criu COMMAND ...` processes whose command line contains TEXT."""
+    out = []
+    for pid in procs_mentioning(text):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().split(b"\0")[1:2] == [command.encode()]:
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
 def staging_dirs() -> set:
     return {n for n in os.listdir("/dev/shm") if n.startswith("fastckpt-migrate-")}
 

@@ -431,9 +431,9 @@ def _assert_big_survived(hosts, ct, sb):
     assert ms.check_pattern(hosts.src, sb, ct.id).startswith("ok ")
 
 
-def _migrate_bg(hosts, cid, db, dest_dir):
+def _migrate_bg(hosts, cid, db, dest_dir, *extra):
     return subprocess.Popen(
-        hosts.src.fastckpt("migrate", "--remote", hosts.dst.remote(), "--remote-fastckpt", ms.FASTCKPT,
+        hosts.src.fastckpt("migrate", *extra, "--remote", hosts.dst.remote(), "--remote-fastckpt", ms.FASTCKPT,
                            "--address", hosts.dst.address, "-b", db, "--dest-root", hosts.dst.root,
                            "--dest-id", cid + "-d", "--dest-image-path", dest_dir, cid),
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -445,9 +445,8 @@ def test_destination_dies_mid_transfer(hosts):
     p = _migrate_bg(hosts, cid, db, dest_dir)
     try:
         ms.wait_pages(dest_dir, 16 << 20)
-        victims = [pid for pid in ms.procs_mentioning(dest_dir)
-                   if open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[1:2] == [b"page-server"]
-                   and b"--ps-socket" in open(f"/proc/{pid}/cmdline", "rb").read()]
+        victims = [pid for pid in ms.criu_procs(dest_dir, "page-server")
+                   if b"--ps-socket" in open(f"/proc/{pid}/cmdline", "rb").read()]
         assert victims, "no criu page-server found on the destination"
         for pid in victims:
             ms.kill(pid)
@@ -674,9 +673,7 @@ def test_migrate_lazy_failed_restore_keeps_the_source(lazy_hosts):
                  "--dest-image-path", dest_dir)
     cs.assert_one_line_error(r, 1, "the restore on the destination failed")
     ct.assert_running_thawed_advancing()
-    _assert_destination_clean(hosts)
-    assert not os.path.exists(dest_dir) or os.listdir(dest_dir) == []
-    assert ms.procs_mentioning(dest_dir) == [], "a lazy-pages daemon is still running on the destination"
+    _assert_destination_clean(hosts, dest_dir)
 
 
 def test_lazy_pages_refused(hosts):
@@ -702,36 +699,23 @@ def test_migrate_lazy_pull_cut_after_the_restore(lazy_hosts):
     """The pages stop coming after the restore (the destination's lazy-pages daemon is killed mid-pull):
     the destination's copy is removed, the source (frozen all along) runs on, its memory whole."""
     hosts = lazy_hosts
-    cid, db = _patmem_1gib(hosts)
-    sb = os.path.join(hosts.src.dir, "big")
+    cid, ct, sb, db = _big(hosts, 1024)
     dest_dir = _lazy_dirs(hosts)
-    p = subprocess.Popen(
-        hosts.src.fastckpt("migrate", "--lazy-pages", "--remote", hosts.dst.remote(), "--remote-fastckpt",
-                           ms.FASTCKPT, "--address", hosts.dst.address, "-b", db, "--dest-root", hosts.dst.root,
-                           "--dest-id", cid + "-d", "--dest-image-path", dest_dir, cid),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = _migrate_bg(hosts, cid, db, dest_dir, "--lazy-pages")
     try:
         def daemon_of_a_restored_container():
-            if cid + "-d" not in hosts.dst.ids():
-                return None
-            return [pid for pid in ms.procs_mentioning(dest_dir)
-                    if open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[1:2] == [b"lazy-pages"]]
-        daemons = cs.wait_until(daemon_of_a_restored_container, "the restore there, its daemon pulling pages",
-                                timeout=120, interval=0.005)
-        for pid in daemons:
+            return cid + "-d" in hosts.dst.ids() and ms.criu_procs(dest_dir, "lazy-pages")
+        for pid in cs.wait_until(daemon_of_a_restored_container, "the restore there, its daemon pulling pages",
+                                 timeout=120, interval=0.005):
             ms.kill(pid)
         out, err = p.communicate(timeout=300)
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
-    assert p.returncode == 1, (p.returncode, out, err)
-    assert "copy on the destination was removed" in err and "Traceback" not in err, err
-    assert len(err.strip().splitlines()) == 1, err
-    assert hosts.src.container(cid).status() == "running"
-    assert hosts.src.container(cid).freezer_state() == "THAWED"
-    answer = ms.check_pattern(hosts.src, sb, cid)
-    assert answer == f"ok {(1 << 30) // 8}", f"the source's memory after the cut: {answer}"
-    _assert_destination_clean(hosts)
-    assert not os.path.exists(dest_dir) or os.listdir(dest_dir) == []
-    assert ms.procs_mentioning(dest_dir) == [], "something of the migration still runs on the destination"
+    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    # the source's CRIU sees the connection go (or, at the very end, only the daemon's status tells)
+    err = cs.assert_one_line_error(r, 1, "copy on the destination was removed")
+    assert "the pages could not all be pulled" in err or "lazy-pages daemon failed" in err, err
+    _assert_big_survived(hosts, ct, sb)
+    _assert_destination_clean(hosts, dest_dir)
