@@ -171,17 +171,6 @@ def _probe(address: str, port: int, timeout: float) -> None:
                     "nothing was done", errno=e.errno or errno.EHOSTUNREACH) from None
 
 
-def _uncork(address: str, port: int):
-    """pscork.Uncork around the dump; FASTCKPT_UNCORK=0 leaves CRIU's socket as CRIU sets it."""
-    import contextlib
-
-    if os.environ.get("FASTCKPT_UNCORK", "1") == "0":
-        return contextlib.nullcontext()
-    from .pscork import Uncork
-
-    return Uncork(address, port)
-
-
 def _staging_dir() -> str:
     for root in STAGING_ROOTS:
         if os.path.isdir(root) and os.access(root, os.W_OK):
@@ -298,11 +287,10 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
         if tcp_established:
             lock = _lock_connections(ct)
         try:
-            with _uncork(address, port):  # CRIU's last command would wait 200 ms in its corked socket
-                ckpt = engine.checkpoint(
-                    container_id, root=root, image_path=staging, leave_running=True, page_server=(address, port),
-                    tcp_established=tcp_established, ext_unix_sk=ext_unix_sk, file_locks=file_locks,
-                    manage_cgroups_mode=manage_cgroups_mode, network_lock=network_lock)
+            ckpt = engine.checkpoint(  # it uncorks CRIU's socket to the page server (pscork)
+                container_id, root=root, image_path=staging, leave_running=True, page_server=(address, port),
+                tcp_established=tcp_established, ext_unix_sk=ext_unix_sk, file_locks=file_locks,
+                manage_cgroups_mode=manage_cgroups_mode, network_lock=network_lock)
         except Error as e:
             _raise_server_failure(server, e)
             raise
