@@ -295,6 +295,22 @@ def staging_dirs() -> set:
     return {n for n in os.listdir("/dev/shm") if n.startswith("fastckpt-migrate-")}
 
 
+def mentions(directory: str, text: str) -> bool:
+    """Whether a file in DIRECTORY (a staging directory's CRIU logs) names TEXT (a test's own path)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            with open(os.path.join(directory, name), "rb") as f:
+                if text.encode() in f.read():
+                    return True
+        except OSError:
+            pass
+    return False
+
+
 def wait_pages(dest_dir: str, at_least: int, timeout: float = 60) -> None:
     def arrived() -> int:
         try:

@@ -395,14 +395,20 @@ def _clear_staging(staging: str, keep_logs: bool) -> None:
     if not keep_logs:
         shutil.rmtree(staging, ignore_errors=True)
         return
-    for name in os.listdir(staging):
+    try:
+        names = os.listdir(staging)
+    except OSError:  # gone already: nothing to clear (and the migration's own error stays the one told)
+        return
+    for name in names:
         if not name.endswith(".log"):
             try:
                 os.unlink(os.path.join(staging, name))
             except OSError:
                 pass
-    if not os.listdir(staging):
-        os.rmdir(staging)
+    try:
+        os.rmdir(staging)  # if empty
+    except OSError:
+        pass
 
 
 def _dump_stats(staging: str) -> dict | None:

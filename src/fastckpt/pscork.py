@@ -35,7 +35,10 @@ def uncork(page_server):
 
     if page_server is None or os.environ.get("FASTCKPT_UNCORK", "1") == "0":
         return contextlib.nullcontext()
-    return Uncork(page_server.address, page_server.port)
+    try:
+        return Uncork(page_server.address, page_server.port)
+    except ValueError:  # a host name: CRIU resolves it (or says it cannot); its socket is left as it is
+        return contextlib.nullcontext()
 
 
 def _children() -> list[int]:
