@@ -696,9 +696,11 @@ def test_lazy_pages_refused(hosts):
             put_back()
 
 
-def test_migrate_lazy_pull_cut_after_the_restore(lazy_hosts):
-    """The pages stop coming after the restore (the destination's lazy-pages daemon is killed mid-pull):
-    the destination's copy is removed, the source (frozen all along) runs on, its memory whole."""
+@pytest.mark.parametrize("cut", ["daemon", "sigint"])
+def test_migrate_lazy_pull_cut_after_the_restore(lazy_hosts, cut):
+    """The pages stop coming after the restore (the destination's lazy-pages daemon is killed mid-pull,
+    or the user presses Ctrl-C): the destination's copy is removed, the source (frozen all along) runs
+    on, its memory whole."""
     hosts = lazy_hosts
     cid, ct, sb, db = _big(hosts, 1024)
     dest_dir = _lazy_dirs(hosts)
@@ -706,17 +708,25 @@ def test_migrate_lazy_pull_cut_after_the_restore(lazy_hosts):
     try:
         def daemon_of_a_restored_container():
             return cid + "-d" in hosts.dst.ids() and ms.criu_procs(dest_dir, "lazy-pages")
-        for pid in cs.wait_until(daemon_of_a_restored_container, "the restore there, its daemon pulling pages",
-                                 timeout=120, interval=0.005):
-            ms.kill(pid)
+        daemons = cs.wait_until(daemon_of_a_restored_container, "the restore there, its daemon pulling pages",
+                                timeout=120, interval=0.005)
+        if cut == "sigint":
+            p.send_signal(signal.SIGINT)
+        else:
+            for pid in daemons:
+                ms.kill(pid)
         out, err = p.communicate(timeout=300)
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
     r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
-    # the source's CRIU sees the connection go (or, at the very end, only the daemon's status tells)
-    err = cs.assert_one_line_error(r, 1, "copy on the destination was removed")
-    assert "the pages could not all be pulled" in err or "lazy-pages daemon failed" in err, err
+    if cut == "sigint":
+        cs.assert_one_line_error(r, 130, "interrupted: nothing was migrated", f"container {cid!r} runs here",
+                                 "its copy on the destination was removed")
+    else:
+        # the source's CRIU sees the connection go (or, at the very end, only the daemon's status tells)
+        err = cs.assert_one_line_error(r, 1, "copy on the destination was removed")
+        assert "the pages could not all be pulled" in err or "lazy-pages daemon failed" in err, err
     _assert_big_survived(hosts, ct, sb)
     _assert_destination_clean(hosts, dest_dir)

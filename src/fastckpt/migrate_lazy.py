@@ -73,6 +73,8 @@ class _Dump(threading.Thread):
         self.args = (container_id, root, staging, page_server, status_fd, kw)
         self.result = None
         self.error: BaseException | None = None
+        # waited on instead of join(): a join interrupted by Ctrl-C marks a live thread as ended (CPython 3.11)
+        self.finished = threading.Event()
 
     def run(self) -> None:
         container_id, root, staging, page_server, status_fd, kw = self.args
@@ -81,6 +83,15 @@ class _Dump(threading.Thread):
                                             lazy_pages=True, page_server=page_server, status_fd=status_fd, **kw)
         except BaseException as e:  # handed to the caller
             self.error = e
+        finally:
+            self.finished.set()
+
+    def running(self) -> bool:
+        return self.is_alive() and not self.finished.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the dump ended within TIMEOUT seconds."""
+        return self.finished.wait(timeout) if self.is_alive() or self.finished.is_set() else True
 
 
 def _wait_ready(fd: int, what: str, alive, deadline: float, why) -> None:
@@ -99,7 +110,7 @@ def _wait_ready(fd: int, what: str, alive, deadline: float, why) -> None:
 
 
 def _dump_failure(dump: _Dump) -> str:
-    dump.join(10)
+    dump.wait(10)
     e = dump.error
     return str(e) if e is not None else "it stopped without a word"
 
@@ -107,15 +118,13 @@ def _dump_failure(dump: _Dump) -> str:
 def _stop_dump(dump: _Dump, address: str, port: int, bound: float) -> None:
     """The source's CRIU ends: a connection that closes at once is an error to its lazy page server
     (once its daemon is gone), whose dump then fails and lets the (still frozen) tasks go."""
-    if not dump.is_alive():
-        return
     deadline = time.monotonic() + bound
-    while dump.is_alive() and time.monotonic() < deadline:
+    while dump.running() and time.monotonic() < deadline:
         try:
             socket.create_connection((address, port), timeout=2).close()
         except OSError:
             pass
-        dump.join(1.0)
+        dump.wait(1.0)
 
 
 def _send_images(rem: Remote, staging: str, dest_dir: str, timeout: float) -> None:
@@ -184,7 +193,7 @@ def migrate_lazy(ct: runc.Container, rem: Remote, *, address: str | None, dest_a
         if checkpoint_kw.get("tcp_established"):
             lock = _lock_connections(ct)
         dump.start()
-        _wait_ready(status_r, "the lazy checkpoint here", dump.is_alive, deadline, lambda: _dump_failure(dump))
+        _wait_ready(status_r, "the lazy checkpoint here", dump.running, deadline, lambda: _dump_failure(dump))
         status_sent = True  # CRIU's notification wrote it and closed status_w
         t_dumped = time.monotonic()
         _send_images(rem, staging, dest_dir, max(1.0, deadline - time.monotonic()))
@@ -205,8 +214,7 @@ def migrate_lazy(ct: runc.Container, rem: Remote, *, address: str | None, dest_a
             restored = True
         pid = _restored_pid(r.stdout)
         # it runs there; the rest of its memory is pulled from here meanwhile
-        dump.join(max(1.0, deadline - time.monotonic()))
-        if dump.is_alive():
+        if not dump.wait(max(1.0, deadline - time.monotonic())):
             raise Error("the destination did not pull all pages in time", errno=errno.ETIMEDOUT)
         if dump.error is not None:
             raise Error(f"the pages could not all be pulled: {dump.error}")
@@ -249,7 +257,7 @@ def migrate_lazy(ct: runc.Container, rem: Remote, *, address: str | None, dest_a
                 if not keep_images:
                     _remove_remote_dir(rem, dest_dir)
             os.close(status_r)
-            if not status_sent and not dump.is_alive():
+            if not status_sent and not dump.running():
                 try:
                     os.close(status_w)  # CRIU never said it was ready: its notification did not close it
                 except OSError:
