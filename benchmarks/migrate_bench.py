@@ -9,6 +9,12 @@ every round runs both methods on a fresh container, alternating which goes first
   through the remote prefix; the destination restores; the source goes.
   Downtime: from the freeze on the source to the restore's return on the
   destination (fastckpt's own measurement, ``--json``); total: the command's wall time.
+* **lazy**: ``fastckpt migrate --lazy-pages`` (post-copy): the source's CRIU serves the pages from a
+  lazy page server; the destination restores at once and pulls them (on demand, the rest in the
+  background). Downtime as for migrate (the pages mostly come after it); total: until the last page
+  was pulled and the source removed. Where CRIU's lazy page server cannot size its pipe
+  (/proc/sys/fs/pipe-max-size), FASTCKPT_TEST_RAISE_PIPE_MAX=1 raises the limit for the run (put back
+  at its end); without it the lazy rows are left out, with the reason.
 * **disk**: ``fastckpt checkpoint`` into a directory on the source's disk, a socket
   copy of that directory to the destination (one TCP connection over the veth,
   files sent with sendfile), ``fastckpt restore -d`` there.  The container is stopped
@@ -147,10 +153,13 @@ class Bench:
         shutil.rmtree(os.path.join(self.h.src.dir, f"b{self.n}"), ignore_errors=True)
         shutil.rmtree(os.path.join(self.h.dst.dir, f"b{self.n}"), ignore_errors=True)
 
-    def migrate(self, mib: int) -> dict:
+    def lazy(self, mib: int) -> dict:
+        return self.migrate(mib, "--lazy-pages")
+
+    def migrate(self, mib: int, *extra: str) -> dict:
         cid, sb, db = self.container(mib)
         t = time.monotonic()
-        r = subprocess.run(self.h.src.fastckpt("migrate", "--json", "--remote", self.h.dst.remote(),
+        r = subprocess.run(self.h.src.fastckpt("migrate", "--json", *extra, "--remote", self.h.dst.remote(),
                                                "--remote-fastckpt", ms.FASTCKPT, "--address", self.h.dst.address,
                                                "-b", db, "--dest-root", self.h.dst.root, "--dest-id", cid + "-d",
                                                "--dest-image-path", os.path.join(self.h.dst.dir, "mig"), cid),
@@ -161,7 +170,7 @@ class Bench:
         self.finish(cid, db)
         crit = res.get("criu_dump") or {}
         return {"downtime": res["downtime"], "total": wall, "dump": res["dump_time"],
-                "restore": res["restore_time"], "bytes": res["pages_bytes"],
+                "restore": res["restore_time"], "bytes": res["pages_bytes"], "pull": res.get("pull_time"),
                 "memwrite": (crit.get("memwrite_time") or 0) / 1e6 or res["dump_time"]}
 
     def disk(self, mib: int) -> dict:
@@ -205,28 +214,40 @@ def main() -> int:
     if reason:
         print(f"migrate_bench: cannot run: {reason}", file=sys.stderr)
         return 2
+    put_back = cs.raise_pipe_max_size()
+    lazy_reason = cs.lazy_pages_unavailable()
+    if lazy_reason:
+        print(f"migrate_bench: no lazy rows: {lazy_reason}", file=sys.stderr)
     work = tempfile.mkdtemp(prefix="fastckpt-migbench-", dir="/var/tmp")
     hosts = ms.Hosts(work).setup()
     out = {"host": os.uname().nodename, "kernel": os.uname().release, "time": time.strftime("%Y%m%d-%H%M%S"),
-           "sizes": {}}
+           "sizes": {}, "lazy_unavailable": lazy_reason}
     try:
         binary = ms.patmem_binary(work)
         bench = Bench(hosts, binary)
         for mib in (int(s) for s in args.sizes.split(",")):
             rounds = args.rounds if mib < 1024 else args.big_rounds
-            mig, disk, ceiling = [], [], []
+            rows = {"migrate": [], "disk": [], "lazy": []}
+            methods = [bench.migrate, bench.disk] + ([] if lazy_reason else [bench.lazy])
+            ceiling = []
             # warm-up round (not counted): page cache, CRIU's kdat, the bundles' first copies
             bench.migrate(mib)
+            if not lazy_reason:
+                bench.lazy(mib)
             for i in range(rounds):
-                order = (bench.migrate, bench.disk) if i % 2 == 0 else (bench.disk, bench.migrate)
+                order = methods[i % len(methods):] + methods[:i % len(methods)]  # who goes first rotates
                 for fn in order:
-                    (mig if fn == bench.migrate else disk).append(fn(mib))
+                    rows[fn.__name__].append(fn(mib))
+                mig, disk, lazy = rows["migrate"], rows["disk"], rows["lazy"]
                 n = mig[-1]["bytes"]
                 ceiling.append({"seconds": socket_copy(hosts, f"zero:{n}", "-"), "bytes": n})
                 print(f"{mib} MiB round {i + 1}/{rounds}: migrate {mig[-1]['downtime']:.3f}/{mig[-1]['total']:.3f} s,"
-                      f" disk {disk[-1]['total']:.3f} s, socket {ceiling[-1]['seconds']:.3f} s", flush=True)
-            out["sizes"][mib] = {"migrate": mig, "disk": disk, "socket": ceiling}
+                      + (f" lazy {lazy[-1]['downtime']:.3f}/{lazy[-1]['total']:.3f} s," if lazy else "")
+                      + f" disk {disk[-1]['total']:.3f} s, socket {ceiling[-1]['seconds']:.3f} s", flush=True)
+            out["sizes"][mib] = {**rows, "socket": ceiling}
     finally:
+        if put_back is not None:
+            put_back()
         problems = hosts.cleanup()
         shutil.rmtree(work, ignore_errors=True)
         if problems:
@@ -259,7 +280,16 @@ def report(out: dict) -> str:
         lines.append(f"| {mib} MiB | disk + copy + restore | {med(k, 'downtime'):.3f} | {med(k, 'total'):.3f} | "
                      f"checkpoint {med(k, 'checkpoint'):.3f}, copy {med(k, 'copy'):.3f}, restore "
                      f"{med(k, 'restore'):.3f} | {rate_k:.2f} (copy on the wire) | {ceiling:.2f} |")
-    lines += ["", "downtime: migrate, from the freeze on the source to the restore's return on the destination; "
+        z = d.get("lazy") or []
+        if z:
+            rate_z = med([{"r": x["bytes"] / x["pull"] / 1e9} for x in z], "r")
+            lines.append(f"| {mib} MiB | lazy migrate (post-copy) | {med(z, 'downtime'):.3f} | {med(z, 'total'):.3f} | "
+                         f"dump {med(z, 'dump'):.3f}, restore {med(z, 'restore'):.3f}, pages pulled after it "
+                         f"{med(z, 'pull'):.3f} | {rate_z:.2f} (pages / pull time) | {ceiling:.2f} |")
+    if out.get("lazy_unavailable"):
+        lines += ["", f"No lazy rows: {out['lazy_unavailable']}"]
+    lines += ["", "downtime: migrate (and lazy), from the freeze on the source to the restore's return on the destination; "
+              "lazy total: until the last page was pulled and the source removed; "
               "disk, the three steps (the container stops at the checkpoint's freeze and runs again at the "
               "restore's end). Socket ceiling: the same number of bytes from memory to a discarding reader, "
               "one TCP connection between the namespaces.", ""]

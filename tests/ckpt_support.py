@@ -551,3 +551,55 @@ def write_fake_state(root, cid, *, pid=None, start=None, fifo=False, freezer=Non
     if fifo:
         os.mkfifo(d / "exec.fifo")
     return d
+
+
+# --- lazy pages: the host-wide pipe limit, raised only on request ----------------------------------
+
+RAISE_PIPE_MAX_ENV = "FASTCKPT_TEST_RAISE_PIPE_MAX"
+RAISED_PIPE_MAX = 4 << 20  # above CRIU's lazy page server's pipe (~3.2 MiB)
+
+
+def raise_pipe_max_size() -> Optional[Callable[[], None]]:
+    """FASTCKPT_TEST_RAISE_PIPE_MAX=1: let CRIU's lazy page server size its pipe (a host-wide sysctl,
+    so only on request, for the caller's test). Returns what puts it back (None: nothing changed)."""
+    from fastckpt import migration
+
+    if migration.lazy_pages_problem() is None:
+        return None
+    return _set_pipe_max_size(RAISED_PIPE_MAX)
+
+
+def lower_pipe_max_size() -> Optional[Callable[[], None]]:
+    """FASTCKPT_TEST_RAISE_PIPE_MAX=1 on a host whose limit lets CRIU size its pipe: the kernel's
+    default (1 MiB) for the caller's test, where lazy pages must be refused."""
+    from fastckpt import migration
+
+    if migration.lazy_pages_problem() is not None:
+        return None
+    return _set_pipe_max_size(1 << 20)
+
+
+def _set_pipe_max_size(value: int) -> Optional[Callable[[], None]]:
+    from fastckpt import migration
+
+    if os.environ.get(RAISE_PIPE_MAX_ENV) != "1":
+        return None
+    with open(migration.PIPE_MAX_SIZE_FILE) as f:
+        old = f.read().strip()
+    with open(migration.PIPE_MAX_SIZE_FILE, "w") as f:
+        f.write(str(value))
+
+    def put_back() -> None:
+        with open(migration.PIPE_MAX_SIZE_FILE, "w") as f:
+            f.write(old)
+    return put_back
+
+
+def lazy_pages_unavailable() -> Optional[str]:
+    """Why a lazy migration cannot be done here (after raise_pipe_max_size), with what would fix it."""
+    from fastckpt import criu, migration
+
+    problem = migration.lazy_pages_problem(criu.criu_binary())
+    if problem and os.environ.get(RAISE_PIPE_MAX_ENV) != "1" and migration.lazy_pages_problem() is not None:
+        problem += f" (set {RAISE_PIPE_MAX_ENV}=1 to let the tests raise it for their duration)"
+    return problem

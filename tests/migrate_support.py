@@ -278,8 +278,37 @@ def procs_mentioning(text: str) -> List[int]:
     return [p for p in out if p != os.getpid()]
 
 
+def criu_procs(text: str, command: str) -> List[int]:
+    """Live `criu COMMAND ...` processes whose command line contains TEXT."""
+    out = []
+    for pid in procs_mentioning(text):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().split(b"\0")[1:2] == [command.encode()]:
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
 def staging_dirs() -> set:
     return {n for n in os.listdir("/dev/shm") if n.startswith("fastckpt-migrate-")}
+
+
+def mentions(directory: str, text: str) -> bool:
+    """Whether a file in DIRECTORY (a staging directory's CRIU logs) names TEXT (a test's own path)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            with open(os.path.join(directory, name), "rb") as f:
+                if text.encode() in f.read():
+                    return True
+        except OSError:
+            pass
+    return False
 
 
 def wait_pages(dest_dir: str, at_least: int, timeout: float = 60) -> None:

@@ -34,8 +34,9 @@ def hosts(tmp_path):
         yield h
     finally:
         problems = h.cleanup()
-        for name in ms.staging_dirs() - staging:  # the logs a failed migration keeps
-            subprocess.run(["rm", "-rf", os.path.join("/dev/shm", name)])
+        for name in ms.staging_dirs() - staging:  # the logs a failed migration of this test keeps
+            if ms.mentions(os.path.join("/dev/shm", name), h.src.dir):  # (other tests may run meanwhile)
+                subprocess.run(["rm", "-rf", os.path.join("/dev/shm", name)])
     if problems:
         pytest.fail("cleanup failed: " + "; ".join(problems))
 
@@ -135,6 +136,8 @@ def test_migrate_usage_errors():
                          (["--address", "10.0.0.2", "-b", "/srv/a b", "ct"], "cannot be passed to the destination"),
                          (["--address", "10.0.0.2", "-b", "/srv/b", "--remote", "ssh 'x", "ct"], "invalid --remote"),
                          (["--address", "10.0.0.2", "-b", "/srv/b", "--timeout", "0", "ct"], "Invalid timeout"),
+                         (["--address", "10.0.0.2", "-b", "/srv/b", "--source-address", "10.0.0.1", "ct"],
+                          "only with --lazy-pages"),
                          (["--address", "10.0.0.2", "-b", "/srv/b", "bad/id"], "bad/id")):
         cs.assert_one_line_error(cs.run_cli("migrate", *args), 2, needle)
 
@@ -311,7 +314,8 @@ def test_runc_checkpoint_into_fastckpt_page_server(hosts):
         subprocess.run(["rm", "-rf", src_img])
 
 
-def test_migrate_1gib_memory_verifies(hosts):
+def _patmem_1gib(hosts):
+    """A container holding a 1 GiB pattern on src (checked there), and its bundle on dst."""
     binary = ms.patmem_binary(hosts.src.dir)
     cid = cs.new_id()
     sb = hosts.src.bundle("big", ms.patmem_args(1024), files=[(binary, "/patmem")])
@@ -320,6 +324,11 @@ def test_migrate_1gib_memory_verifies(hosts):
     cs.wait_until(lambda: os.path.exists(hosts.src.rootfs_file(sb, "/tmp/ready")), "1 GiB to be filled",
                   timeout=120)
     assert ms.check_pattern(hosts.src, sb, cid).startswith("ok ")
+    return cid, db
+
+
+def test_migrate_1gib_memory_verifies(hosts):
+    cid, db = _patmem_1gib(hosts)
     r = _migrate(hosts, cid, db, "--json", timeout=600)
     assert r.returncode == 0, r.stderr
     import json
@@ -423,9 +432,9 @@ def _assert_big_survived(hosts, ct, sb):
     assert ms.check_pattern(hosts.src, sb, ct.id).startswith("ok ")
 
 
-def _migrate_bg(hosts, cid, db, dest_dir):
+def _migrate_bg(hosts, cid, db, dest_dir, *extra):
     return subprocess.Popen(
-        hosts.src.fastckpt("migrate", "--remote", hosts.dst.remote(), "--remote-fastckpt", ms.FASTCKPT,
+        hosts.src.fastckpt("migrate", *extra, "--remote", hosts.dst.remote(), "--remote-fastckpt", ms.FASTCKPT,
                            "--address", hosts.dst.address, "-b", db, "--dest-root", hosts.dst.root,
                            "--dest-id", cid + "-d", "--dest-image-path", dest_dir, cid),
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -437,9 +446,8 @@ def test_destination_dies_mid_transfer(hosts):
     p = _migrate_bg(hosts, cid, db, dest_dir)
     try:
         ms.wait_pages(dest_dir, 16 << 20)
-        victims = [pid for pid in ms.procs_mentioning(dest_dir)
-                   if open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[1:2] == [b"page-server"]
-                   and b"--ps-socket" in open(f"/proc/{pid}/cmdline", "rb").read()]
+        victims = [pid for pid in ms.criu_procs(dest_dir, "page-server")
+                   if b"--ps-socket" in open(f"/proc/{pid}/cmdline", "rb").read()]
         assert victims, "no criu page-server found on the destination"
         for pid in victims:
             ms.kill(pid)
@@ -602,9 +610,123 @@ def test_tcp_connection_stays_when_migration_fails(hosts):
         peer.close()
 
 
-def test_lazy_pages_refused(hosts):
+# --- lazy migration (post-copy) ------------------------------------------------------------------
+
+@pytest.fixture
+def lazy_hosts(hosts):
+    """Two hosts where lazy migration works: the pipe limit raised for the test on request
+    (FASTCKPT_TEST_RAISE_PIPE_MAX=1; CI sets it, and fails here without it)."""
+    put_back = cs.raise_pipe_max_size()
+    try:
+        reason = cs.lazy_pages_unavailable()
+        if reason:
+            ms.skip_or_fail(f"lazy migration cannot work here: {reason}")
+        yield hosts
+    finally:
+        if put_back is not None:
+            put_back()
+
+
+def _lazy_dirs(hosts) -> str:
+    return os.path.join(hosts.dst.dir, "lazy-img")
+
+
+def test_migrate_lazy_counter(lazy_hosts):
+    """The container runs on the destination before its pages came, and counts on from where it was."""
+    hosts = lazy_hosts
     cid, ct, db = _counter(hosts)
-    r = _migrate(hosts, cid, db, "--lazy-pages")
-    cs.assert_one_line_error(r, 1, "lazy migration (post-copy) is unavailable")
+    dest_dir = _lazy_dirs(hosts)
+    r = _migrate(hosts, cid, db, "--lazy-pages", "--json", "--dest-image-path", dest_dir)
+    assert r.returncode == 0, r.stderr
+    import json
+    res = json.loads(r.stdout)
+    assert res["lazy"] is True and res["pull_time"] is not None
+    assert res["pages_bytes"] > 0, res  # pages were left to be pulled
+    moved = TmpCounter(cid + "-d", db, hosts.dst.root)
+    assert moved.status() == "running"
+    first = moved.count()
+    assert first is not None and first > 0, "the counter did not come along"
+    moved.wait_advancing()
+    assert hosts.src.ids() == [], "the source container is still there"
+    assert not os.path.exists(dest_dir), "the destination's images were kept"
+    assert ms.procs_mentioning(dest_dir) == [], "a lazy-pages daemon is still running on the destination"
+
+
+def test_migrate_lazy_1gib_memory_verifies(lazy_hosts):
+    hosts = lazy_hosts
+    cid, db = _patmem_1gib(hosts)
+    r = _migrate(hosts, cid, db, "--lazy-pages", "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    import json
+    res = json.loads(r.stdout)
+    assert res["lazy"] and res["pages_bytes"] >= 1 << 30, res
+    answer = ms.check_pattern(hosts.dst, db, cid + "-d")
+    assert answer == f"ok {(1 << 30) // 8}", f"memory differs on the destination: {answer}"
+    assert hosts.src.ids() == []
+
+
+def test_migrate_lazy_failed_restore_keeps_the_source(lazy_hosts):
+    """A restore that fails there: the source runs on, thawed; nothing is left on the destination."""
+    hosts = lazy_hosts
+    cid, ct, db = _counter(hosts)
+    dest_dir = _lazy_dirs(hosts)
+    r = _migrate(hosts, cid, os.path.join(hosts.dst.dir, "no-such-bundle"), "--lazy-pages",
+                 "--dest-image-path", dest_dir)
+    cs.assert_one_line_error(r, 1, "the restore on the destination failed")
     ct.assert_running_thawed_advancing()
-    _assert_destination_clean(hosts)
+    _assert_destination_clean(hosts, dest_dir)
+
+
+def test_lazy_pages_refused(hosts):
+    """Where the probe says no (the pipe limit as the host has it), one line with its reason, nothing done."""
+    put_back = cs.lower_pipe_max_size()
+    try:
+        from fastckpt import migration
+
+        if migration.lazy_pages_problem() is None:
+            ms.skip_or_fail("CRIU's lazy page server can size its pipe here: no refusal to see "
+                            f"(set {cs.RAISE_PIPE_MAX_ENV}=1 to let the test lower the limit)")
+        cid, ct, db = _counter(hosts)
+        r = _migrate(hosts, cid, db, "--lazy-pages")
+        cs.assert_one_line_error(r, 1, "lazy migration (post-copy) is unavailable", "pipe-max-size")
+        ct.assert_running_thawed_advancing()
+        _assert_destination_clean(hosts)
+    finally:
+        if put_back is not None:
+            put_back()
+
+
+@pytest.mark.parametrize("cut", ["daemon", "sigint"])
+def test_migrate_lazy_pull_cut_after_the_restore(lazy_hosts, cut):
+    """The pages stop coming after the restore (the destination's lazy-pages daemon is killed mid-pull,
+    or the user presses Ctrl-C): the destination's copy is removed, the source (frozen all along) runs
+    on, its memory whole."""
+    hosts = lazy_hosts
+    cid, ct, sb, db = _big(hosts, 1024)
+    dest_dir = _lazy_dirs(hosts)
+    p = _migrate_bg(hosts, cid, db, dest_dir, "--lazy-pages")
+    try:
+        def daemon_of_a_restored_container():
+            return cid + "-d" in hosts.dst.ids() and ms.criu_procs(dest_dir, "lazy-pages")
+        daemons = cs.wait_until(daemon_of_a_restored_container, "the restore there, its daemon pulling pages",
+                                timeout=120, interval=0.005)
+        if cut == "sigint":
+            p.send_signal(signal.SIGINT)
+        else:
+            for pid in daemons:
+                ms.kill(pid)
+        out, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    if cut == "sigint":
+        cs.assert_one_line_error(r, 130, "interrupted: nothing was migrated", f"container {cid!r} runs here",
+                                 "its copy on the destination was removed")
+    else:
+        # the source's CRIU sees the connection go (or, at the very end, only the daemon's status tells)
+        err = cs.assert_one_line_error(r, 1, "copy on the destination was removed")
+        assert "the pages could not all be pulled" in err or "lazy-pages daemon failed" in err, err
+    _assert_big_survived(hosts, ct, sb)
+    _assert_destination_clean(hosts, dest_dir)

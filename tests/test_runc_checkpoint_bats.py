@@ -33,6 +33,7 @@ from typing import Callable, List, Optional
 
 import pytest
 
+import ckpt_support as cs
 from ckpt_support import wait_until
 from console_support import ConsoleReceiver
 
@@ -381,22 +382,11 @@ def test_checkpoint_pre_dump_and_restore(bats):
 
 
 def _raise_pipe_max_size(bats: Bats) -> None:
-    """FASTCKPT_TEST_RAISE_PIPE_MAX=1: let CRIU's lazy page server size its pipe for this test (a host-wide
-    sysctl, so only on request; put back afterwards)."""
-    from fastckpt import migration
-
-    if os.environ.get("FASTCKPT_TEST_RAISE_PIPE_MAX") != "1" or migration.lazy_pages_problem() is None:
-        return
-    with open(migration.PIPE_MAX_SIZE_FILE) as f:
-        old = f.read().strip()
-
-    def put_back():
-        with open(migration.PIPE_MAX_SIZE_FILE, "w") as f:
-            f.write(old)
-    with open(migration.PIPE_MAX_SIZE_FILE, "w") as f:
-        f.write(str(4 << 20))
-    bats.cleanups.insert(0, put_back)
-    _FEATURES.clear()
+    """ckpt_support.raise_pipe_max_size for this test (put back at its cleanup)."""
+    put_back = cs.raise_pipe_max_size()
+    if put_back is not None:
+        bats.cleanups.insert(0, put_back)
+        _FEATURES.clear()
 
 
 def test_checkpoint_lazy_pages_and_restore(bats):

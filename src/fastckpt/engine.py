@@ -13,7 +13,7 @@ import os
 import time
 
 from ._record import Record, factory
-from . import cgroups, criu_proc, locks, manifest, migration, netimages, runc, signals
+from . import cgroups, criu_proc, locks, manifest, migration, netimages, pscork, runc, signals
 from .constants import CgroupMode
 from .criu import apply_common, apply_config_file, criu_binary, features, new_opts, run_op
 from .criu_failures import disk_full, raise_criu_failure
@@ -321,11 +321,11 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
                 freeze()
             # checksum the pages images for the manifest while CRIU writes them
             follower = manifest.Follower(image_path) if options.page_server is None else None
-            try:
-                ret, err = run_op(opts, "pre_dump" if options.pre_dump else "dump", session,
-                                  log_path=os.path.join(work_path, DUMP_LOG),
-                                  setup=freeze if session is None else None, timeout=criu_proc.dump_bound(target_pid),
-                                  watch=outside_pause)
+            try:  # CRIU's last command to a page server would wait 200 ms in its corked socket (pscork)
+                with pscork.uncork(options.page_server if session is None and not options.lazy_pages else None):
+                    ret, err = run_op(opts, "pre_dump" if options.pre_dump else "dump", session,
+                                      log_path=os.path.join(work_path, DUMP_LOG), setup=freeze if session is None
+                                      else None, timeout=criu_proc.dump_bound(target_pid), watch=outside_pause)
             finally:
                 known = follower.stop() if follower else None
         finally:

@@ -41,7 +41,7 @@ import time
 import uuid
 
 from ._record import Record
-from . import cgroups, engine, privileges, runc, signals, tcplock
+from . import cgroups, criu, engine, privileges, runc, signals, tcplock
 from .errors import ContainerStateError, Error, FeatureUnavailable, Interrupted, UsageError
 
 DEFAULT_DEST_DIR = "/var/lib/fastckpt/migrate"
@@ -63,6 +63,8 @@ class MigrateResult(Record):
     pages_bytes: int  # bytes of pages sent
     images_bytes: int  # bytes of the non-page images sent
     source_kept: bool  # leave_running: the source container was thawed instead of destroyed
+    lazy: bool = False  # post-copy: restored before the pages came (pages_bytes were pulled afterwards)
+    pull_time: float | None = None  # lazy: seconds from the restore's return until the last page was pulled
     # CRIU's statistics of the dump (times in microseconds: memwrite_time is the sending of the pages)
     criu_dump: dict | None = None
 
@@ -70,18 +72,20 @@ class MigrateResult(Record):
 def lazy_pages_usable() -> tuple[bool, str]:
     """Whether lazy migration (post-copy) can be done here, and why not.
 
-    The host's side is the probe of the checkpoint's --lazy-pages (``migration.lazy_pages_problem``,
-    which finds why CRIU 4.2.1's lazy dump fails here: its page server's pipe is larger than
-    /proc/sys/fs/pipe-max-size and CRIU lacks CAP_SYS_RESOURCE); where that probe finds nothing wrong,
-    migrate still has no post-copy flow of its own.
+    The probe of the checkpoint's --lazy-pages decides (``migration.lazy_pages_problem``: a real lazy
+    migration of a tiny process, once per boot; it finds why CRIU 4.2.1's lazy dump fails on hosts
+    like this one: its page server's pipe is larger than /proc/sys/fs/pipe-max-size and CRIU lacks
+    CAP_SYS_RESOURCE). fastckpt never raises that host-wide limit itself.
     """
     from .migration import lazy_pages_problem
 
-    prefix = "lazy migration (post-copy) is unavailable: "
-    problem = lazy_pages_problem()
+    if not criu.features().get("lazy_pages"):
+        problem = "this kernel has no (non-cooperative) userfaultfd"
+    else:
+        problem = lazy_pages_problem(criu.criu_binary())
     if problem:
-        return False, prefix + problem
-    return False, prefix + "fastckpt migrate sends all pages before the restore (no post-copy flow yet)"
+        return False, "lazy migration (post-copy) is unavailable: " + problem
+    return True, ""
 
 
 class Remote:
@@ -167,17 +171,6 @@ def _probe(address: str, port: int, timeout: float) -> None:
                     "nothing was done", errno=e.errno or errno.EHOSTUNREACH) from None
 
 
-def _uncork(address: str, port: int):
-    """pscork.Uncork around the dump; FASTCKPT_UNCORK=0 leaves CRIU's socket as CRIU sets it."""
-    import contextlib
-
-    if os.environ.get("FASTCKPT_UNCORK", "1") == "0":
-        return contextlib.nullcontext()
-    from .pscork import Uncork
-
-    return Uncork(address, port)
-
-
 def _staging_dir() -> str:
     for root in STAGING_ROOTS:
         if os.path.isdir(root) and os.access(root, os.W_OK):
@@ -227,25 +220,25 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
             dest_root: str | None = None, dest_id: str | None = None, dest_image_path: str | None = None,
             leave_running: bool = False, tcp_established: bool = False, ext_unix_sk: bool = False,
             file_locks: bool = False, manage_cgroups_mode: str | None = None, network_lock: str | None = None,
-            keep_images: bool = False, lazy_pages: bool = False, timeout: float = DEFAULT_TIMEOUT
-            ) -> MigrateResult:
+            keep_images: bool = False, lazy_pages: bool = False, source_address: str | None = None,
+            timeout: float = DEFAULT_TIMEOUT) -> MigrateResult:
     """Move runc container CONTAINER_ID (in runc root ROOT here) to the destination reached through
     REMOTE, where it runs as DEST_ID (default: the same id) in runc root DEST_ROOT from BUNDLE
     (a path on the destination: its config and its copy of the rootfs).
 
     ADDRESS: the destination's address the page server listens on and the source connects to.
+    LAZY_PAGES: post-copy (see _migrate_lazy); the source's lazy page server then listens on
+    SOURCE_ADDRESS (default: this host's address on the route to ADDRESS) and PORT.
     """
     t0 = time.monotonic()
-    if lazy_pages:
-        usable, why = lazy_pages_usable()
-        if not usable:
-            raise FeatureUnavailable(why)
     if not address:
         raise UsageError("migrate needs the destination's --address (where its page server listens)")
     if not bundle:
         raise UsageError("migrate needs -b/--bundle: the bundle on the destination")
     if timeout is None or timeout <= 0:
         raise UsageError(f"Invalid timeout {timeout!r} (seconds, > 0)")
+    if source_address and not lazy_pages:
+        raise UsageError("--source-address is where the destination pulls pages from: only with --lazy-pages")
     runc.validate_id(container_id)
     dest_id = dest_id or container_id
     runc.validate_id(dest_id)
@@ -253,12 +246,27 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
     dest_dir = dest_image_path or os.path.join(DEFAULT_DEST_DIR, f"{dest_id}.{uuid.uuid4().hex[:12]}")
     rem.argv(dest_dir, bundle, *([dest_root] if dest_root else []), address)  # shell-safe, or refused now
     privileges.require_privileges("migrate")
+    if lazy_pages:
+        usable, why = lazy_pages_usable()
+        if not usable:
+            raise FeatureUnavailable(why)
     ct, status = engine.load_checkpointable(container_id, root)
     if status != runc.RUNNING:
         raise ContainerStateError(f"container {container_id!r} is {status}: only a running container migrates")
     if not ct.freezer_state_file:
         raise ContainerStateError(f"container {container_id!r} has no freezer cgroup: it cannot be held "
                                   "frozen while it migrates")
+    flags = _restore_flags(tcp_established=tcp_established, ext_unix_sk=ext_unix_sk, file_locks=file_locks,
+                           manage_cgroups_mode=manage_cgroups_mode, network_lock=network_lock)
+    if lazy_pages:
+        from .migrate_lazy import migrate_lazy
+
+        return migrate_lazy(
+            ct, rem, address=source_address, dest_address=address, port=port, root=root, bundle=bundle,
+            dest_root=dest_root, dest_id=dest_id, dest_dir=dest_dir, leave_running=leave_running,
+            keep_images=keep_images, timeout=timeout, t0=t0, restore_flags=flags,
+            checkpoint_kw=dict(tcp_established=tcp_established, ext_unix_sk=ext_unix_sk, file_locks=file_locks,
+                               manage_cgroups_mode=manage_cgroups_mode, network_lock=network_lock))
 
     staging = _staging_dir()
     server = None
@@ -279,11 +287,10 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
         if tcp_established:
             lock = _lock_connections(ct)
         try:
-            with _uncork(address, port):  # CRIU's last command would wait 200 ms in its corked socket
-                ckpt = engine.checkpoint(
-                    container_id, root=root, image_path=staging, leave_running=True, page_server=(address, port),
-                    tcp_established=tcp_established, ext_unix_sk=ext_unix_sk, file_locks=file_locks,
-                    manage_cgroups_mode=manage_cgroups_mode, network_lock=network_lock)
+            ckpt = engine.checkpoint(  # it uncorks CRIU's socket to the page server (pscork)
+                container_id, root=root, image_path=staging, leave_running=True, page_server=(address, port),
+                tcp_established=tcp_established, ext_unix_sk=ext_unix_sk, file_locks=file_locks,
+                manage_cgroups_mode=manage_cgroups_mode, network_lock=network_lock)
         except Error as e:
             _raise_server_failure(server, e)
             raise
@@ -308,10 +315,6 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
             raise Error(f"the images could not be written on the destination: "
                         f"{_last_line(untar.stderr.read()) or f'tar exit status {untar.returncode}'}")
 
-        flags = (["--tcp-established"] * tcp_established + ["--ext-unix-sk"] * ext_unix_sk
-                 + ["--file-locks"] * file_locks
-                 + (["--manage-cgroups-mode", manage_cgroups_mode] if manage_cgroups_mode else [])
-                 + (["--network-lock", network_lock] if network_lock else []))
         t_restore = time.monotonic()
         with signals.deferred():  # the restore is bounded by its own watchdog there
             r = rem.run(rem.fastckpt, *(["--root", dest_root] if dest_root else []), "restore",
@@ -323,33 +326,21 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
                             f"{_last_line(r.stderr) or f'exit status {r.returncode}'}")
             committed = True
             # confirmed: the source goes (or is thawed: --leave-running)
-            if lock is not None:
-                lock.commit()
-            if leave_running:
-                ct.thaw()
-            else:
-                _destroy_source(ct)
+            _finish_source(ct, lock, leave_running)
             frozen = False
         pid = _restored_pid(r.stdout)
         dump_stats = _dump_stats(staging)  # after the downtime: decoding costs an import
     except (KeyboardInterrupt, Interrupted):  # Ctrl-C, SIGTERM, SIGHUP (also when the dump deferred it)
-        if committed:
-            raise Interrupted(f"interrupted after the migration completed: container {container_id!r} runs on "
-                              f"the destination as {dest_id!r}") from None
-        raise Interrupted(f"interrupted: nothing was migrated; container {container_id!r} runs here") from None
+        raise interrupted(committed, container_id, dest_id) from None
     except BaseException as e:
         if committed:  # the container runs on the destination; only the source's removal failed
-            raise Error(f"container {container_id!r} runs on the destination as {dest_id!r}, but the source "
-                        f"could not be removed: {e}") from e
+            raise source_not_removed(container_id, dest_id, e) from e
         raise
     finally:
         with signals.deferred():  # a second Ctrl-C does not cut the clean-up short
             if not committed:
                 _abort(rem, server, dest_dir if listening else None)
-                if lock is not None:
-                    lock.abort()
-                if frozen:
-                    ct.thaw()
+                _release_source(ct, lock, frozen)
             elif not keep_images:
                 _remove_remote_dir(rem, dest_dir)
             _clear_staging(staging, keep_logs=not committed)
@@ -360,19 +351,64 @@ def migrate(container_id: str, *, address: str, bundle: str, remote: str | list[
                          source_kept=leave_running, criu_dump=dump_stats)
 
 
+def _finish_source(ct: runc.Container, lock: "tcplock.TcpLock | None", leave_running: bool) -> None:
+    """The migration is confirmed: the source goes (or is thawed: --leave-running)."""
+    if lock is not None:
+        lock.commit()
+    if leave_running:
+        ct.thaw()
+    else:
+        _destroy_source(ct)
+
+
+def _release_source(ct: runc.Container, lock: "tcplock.TcpLock | None", frozen: bool) -> None:
+    """The migration failed: the source goes on running here, thawed, its connections let go."""
+    if lock is not None:
+        lock.abort()
+    if frozen:
+        ct.thaw()
+
+
+def interrupted(committed: bool, container_id: str, dest_id: str, detail: str = "") -> Interrupted:
+    if committed:
+        return Interrupted(f"interrupted after the migration completed: container {container_id!r} runs on "
+                           f"the destination as {dest_id!r}")
+    return Interrupted(f"interrupted: nothing was migrated; container {container_id!r} runs here{detail}")
+
+
+def source_not_removed(container_id: str, dest_id: str, e: BaseException) -> Error:
+    return Error(f"container {container_id!r} runs on the destination as {dest_id!r}, but the source "
+                 f"could not be removed: {e}")
+
+
+def _restore_flags(*, tcp_established: bool, ext_unix_sk: bool, file_locks: bool,
+                   manage_cgroups_mode: str | None, network_lock: str | None) -> list[str]:
+    """The checkpoint's options the destination's restore must repeat."""
+    return (["--tcp-established"] * tcp_established + ["--ext-unix-sk"] * ext_unix_sk
+            + ["--file-locks"] * file_locks
+            + (["--manage-cgroups-mode", manage_cgroups_mode] if manage_cgroups_mode else [])
+            + (["--network-lock", network_lock] if network_lock else []))
+
+
 def _clear_staging(staging: str, keep_logs: bool) -> None:
     """The non-page images go; after a failure CRIU's logs stay (the error names them)."""
     if not keep_logs:
         shutil.rmtree(staging, ignore_errors=True)
         return
-    for name in os.listdir(staging):
+    try:
+        names = os.listdir(staging)
+    except OSError:  # gone already: nothing to clear (and the migration's own error stays the one told)
+        return
+    for name in names:
         if not name.endswith(".log"):
             try:
                 os.unlink(os.path.join(staging, name))
             except OSError:
                 pass
-    if not os.listdir(staging):
-        os.rmdir(staging)
+    try:
+        os.rmdir(staging)  # if empty
+    except OSError:
+        pass
 
 
 def _dump_stats(staging: str) -> dict | None:

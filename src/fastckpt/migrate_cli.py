@@ -47,6 +47,9 @@ def add_migrate(sub, full: bool = True) -> None:
                    help="keep the source container running (thawed) after the migration")
     p.add_argument("--keep-images", action="store_true", help="keep the images on the destination")
     p.add_argument("--lazy-pages", action="store_true", help="post-copy: restore at once, pages on demand")
+    p.add_argument("--source-address", default=None, metavar="ADDRESS",
+                   help="with --lazy-pages: where the destination pulls the pages from (default: this host's "
+                        "address on the route to --address)")
     p.add_argument("--tcp-established", action="store_true", help="allow open tcp connections")
     p.add_argument("--ext-unix-sk", action="store_true", help="allow external unix sockets")
     p.add_argument("--file-locks", action="store_true", help="handle file locks, for safety")
@@ -93,11 +96,12 @@ def cmd_migrate(args) -> int:
         leave_running=args.leave_running, tcp_established=args.tcp_established, ext_unix_sk=args.ext_unix_sk,
         file_locks=args.file_locks, manage_cgroups_mode=args.manage_cgroups_mode,
         network_lock=args.network_lock, keep_images=args.keep_images, lazy_pages=args.lazy_pages,
-        timeout=args.timeout)
+        source_address=args.source_address, timeout=args.timeout)
     if args.json:
         print(json.dumps(res.asdict(), indent=2))
     else:
         print(f"container {res.container_id!r} runs on the destination as {res.dest_id!r} (pid {res.pid}); "
               f"downtime {res.downtime * 1000:.0f} ms, total {res.total_time:.2f} s, "
-              f"{res.pages_bytes >> 20} MiB of pages sent")
+              f"{res.pages_bytes >> 20} MiB of pages "
+              + (f"pulled in {res.pull_time:.2f} s after the restore" if res.lazy else "sent"))
     return 0

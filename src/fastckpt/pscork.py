@@ -1,4 +1,4 @@
-"""CRIU's page-server socket, uncorked while a migration's dump runs.
+"""CRIU's page-server socket, uncorked while a dump to a page server runs.
 
 CRIU's dump corks its connection to the page server (TCP_CORK) as soon as it
 connects, "the smartest mode ever" (criu/page-xfer.c), and never uncorks it:
@@ -25,6 +25,20 @@ import threading
 from . import _libc
 
 INTERVAL = 0.005
+
+
+def uncork(page_server):
+    """``with uncork(page_server):`` around a dump: an :class:`Uncork` for a page server the dump sends
+    to (an object with ``address`` and ``port``; None: nothing to do); FASTCKPT_UNCORK=0 leaves CRIU's
+    socket as CRIU sets it."""
+    import contextlib
+
+    if page_server is None or os.environ.get("FASTCKPT_UNCORK", "1") == "0":
+        return contextlib.nullcontext()
+    try:
+        return Uncork(page_server.address, page_server.port)
+    except ValueError:  # a host name: CRIU resolves it (or says it cannot); its socket is left as it is
+        return contextlib.nullcontext()
 
 
 def _children() -> list[int]:
