@@ -87,6 +87,7 @@ def nobody_fastckpt() -> list:
     shutil.copytree(pkg, os.path.join(lib, "fastckpt"), ignore=shutil.ignore_patterns("__pycache__"))
     for f in glob.glob(os.path.join(os.path.dirname(_cffi_backend.__file__), "_cffi_backend*.so")):
         shutil.copy2(f, lib)
+    _copy_dependencies(lib)
     for dirpath, dirnames, filenames in os.walk(lib):
         for n in dirnames:
             os.chmod(os.path.join(dirpath, n), 0o755)
@@ -100,6 +101,29 @@ def nobody_fastckpt() -> list:
     _NOBODY_CMD[:] = [python, "-I", "-c", "import sys; sys.path.insert(0, %r); from fastckpt.cli import run; run()"
                       % lib]
     return list(_NOBODY_CMD)
+
+
+def _copy_dependencies(lib: str) -> None:
+    """The top-level modules of fastckpt's declared dependencies (xxhash, zstandard, protobuf's google, ...)
+    copied into LIB: the venv that has them may be where nobody can read."""
+    import importlib.util
+    import re
+    from importlib import metadata
+
+    wanted = {re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower().replace("_", "-")
+              for r in metadata.requires("fastckpt") or [] if "extra ==" not in r}
+    for top, dists in metadata.packages_distributions().items():
+        if not any(d.lower().replace("_", "-") in wanted for d in dists) or os.path.exists(os.path.join(lib, top)):
+            continue
+        spec = importlib.util.find_spec(top)
+        if spec is None:
+            continue
+        if spec.submodule_search_locations:  # a package (a namespace one too: google)
+            for loc in spec.submodule_search_locations:
+                shutil.copytree(loc, os.path.join(lib, top), dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("__pycache__"))
+        elif spec.origin and os.path.isfile(spec.origin):
+            shutil.copy2(spec.origin, lib)
 
 
 @pytest.fixture
