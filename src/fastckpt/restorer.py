@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import time
 
 from ._record import Record
@@ -100,6 +99,7 @@ def config_from_bundle(bundle: str) -> dict:
     its config is read and the container deleted at once.
     """
     import contextlib
+    import shutil
     import subprocess
     import tempfile
 
@@ -603,7 +603,7 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
             mounted = False
             os.rmdir(criu_root)
             if criu_images is not None:
-                shutil.rmtree(criu_images, ignore_errors=True)
+                runc.remove_tree(criu_images)
         if opts.notify_error is not None:
             raise opts.notify_error
         if ret <= 0:
@@ -637,7 +637,7 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
             _libc.umount(criu_root)
             mounted = False
         if criu_images is not None:
-            shutil.rmtree(criu_images, ignore_errors=True)
+            runc.remove_tree(criu_images)
         cgroups.unmount_yards(work_path)  # of a CRIU stopped half-way
         for fn in reversed(undo):
             try:
@@ -688,7 +688,7 @@ def _host_clock_view(image_path: str, meta: dict | None) -> str | None:
             else:
                 os.link(src, os.path.join(into, name))
     except OSError:  # no hard links here: CRIU gets the images as they are
-        shutil.rmtree(into, ignore_errors=True)
+        runc.remove_tree(into)
         return None
     return into
 

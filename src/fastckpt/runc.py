@@ -224,9 +224,26 @@ def remove_state_dir(path: str) -> None:
         _libc.umount(mnt)
     if _mounts_under(path):
         raise Error(f"cannot remove {path}: a mount is still inside it")
-    import shutil
+    remove_tree(path)
 
-    shutil.rmtree(path, ignore_errors=True)
+
+def remove_tree(path: str) -> None:
+    """shutil.rmtree(PATH, ignore_errors=True), without importing shutil (~1.5 ms of a command's time, with
+    bz2 and lzma) for the usual directory of files only (a state directory, a restore's linked images)."""
+    try:
+        with os.scandir(path) as it:
+            entries = list(it)
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                raise IsADirectoryError(e.path)
+            os.unlink(e.path)
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _cgroup_v2_frozen(path: str) -> bool:
