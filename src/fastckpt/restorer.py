@@ -673,23 +673,31 @@ def _host_clock_view(image_path: str, meta: dict | None) -> str | None:
     """
     if not meta or not meta.get("boot_id") or meta.get("boot_id") != engine.boot_id():
         return None
-    names = [e.name for e in os.scandir(image_path) if e.is_file(follow_symlinks=False) or e.is_symlink()]
+    entries = [(e.name, e.is_symlink()) for e in os.scandir(image_path)
+               if e.is_file(follow_symlinks=False) or e.is_symlink()]
+    names = [n for n, _ in entries]
     if HOST_TIMENS_IMAGE not in names or any(n.startswith("timens-") and n != HOST_TIMENS_IMAGE for n in names):
         return None
     into = os.path.join(image_path, f".{CRIU_IMAGES}-{os.getpid()}-{time.monotonic_ns()}")
     os.mkdir(into, 0o700)
-    try:
-        for name in names:
-            src = os.path.join(image_path, name)
+    src_fd = dst_fd = -1
+    try:  # by name relative to the two directories: ~3 images a process, a 200-process tree has 1,400
+        src_fd = os.open(image_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dst_fd = os.open(into, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        for name, link in entries:
             if name == HOST_TIMENS_IMAGE:
                 continue
-            if os.path.islink(src):  # "parent": the pre-dump images
-                os.symlink(os.path.realpath(src), os.path.join(into, name))
+            if link:  # "parent": the pre-dump images
+                os.symlink(os.path.realpath(os.path.join(image_path, name)), name, dir_fd=dst_fd)
             else:
-                os.link(src, os.path.join(into, name))
+                os.link(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
     except OSError:  # no hard links here: CRIU gets the images as they are
         runc.remove_tree(into)
         return None
+    finally:
+        for fd in (src_fd, dst_fd):
+            if fd >= 0:
+                os.close(fd)
     return into
 
 
