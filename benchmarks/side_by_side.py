@@ -43,9 +43,23 @@ killed while it was hidden.
      costs wall time); runc as shipped and with the cache; beside
      `dd if=/dev/zero` into a fresh tmpfs (BENCH_BIG_ROUNDS, default 5)
   6  `fastckpt --version` vs `python -c pass` (3N rounds)
+  7  a container of 200 processes: checkpoint, then restore -d of those images,
+     fastckpt vs runc with the cache (BENCH_BIG_ROUNDS)
+  8  a container holding 2 GiB, images on a fresh tmpfs: checkpoint and restore -d
+     wall, fastckpt vs runc with the cache; 9: manifest.verify() of fastckpt's
+     images there, seconds per GiB
+  10 a bystander's fork+exit latency (warm_bystander.py's probe) while a tiny
+     container is checkpointed by fastckpt, fastckpt --fast-migrations, runc
+
+fastckpt runs without the cgroup warm-up (the default); `fastckpt-warm` rows
+(--fast-migrations) are information.  The headline ratio is the one to the
+other tool WITH the cache; "met" judges it against issue 13's targets (on the
+unified layout, /sys/fs/cgroup a cgroup2 mount as in scripts/cgroup2-ns.sh,
+every ratio to runc must be <= 0.80).  BENCH_QUICK=1: few rounds, a smoke run.
 
 Results: a markdown table on stdout and benchmarks/results/latest.{md,json}
-plus a timestamped copy.  BENCH_ONLY=tiny,leave,restore,api,big,version runs
+(latest-unified.* on the unified layout) plus a timestamped copy.
+BENCH_ONLY=tiny,leave,restore,api,big,many,big2g,bystander,version runs
 a subset (for development: printed, and saved only in /tmp).  BENCH_WAIT_QUIET=S
 first waits up to S seconds for the machine to be quiet (CPUs < 15% busy), and
 then, before each round, while other work keeps it busy (S seconds in all).
