@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps build demo test soak bench bench-archive clean
+.PHONY: deps build demo test soak bench bench-quick bench-archive clean
 
 deps:
 	@bash scripts/provision.sh
@@ -32,8 +32,16 @@ test: deps
 soak: deps
 	@FASTCKPT_SOAK=$${FASTCKPT_SOAK:-100} $(PY) -m pytest tests/test_robust_soak.py $(PYTEST_ARGS)
 
+# both cgroup layouts: as the host is (results/latest.*), then unified (results/latest-unified.*, runc's
+# --root made inside the namespace).  BENCH_QUICK=1 (or make bench-quick): few rounds, a smoke run.
 bench: deps
+	@echo "make bench: cgroups as this host has them"
 	@$(PY) benchmarks/side_by_side.py
+	@echo "make bench: a cgroup-v2-only (unified) host, simulated by scripts/cgroup2-ns.sh"
+	@sh scripts/cgroup2-ns.sh $(PY) benchmarks/side_by_side.py
+
+bench-quick:
+	@BENCH_QUICK=1 $(MAKE) --no-print-directory bench
 
 # checkpoint archives: fastckpt vs podman (export, import) and vs tar | zstd (1 GiB)
 bench-archive: deps

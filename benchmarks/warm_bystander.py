@@ -82,6 +82,24 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
+def read_samples(samples_file: str) -> list:
+    """The bystander's samples: (start, seconds on CLOCK_MONOTONIC; fork+exit latency, µs)."""
+    out = []
+    with open(samples_file) as f:
+        for line in f:
+            t, d = line.split()
+            out.append((int(t) / 1e9, int(d) / 1e3))
+    return out
+
+
+def window_latencies(samples: list, windows: list) -> dict:
+    """Median, p90, p99 and max of the latencies of SAMPLES that started within one of WINDOWS
+    ((t0, t1), time.monotonic() seconds: the same clock as the bystander's)."""
+    lat = [d for t, d in samples if any(w0 <= t <= w1 for w0, w1 in windows)]
+    return {"n": len(lat), "median": statistics.median(lat) if lat else None,
+            "p90": pct(lat, 0.9), "p99": pct(lat, 0.99), "max": max(lat, default=None)}
+
+
 def cgroup2_options() -> str | None:
     with open("/proc/mounts") as f:
         for line in f:
@@ -182,11 +200,7 @@ def main() -> int:
             for k, v in env_saved.items():
                 if v is not None:
                     os.environ[k] = v
-        samples = []
-        with open(samples_file) as f:
-            for line in f:
-                t, d = line.split()
-                samples.append((int(t) / 1e9, int(d) / 1e3))
+        samples = read_samples(samples_file)
     finally:
         if saved_opts is not None and own_options(cgroup2_options()) != own_options(saved_opts):
             remount_cgroup2(own_options(saved_opts))
@@ -196,9 +210,7 @@ def main() -> int:
         jan.close()
     report = {}
     for mode, wins in windows.items():
-        lat = [d for t, d in samples if any(w0 <= t <= w1 for w0, w1 in wins)]
-        report[mode] = {"fork_exit_us": {"n": len(lat), "median": statistics.median(lat) if lat else None,
-                                         "p90": pct(lat, 0.9), "p99": pct(lat, 0.99), "max": max(lat, default=None)},
+        report[mode] = {"fork_exit_us": window_latencies(samples, wins),
                         "window_ms_median": statistics.median(walls[mode])}
     print(f"bystander fork+_exit+waitpid latency, µs ({a.rounds} rounds; kernel {os.uname().release}):")
     print(f"{'mode':14} {'samples':>7} {'median':>8} {'p90':>8} {'p99':>8} {'max':>9} {'checkpoint ms':>14}")

@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import restore_support as rs  # noqa: E402
-from fastckpt import restorer  # noqa: E402
+from fastckpt import restorer, runc  # noqa: E402
 
 
 def _timens(pid) -> int:
@@ -36,15 +36,19 @@ def test_host_clock_view_only_on_the_same_boot(tmp_path):
     from fastckpt import imagedir
 
     image_path, meta = _images(tmp_path, ["timens-0.img", "pages-1.img", "inventory.img"], imagedir.boot_id())
+    parent = tmp_path / "pre-dump"
+    parent.mkdir()
+    os.symlink("../pre-dump", os.path.join(image_path, "parent"))  # a pre-dump's images, relative
     view = restorer._host_clock_view(image_path, meta)
     try:
-        assert sorted(os.listdir(view)) == ["inventory.img", "pages-1.img"]
+        assert sorted(os.listdir(view)) == ["inventory.img", "pages-1.img", "parent"]
         # hard links, not copies (CRIU opens images without following symlinks)
         assert os.stat(os.path.join(view, "pages-1.img")).st_ino == os.stat(os.path.join(image_path, "pages-1.img")).st_ino
+        # the parent link leads where it did from the image directory
+        assert os.path.samefile(os.path.join(view, "parent"), parent)
     finally:
-        import shutil
-
-        shutil.rmtree(view)
+        runc.remove_tree(view)
+    assert not os.path.exists(view) and parent.is_dir()  # the link went, not what it leads to
     assert restorer._host_clock_view(image_path, {"boot_id": "another-boot"}) is None
     assert restorer._host_clock_view(image_path, None) is None  # runc's images: no boot recorded
 

@@ -219,3 +219,25 @@ def test_make_private_dir_on_a_file(tmp_path):
     f.write_text("")
     with pytest.raises(ImageDirError, match="work directory"):
         make_private_dir(str(f), "work directory")
+
+
+def test_remove_tree_files_links_and_subdirectories(tmp_path):
+    """runc.remove_tree: a directory of files (the usual state directory, a restore's linked images) goes
+    without shutil; one with a subdirectory goes through shutil; a symlink to a directory outside is
+    removed, never followed; a missing directory is no error."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "state.json").write_text("{}")
+    (flat / "link").symlink_to(outside)
+    runc.remove_tree(str(flat))
+    assert not flat.exists()
+    assert (outside / "keep").read_text() == "x"
+    deep = tmp_path / "deep"
+    (deep / "sub" / "subsub").mkdir(parents=True)
+    (deep / "sub" / "f").write_text("y")
+    runc.remove_tree(str(deep))
+    assert not deep.exists()
+    runc.remove_tree(str(tmp_path / "missing"))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 from .errors import UsageError
 
@@ -57,6 +56,7 @@ class ConsoleSocket:
     """A connection to the --console-socket receiver, made before the restore (as runc does)."""
 
     def __init__(self, path: str):
+        import socket  # here, not at the top: a restore without a console would pay ~1 ms for it
         self.path = path
         self.sent = False
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -68,6 +68,7 @@ class ConsoleSocket:
 
     def send_master(self, master_fd: int) -> None:
         """Send the new pty master (SCM_RIGHTS, with runc's message), then close our copy."""
+        import socket
         try:
             socket.send_fds(self._sock, [NOTIFY_ACTION.encode()], [master_fd])
             self.sent = True
@@ -135,6 +136,7 @@ class Relay:
 def receive_master(listener: socket.socket) -> tuple[bytes, list[int]] | None:
     """The other end of a console socket: one connection's message and descriptors (the pty master),
     or None when the listener was closed or the sender sent nothing."""
+    import socket
     try:
         conn, _ = listener.accept()
     except OSError:
@@ -152,6 +154,7 @@ class Discard:
     whose container is deleted at once (runc's config conversion): ``with Discard() as path:``."""
 
     def __enter__(self) -> str:
+        import socket
         import tempfile
         import threading
 
@@ -171,6 +174,7 @@ class Discard:
             self._fds = got[1]  # held until the container is deleted
 
     def __exit__(self, *exc) -> None:
+        import socket
         import shutil
 
         try:

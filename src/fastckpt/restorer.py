@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import time
 
 from ._record import Record
@@ -101,6 +100,7 @@ def config_from_bundle(bundle: str) -> dict:
     its config is read and the container deleted at once.
     """
     import contextlib
+    import shutil
     import subprocess
     import tempfile
 
@@ -604,7 +604,7 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
             mounted = False
             os.rmdir(criu_root)
             if criu_images is not None:
-                shutil.rmtree(criu_images, ignore_errors=True)
+                runc.remove_tree(criu_images)
         if opts.notify_error is not None:
             raise opts.notify_error
         if ret <= 0:
@@ -638,7 +638,7 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
             _libc.umount(criu_root)
             mounted = False
         if criu_images is not None:
-            shutil.rmtree(criu_images, ignore_errors=True)
+            runc.remove_tree(criu_images)
         cgroups.unmount_yards(work_path)  # of a CRIU stopped half-way
         for fn in reversed(undo):
             try:
@@ -674,23 +674,31 @@ def _host_clock_view(image_path: str, meta: dict | None) -> str | None:
     """
     if not meta or not meta.get("boot_id") or meta.get("boot_id") != imagedir.boot_id():
         return None
-    names = [e.name for e in os.scandir(image_path) if e.is_file(follow_symlinks=False) or e.is_symlink()]
+    entries = [(e.name, e.is_symlink()) for e in os.scandir(image_path)
+               if e.is_file(follow_symlinks=False) or e.is_symlink()]
+    names = [n for n, _ in entries]
     if HOST_TIMENS_IMAGE not in names or any(n.startswith("timens-") and n != HOST_TIMENS_IMAGE for n in names):
         return None
     into = os.path.join(image_path, f".{CRIU_IMAGES}-{os.getpid()}-{time.monotonic_ns()}")
     os.mkdir(into, 0o700)
-    try:
-        for name in names:
-            src = os.path.join(image_path, name)
+    src_fd = dst_fd = -1
+    try:  # by name relative to the two directories: ~3 images a process, a 200-process tree has 1,400
+        src_fd = os.open(image_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dst_fd = os.open(into, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        for name, link in entries:
             if name == HOST_TIMENS_IMAGE:
                 continue
-            if os.path.islink(src):  # "parent": the pre-dump images
-                os.symlink(os.path.realpath(src), os.path.join(into, name))
+            if link:  # "parent": the pre-dump images
+                os.symlink(os.path.realpath(os.path.join(image_path, name)), name, dir_fd=dst_fd)
             else:
-                os.link(src, os.path.join(into, name))
+                os.link(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
     except OSError:  # no hard links here: CRIU gets the images as they are
-        shutil.rmtree(into, ignore_errors=True)
+        runc.remove_tree(into)
         return None
+    finally:
+        for fd in (src_fd, dst_fd):
+            if fd >= 0:
+                os.close(fd)
     return into
 
 

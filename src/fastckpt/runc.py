@@ -224,9 +224,39 @@ def remove_state_dir(path: str) -> None:
         _libc.umount(mnt)
     if _mounts_under(path):
         raise Error(f"cannot remove {path}: a mount is still inside it")
-    import shutil
+    remove_tree(path)
 
-    shutil.rmtree(path, ignore_errors=True)
+
+def remove_tree(path: str) -> None:
+    """shutil.rmtree(PATH, ignore_errors=True), without importing shutil (~1.5 ms of a command's time, with
+    bz2 and lzma) for the usual directory of files only (a state directory, a restore's linked images)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    except OSError:
+        fd = -1
+    try:
+        if fd < 0:
+            raise NotADirectoryError(path)
+        with os.scandir(fd) as it:
+            entries = list(it)
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                raise IsADirectoryError(e.name)
+            os.unlink(e.name, dir_fd=fd)
+        os.close(fd)
+        fd = -1
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _cgroup_v2_frozen(path: str) -> bool:
