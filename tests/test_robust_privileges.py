@@ -21,109 +21,20 @@ import pytest
 
 import restore_support as rs
 import robust_support as rb
-from robust_support import containers, mem_binary  # noqa: F401 (fixtures)
+from robust_support import NOBODY, containers, mem_binary, nobody_fastckpt, setpriv  # noqa: F401
 
 from fastckpt import manifest
 
 pytestmark = pytest.mark.integration
 
-NOBODY = 65534
-SETPRIV = shutil.which("setpriv")
 NEED = "needs root (or the capabilities CAP_CHECKPOINT_RESTORE and CAP_SYS_ADMIN); fastckpt runs as uid 65534"
 
 # capability sets of a non-root user that are not enough
 NOT_ENOUGH = [(), ("sys_admin",), ("checkpoint_restore",)]
 
 
-def setpriv(*caps: str):
-    if not SETPRIV:
-        pytest.skip("setpriv (util-linux) is not installed")
-    cmd = [SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    if caps:
-        c = ",".join(f"+{x}" for x in caps)
-        cmd += [f"--inh-caps={c}", f"--ambient-caps={c}"]
-    return cmd
-
-
 def as_nobody(args, workdir: str, caps=()) -> rs.Result:
     return rs.run(setpriv(*caps) + nobody_fastckpt() + list(args), workdir)
-
-
-_NOBODY_CMD: list = []
-
-
-def _nobody_can_run(python: str) -> bool:
-    want = "%d.%d" % sys.version_info[:2]
-    code = "import sys; print('%d.%d' % sys.version_info[:2])"
-    try:
-        r = subprocess.run(setpriv() + [python, "-I", "-c", code], capture_output=True, text=True, timeout=30,
-                           cwd="/")
-    except OSError:
-        return False
-    return r.returncode == 0 and r.stdout.strip() == want
-
-
-def nobody_fastckpt() -> list:
-    """The command that runs fastckpt as nobody, wherever the checkout is: the checkout (and its .venv) may
-    be in a directory only root may enter (a clone under /root, 0700), so what the command needs -- the
-    package as installed (with its compiled modules and libexec/tar) and cffi's backend -- is copied to a
-    directory of its own under /tmp that anyone may read, and run by an interpreter of the same version
-    that nobody may run."""
-    if _NOBODY_CMD:
-        return list(_NOBODY_CMD)
-    import glob
-    import tempfile
-
-    import fastckpt
-    import _cffi_backend
-
-    candidates = [sys.executable, os.path.realpath(sys.executable), getattr(sys, "_base_executable", ""),
-                  f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}", "/usr/bin/python3"]
-    python = next((c for c in candidates if c and os.path.exists(c) and _nobody_can_run(c)), None)
-    assert python, f"no Python {sys.version_info[0]}.{sys.version_info[1]} that uid {NOBODY} may run among {candidates}"
-    lib = tempfile.mkdtemp(prefix="fastckpt-nobody-", dir="/tmp")
-    os.chmod(lib, 0o755)
-    pkg = os.path.dirname(fastckpt.__file__)
-    shutil.copytree(pkg, os.path.join(lib, "fastckpt"), ignore=shutil.ignore_patterns("__pycache__"))
-    for f in glob.glob(os.path.join(os.path.dirname(_cffi_backend.__file__), "_cffi_backend*.so")):
-        shutil.copy2(f, lib)
-    _copy_dependencies(lib)
-    for dirpath, dirnames, filenames in os.walk(lib):
-        for n in dirnames:
-            os.chmod(os.path.join(dirpath, n), 0o755)
-        for n in filenames:
-            path = os.path.join(dirpath, n)
-            os.chmod(path, 0o755 if os.access(path, os.X_OK) else 0o644)
-    import atexit
-
-    atexit.register(shutil.rmtree, lib, True)
-    # -I: neither the environment nor the working directory nor the user's site decide what is imported
-    _NOBODY_CMD[:] = [python, "-I", "-c", "import sys; sys.path.insert(0, %r); from fastckpt.cli import run; run()"
-                      % lib]
-    return list(_NOBODY_CMD)
-
-
-def _copy_dependencies(lib: str) -> None:
-    """The top-level modules of fastckpt's declared dependencies (xxhash, zstandard, protobuf's google, ...)
-    copied into LIB: the venv that has them may be where nobody can read."""
-    import importlib.util
-    import re
-    from importlib import metadata
-
-    wanted = {re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower().replace("_", "-")
-              for r in metadata.requires("fastckpt") or [] if "extra ==" not in r}
-    for top, dists in metadata.packages_distributions().items():
-        if not any(d.lower().replace("_", "-") in wanted for d in dists) or os.path.exists(os.path.join(lib, top)):
-            continue
-        spec = importlib.util.find_spec(top)
-        if spec is None:
-            continue
-        if spec.submodule_search_locations:  # a package (a namespace one too: google)
-            for loc in spec.submodule_search_locations:
-                shutil.copytree(loc, os.path.join(lib, top), dirs_exist_ok=True,
-                                ignore=shutil.ignore_patterns("__pycache__"))
-        elif spec.origin and os.path.isfile(spec.origin):
-            shutil.copy2(spec.origin, lib)
 
 
 @pytest.fixture
