@@ -189,6 +189,36 @@ def test_chunks_and_threads(tmp_path, monkeypatch):
     assert e.path == os.path.join(d, "pages-1.img")
 
 
+def test_follower_checksums_chunks_as_they_are_written_also_after_an_idle_spell(tmp_path):
+    """The Follower checksums each complete chunk of a pages image while it grows; after a spell with
+    nothing written (it then looks less often) it still follows a file that grows again."""
+    d = tmp_path / "img"
+    d.mkdir()
+    (d / "pages-9.img").write_bytes(b"old")  # there before: an older checkpoint's, not followed
+    chunk = 4 * PAGE
+    data = os.urandom(5 * chunk)
+    f = manifest.Follower(str(d), chunk_size=chunk)
+    try:
+        def wait_for(n):
+            deadline = time.monotonic() + 30
+            while len(f.known.get("pages-1.img", {})) < n and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return len(f.known.get("pages-1.img", {}))
+
+        with open(d / "pages-1.img", "wb") as out:
+            out.write(data[:2 * chunk + 5])
+            out.flush()
+            assert wait_for(2) == 2
+            time.sleep(3 * manifest.Follower.IDLE_INTERVAL)  # idle: the looks space out
+            out.write(data[2 * chunk + 5:])
+            out.flush()
+            assert wait_for(5) == 5
+    finally:
+        known = f.stop()
+    assert "pages-9.img" not in known
+    assert known["pages-1.img"] == {i: xxhash.xxh3_64_intdigest(data[i * chunk:(i + 1) * chunk]) for i in range(5)}
+
+
 def test_truncated_file(tmp_path):
     d = make_images(tmp_path / "img")
     truncate(os.path.join(d, "pages-1.img"), PAGE)
@@ -214,6 +244,43 @@ def test_grown_file(tmp_path):
     with open(os.path.join(d, "pages-2.img"), "ab") as f:
         f.write(b"\0" * PAGE)
     damaged(d, "pages-2.img", f"{3 * PAGE} bytes, {2 * PAGE} expected")
+
+
+def test_files_that_are_not_regular_are_refused_unopened(tmp_path):
+    """A FIFO or a symlink in place of an image is named, not opened (a FIFO would block a read)."""
+    d = make_images(tmp_path / "img")
+    target = os.path.join(d, "core-11.img")
+    os.rename(target, target + ".orig")
+    os.symlink("core-11.img.orig", target)  # its content intact: only the kind of file is wrong
+    os.unlink(os.path.join(d, "mm-10.img"))
+    os.mkfifo(os.path.join(d, "mm-10.img"))
+    t0 = time.monotonic()
+    e = damaged(d, "core-11.img is not a regular file", "and 1 more damaged file: mm-10.img")
+    assert e.problems == [("core-11.img", "not a regular file"), ("mm-10.img", "not a regular file")]
+    assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.parametrize("small_max", [0, 1 << 20])
+def test_small_files_in_one_read_and_large_ones_in_chunks_agree(tmp_path, monkeypatch, small_max):
+    """Files read whole (at most _SMALL_MAX bytes: the many small images of a many-process checkpoint)
+    and files read in chunks give the same checksums; damage in either is found."""
+    monkeypatch.setattr(manifest, "_SMALL_MAX", small_max)
+    d = make_images(tmp_path / "img")
+    with open(os.path.join(d, manifest.MANIFEST_FILE)) as f:
+        m = json.load(f)
+    for name in CHECKPOINT_FILES:
+        with open(os.path.join(d, name), "rb") as f:
+            data = f.read()
+        assert m["files"][name]["xxh3_64"] == ([xxhash.xxh3_64_hexdigest(data)] if data else []), name
+    # an empty image: no chunk either way
+    open(os.path.join(d, "empty.img"), "wb").close()
+    manifest.write(d)
+    with open(os.path.join(d, manifest.MANIFEST_FILE)) as f:
+        assert json.load(f)["files"]["empty.img"] == {"size": 0, "xxh3_64": []}
+    manifest.verify(d)
+    flip(os.path.join(d, "core-10.img"), 3)
+    flip(os.path.join(d, "pages-1.img"), PAGE + 1)
+    damaged(d, "core-10.img is altered: checksum mismatch", "and 1 more damaged file: pages-1.img")
 
 
 def test_several_damaged_files(tmp_path):

@@ -47,6 +47,7 @@ THREADS = 2
 _CHECKPOINT_FILES = ("fastckpt.json", "descriptors.json", "stats-dump")
 _READ_SLICE = 1 << 20  # bytes read (and checksummed) at a time by one thread
 _PARALLEL_MIN = 16 << 20  # below this many bytes, threads cost more than they bring
+_SMALL_MAX = 1 << 20  # a file of at most this many bytes is read and checksummed in one go
 
 
 def is_checkpoint_file(name: str) -> bool:
@@ -54,13 +55,65 @@ def is_checkpoint_file(name: str) -> bool:
     return name.endswith(".img") or name in _CHECKPOINT_FILES
 
 
-def _checkpoint_files(image_path: str) -> dict[str, int]:
-    out = {}
-    with os.scandir(image_path) as it:
-        for e in it:
-            if is_checkpoint_file(e.name) and e.is_file(follow_symlinks=False):
-                out[e.name] = e.stat(follow_symlinks=False).st_size
-    return dict(sorted(out.items()))
+def _scan(image_path: str, names: Sequence[str] | None, chunk_size: int, algorithm: str | None):
+    """One pass over the files NAMES of IMAGE_PATH (None: its checkpoint files, as found): each regular
+    file opened once, its size from the open descriptor and, for a file of one chunk of at most
+    _SMALL_MAX bytes, its checksum (ALGORITHM's; None: no checksums) from one read -- the thousands of
+    small images of a many-process checkpoint cost one open, fstat, read and close each.
+
+    Returns (sizes, sums of the small files, problems): NAME -> size; NAME -> [checksum];
+    (name, what is wrong) for a name missing, not a regular file (not opened) or unreadable.
+    """
+    small_max = min(_SMALL_MAX, chunk_size)
+    sizes: dict[str, int] = {}
+    small: dict[str, list[int]] = {}
+    problems: list[tuple[str, str]] = []
+    dfd = os.open(image_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with os.scandir(dfd) as it:  # the entries' types, without a stat each
+            regular = {e.name: e.is_file(follow_symlinks=False) for e in it}
+        if names is None:
+            names = sorted(n for n, reg in regular.items() if reg and is_checkpoint_file(n))
+        for name in names:
+            reg = regular.get(name)
+            if reg is None:
+                problems.append((name, "missing"))
+                continue
+            if not reg:
+                problems.append((name, "not a regular file"))
+                continue
+            try:  # no device, FIFO or symlink is opened (a swap since the listing fails or is refused)
+                fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+            except FileNotFoundError:
+                problems.append((name, "missing"))
+                continue
+            except OSError as e:
+                problems.append((name, "not a regular file" if e.errno == errno.ELOOP
+                                 else f"unreadable: {e.strerror}"))
+                continue
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    problems.append((name, "not a regular file"))
+                    continue
+                sizes[name] = size = st.st_size
+                if algorithm is not None and size == 0:
+                    small[name] = []  # no chunk
+                elif algorithm is not None and size <= small_max:
+                    data = os.read(fd, size)
+                    while len(data) < size:  # a short read of a regular file: rare, but allowed
+                        more = os.read(fd, size - len(data))
+                        if not more:
+                            raise _Short(name, len(data), size)
+                        data += more
+                    small[name] = [_digest(data, algorithm)]
+            except OSError as e:
+                problems.append((name, f"unreadable: {e.strerror}"))
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dfd)
+    return sizes, small, problems
 
 
 # --- checksums -------------------------------------------------------------------------
@@ -94,6 +147,15 @@ def _xxh3_64():
 
 # algorithm name -> (a new hasher with update() and intdigest(), hex digits of a digest)
 _ALGORITHMS = {"xxh3_64": (_xxh3_64, 16), "crc32": (_Crc32, 8)}
+
+
+def _digest(data, algorithm: str) -> int:
+    """The checksum of DATA in one call (what a hasher of ALGORITHM gives for the same bytes)."""
+    if algorithm == "xxh3_64":
+        import xxhash
+
+        return xxhash.xxh3_64_intdigest(data)
+    return zlib.crc32(data)
 
 
 def _chunk_sum(image_path: str, name: str, offset: int, length: int, buf: bytearray,
@@ -199,6 +261,9 @@ class Follower:
     the last partial chunks and the small files left to do.
     """
 
+    IDLE_INTERVAL = 0.16  # seconds between looks while no pages image grows much
+    BUSY_GROWTH = 4 << 20  # bytes of pages written between two looks that count as a large image being written
+
     def __init__(self, image_path: str, chunk_size: int = CHUNK_SIZE, interval: float = 0.01):
         import threading
 
@@ -219,17 +284,25 @@ class Follower:
         except OSError:
             pass
         buf = bytearray(_READ_SLICE)
+        interval, total = self.interval, 0
         try:
-            while not self._stop.wait(self.interval):
+            while not self._stop.wait(interval):
                 with os.scandir(self.image_path) as it:
                     files = [(e.name, e.stat().st_size) for e in it
                              if e.name.startswith("pages-") and e.name.endswith(".img") and e.name not in self._old]
+                busy = False
                 for name, size in files:
                     done = self.known.setdefault(name, {})
                     i = len(done)
                     while (i + 1) * self.chunk_size <= size and not self._stop.is_set():
                         done[i] = _chunk_sum(self.image_path, name, i * self.chunk_size, self.chunk_size, buf)
                         i += 1
+                        busy = True
+                # looks often while CRIU writes a large pages image; while it writes only small ones (a
+                # many-process tree: a thousand and more entries to list each time) or none, less and less
+                grown, total = sum(k for _, k in files) - total, sum(k for _, k in files)
+                busy = busy or grown >= self.BUSY_GROWTH
+                interval = self.interval if busy else min(interval * 2, self.IDLE_INTERVAL)
         except (OSError, _Short):
             self.known = {}  # whatever went wrong, write() computes it all again
 
@@ -251,10 +324,14 @@ def write(image_path: str, known: dict[str, dict[int, int]] | None = None) -> st
     tmp = os.path.join(image_path, f".{MANIFEST_FILE}.tmp")
     try:
         _unlink(path)  # a stale one must not outlive a failure below
-        sizes = _checkpoint_files(image_path)
         try:
             chunk_size = CHUNK_SIZE
-            sums = checksums(image_path, sizes, chunk_size, known=known)
+            sizes, sums, problems = _scan(image_path, None, chunk_size, ALGORITHM)
+            if problems:  # a file that went or cannot be read since the listing
+                name, what = problems[0]
+                raise ImageDirError(f"{name} in {image_path} is {what}", errno=errno.EIO)
+            sums.update(checksums(image_path, {n: k for n, k in sizes.items() if n not in sums}, chunk_size,
+                                  known=known))
         except _Short as e:
             raise ImageDirError(f"{e.name} in {image_path} changed while its checksum was computed "
                                 f"({e.got} of {e.expected} bytes)", errno=errno.EIO) from None
@@ -374,35 +451,34 @@ def verify(image_path: str) -> dict | None:
         check_structure(image_path)
         return None
     files = m["files"]
-    problems: list[tuple[str, str]] = []
-    for name in sorted(files):
-        expected = files[name]["size"]
-        try:
-            st = os.stat(os.path.join(image_path, name), follow_symlinks=False)
-        except FileNotFoundError:
-            problems.append((name, "missing"))
-            continue
-        except OSError as e:
-            problems.append((name, f"unreadable: {e.strerror}"))
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            problems.append((name, "not a regular file"))
-        elif st.st_size < expected:
-            problems.append((name, f"truncated: {st.st_size} of {expected} bytes"))
-        elif st.st_size > expected:
-            problems.append((name, f"altered: {st.st_size} bytes, {expected} expected"))
+    algorithm = m.get("algorithm")
+    known = algorithm in _ALGORITHMS
+    cs = m["chunk_size"] if known else CHUNK_SIZE
+    try:  # sizes (and the checksums of the small files) in one pass
+        found, small, problems = _scan(image_path, sorted(files), cs, algorithm if known else None)
+    except _Short as e:
+        raise _damaged(image_path, [(e.name, f"truncated: {e.got} of {files[e.name]['size']} bytes")]) from None
+    except OSError as e:
+        raise DamagedImage(f"cannot read image directory {image_path}: {e.strerror}", path=image_path,
+                           errno=e.errno) from None
+    for name in sorted(found):
+        expected, size = files[name]["size"], found[name]
+        if size < expected:
+            problems.append((name, f"truncated: {size} of {expected} bytes"))
+        elif size > expected:
+            problems.append((name, f"altered: {size} bytes, {expected} expected"))
+    problems.sort(key=lambda p: p[0])
     if problems:
         raise _damaged(image_path, problems)
-    algorithm = m.get("algorithm")
-    if algorithm not in _ALGORITHMS:
+    if not known:
         # written by a newer fastckpt with a checksum this one does not know: the sizes
         # matched; the structure is what can still be checked
         check_structure(image_path)
         return m
-    cs = m["chunk_size"]
     sizes = {name: files[name]["size"] for name in sorted(files)}
     try:
-        sums = checksums(image_path, sizes, cs, algorithm=algorithm)
+        sums = checksums(image_path, {n: k for n, k in sizes.items() if n not in small}, cs, algorithm=algorithm)
+        sums.update(small)
     except _Short as e:
         raise _damaged(image_path, [(e.name, f"truncated: {e.got} of {sizes[e.name]} bytes")]) from None
     except OSError as e:
