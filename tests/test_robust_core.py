@@ -111,6 +111,33 @@ def test_dump_has_a_bound():
     assert 60 + rss / 50e6 <= bound < 60 + (rss + (1 << 30)) / 50e6
 
 
+def test_watchdog_works_out_a_bound_given_as_a_function_off_the_callers_thread():
+    """checkpoint gives the watchdog dump_bound as a function (a walk over the tree's processes, ~10 ms for
+    200 of them): called on the watchdog's thread once CRIU runs, and its bound holds."""
+    import subprocess
+    import threading
+
+    from fastckpt import criu_proc
+
+    child = subprocess.Popen(["sleep", "60"])
+    called = []
+
+    def bound():
+        called.append(threading.get_ident())
+        return 0.2
+
+    try:
+        dog = criu_proc.Watchdog(child.pid, None, bound, 1 << 30)
+        dog.start()
+        assert child.wait(30) == -9, "the watchdog did not stop the process past its bound"
+        dog.join(10)
+        assert called == [dog.ident]
+        assert dog.reason == "CRIU did not finish within 0.2 s and was stopped"
+    finally:
+        child.kill()
+        child.wait()
+
+
 # --- a process tree restored right after its checkpoint --------------------------------------------------
 
 TREE = ("sleep 1000 & sleep 1000 & busybox sh -c 'sleep 1000; true' & "  # children, and a grandchild

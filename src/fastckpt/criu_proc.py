@@ -40,6 +40,11 @@ class Watchdog(threading.Thread):
         longest = 0.02 if self.watch is not None else 0.5
         while not self._stop_event.wait(interval):
             interval = min(interval * 2, longest)
+            if callable(self.timeout):  # worked out here, while CRIU runs, rather than before it starts
+                try:
+                    self.timeout = self.timeout()
+                except Exception:
+                    self.timeout = None
             if self.watch is not None:
                 why = self.watch()
                 if why:
@@ -307,6 +312,7 @@ def run(opts, op: str, binary: str, *, log_path: str | None = None, timeout: flo
     """Run OP ("dump", "restore", "check", ...) of OPTS in a ``criu swrk`` of its own (the spare one
     prespawn() started, or a new one).
 
+    TIMEOUT: seconds, or a function that returns them (called on the watchdog's thread once CRIU runs);
     SETUP(pid), if given, runs once criu exists and before it gets its request;
     ON_STOP(), if given, when the watchdog stops CRIU: it kills all CRIU started; WATCH(), if given,
     at each look of the watchdog: a reason to stop CRIU now, or None.

@@ -325,7 +325,8 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
                 with pscork.uncork(options.page_server if session is None and not options.lazy_pages else None):
                     ret, err = run_op(opts, "pre_dump" if options.pre_dump else "dump", session,
                                       log_path=os.path.join(work_path, DUMP_LOG), setup=freeze if session is None
-                                      else None, timeout=criu_proc.dump_bound(target_pid), watch=outside_pause)
+                                      else None, timeout=lambda: criu_proc.dump_bound(target_pid),
+                                      watch=outside_pause)
             finally:
                 known = follower.stop() if follower else None
         finally:
