@@ -55,6 +55,30 @@ def show(what: str, times: list) -> None:
     print(f"{what:48s} median {statistics.median(ms):8.1f} ms  (min {min(ms):.1f}, max {max(ms):.1f}, n={len(ms)})")
 
 
+def many_small(base: str, reps: int, processes: int = 200) -> None:
+    """write() and verify() of the ~1,400 small images of a PROCESSES-process checkpoint (sizes as CRIU's
+    for busybox `sleep`s), wall and CPU time: what a many-process container's checkpoint and restore pay."""
+    d = os.path.join(base, "many")
+    os.mkdir(d)
+    kinds = {"core": 1200, "fs": 20, "ids": 40, "mm": 1500, "pagemap": 90, "pages": 20480, "fdinfo": 60}
+    for pid in range(1, processes + 1):
+        for kind, size in kinds.items():
+            with open(os.path.join(d, f"{kind}-{pid}.img"), "wb") as f:
+                f.write(os.urandom(size))
+    n = len(os.listdir(d))
+    manifest.write(d)
+    for what, fn in (("write", lambda: manifest.write(d)), ("verify", lambda: manifest.verify(d))):
+        cpu = []
+
+        def run():
+            t0 = time.process_time()
+            fn()
+            cpu.append(time.process_time() - t0)
+
+        show(f"manifest.{what}() of {n} small images (hot cache)", timed(run, reps))
+        show(f"  its CPU time", cpu)
+
+
 def main() -> int:
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
     reps = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -110,6 +134,7 @@ def main() -> int:
         for algorithm in manifest._ALGORITHMS:  # the one written now and the earlier CRC32, side by side
             show(f"checksums, {algorithm} (hot cache)",
                  timed(lambda: manifest.checksums(images, sizes, algorithm=algorithm), reps))
+        many_small(base, max(reps, 15))
     finally:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
