@@ -13,8 +13,10 @@ restore:
   CRC32 here, which the manifests of older fastckpts hold and which is still
   verified) of 16 MiB chunks: those of the pages images mostly while CRIU writes them (a
   :class:`Follower` on the other core), the rest after the dump by two threads
-  (xxhash and the reads release the GIL).  The manifest records
-  its algorithm and chunk size, so both can change later.
+  (xxhash and the reads release the GIL).  Each file is opened once, its size taken
+  from the descriptor, and a small one (most images of a many-process tree) read and
+  checksummed in one go.  The manifest records its algorithm and chunk size, so both
+  can change later.
 * :func:`verify`, before CRIU runs on a restore: with a manifest, every file
   it lists must be there with its size and checksums (extra files are fine);
   without one (images made by ``runc checkpoint``), the structure is checked:
