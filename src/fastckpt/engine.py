@@ -250,6 +250,7 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
     Returns CRIU's (ret, errno), the pages checksums computed meanwhile and how
     long fastckpt kept the container frozen (None: it did not freeze it)."""
     fds = [open_dir_fd(image_path, "image directory")]
+    tmp_yard = None
     try:
         opts.set_images_dir_fd(fds[0])
         if work_path != image_path:
@@ -279,6 +280,11 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
             if ct.freeze_cgroup:
                 opts.set_freeze_cgroup(ct.freeze_cgroup)
             cgroups.limit_criu_to_v2(opts)
+            if os.environ.get("FASTCKPT_CG_YARD") != "0":
+                yard = cgroups.dump_yard(target_pid)  # CRIU reads the host's hierarchies instead of mounting its own
+                if yard is not None:
+                    opts.set_cg_yard(yard[0])
+                    tmp_yard = yard[1]
             for key, val in container_external_mounts(ct):
                 opts.add_ext_mount(key, val)
             for key in container_externals(ct):
@@ -343,3 +349,4 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
     finally:
         for fd in fds:
             os.close(fd)
+        cgroups.remove_yard(tmp_yard)
