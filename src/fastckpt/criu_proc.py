@@ -101,9 +101,8 @@ class Watchdog(threading.Thread):
 
 # --- the bounds of a dump ------------------------------------------------------------------
 
-def dump_bound(pid: int) -> float:
-    """How long a dump of the tree rooted at PID may take before CRIU is stopped: a minute plus 20 s a GB
-    of the tree's resident memory (what CRIU writes), as a restore is bounded by its pages."""
+def tree_rss(pid: int) -> int:
+    """The resident memory of the tree rooted at PID, in bytes (about what a dump of it writes)."""
     page = os.sysconf("SC_PAGE_SIZE")
     rss = 0
     for p in [pid, *descendants(pid)]:
@@ -112,6 +111,15 @@ def dump_bound(pid: int) -> float:
                 rss += int(f.read().split()[1]) * page
         except (OSError, ValueError, IndexError):
             pass
+    return rss
+
+
+def dump_bound(pid: int, rss: int | None = None) -> float:
+    """How long a dump of the tree rooted at PID may take before CRIU is stopped: a minute plus 20 s a GB
+    of the tree's resident memory (what CRIU writes; RSS: tree_rss(PID), when known), as a restore is
+    bounded by its pages."""
+    if rss is None:
+        rss = tree_rss(pid)
     return 60.0 + rss / 50e6
 
 

@@ -322,16 +322,20 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
         # a pause by someone else while CRIU works would hang it: the watchdog stops CRIU then
         outside_pause = criu_proc.OutsidePause(ct.is_frozen, image_path) if ct is not None and not was_paused \
             and ct.freezer_state_file else None
+        rss = criu_proc.tree_rss(target_pid)  # before the freeze (a session's is made here)
         try:
             if session is not None:
                 freeze()
-            # checksum the pages images for the manifest while CRIU writes them
-            follower = manifest.Follower(image_path) if options.page_server is None else None
+            # checksum the pages images for the manifest while CRIU writes them; a tree whose memory fills
+            # no chunk of the manifest's has nothing to follow (its thread would cost the call more than
+            # it computes: stopped, it runs at nice 19)
+            follower = manifest.Follower(image_path) if options.page_server is None \
+                and rss >= manifest.CHUNK_SIZE else None
             try:  # CRIU's last command to a page server would wait 200 ms in its corked socket (pscork)
                 with pscork.uncork(options.page_server if session is None and not options.lazy_pages else None):
                     ret, err = run_op(opts, "pre_dump" if options.pre_dump else "dump", session,
                                       log_path=os.path.join(work_path, DUMP_LOG), setup=freeze if session is None
-                                      else None, timeout=criu_proc.dump_bound(target_pid), watch=outside_pause)
+                                      else None, timeout=criu_proc.dump_bound(target_pid, rss), watch=outside_pause)
             finally:
                 known = follower.stop() if follower else None
         finally:
