@@ -117,13 +117,14 @@ def dump_yard(pid: int) -> tuple[str, str | None] | None:
         found = {hier.get(k) for k in keys}
         if kind == UNIFIED and ctrls:
             continue  # CRIU handles v2 alone there (limit_criu_to_v2)
-        if len(found) != 1 or None in found:
+        if len(found) != 1 or None in found or "\\" in str(next(iter(found))):  # mountinfo's escapes: no yard
             return None
         name = "unified" if not ctrls else ctrls[len("name="):] if ctrls.startswith("name=") else ctrls
         entries[name] = found.pop()  # type: ignore[assignment]
     if not entries:
         return None
-    if all(os.path.realpath(os.path.join(ROOT, name)) == os.path.realpath(mnt) for name, mnt in entries.items()):
+    # mount points as mountinfo has them (no symlinks to resolve: ~80 lstats); anything else, a yard of links
+    if all(os.path.join(ROOT, name) == mnt for name, mnt in entries.items()):
         return ROOT, None
     import tempfile
 
