@@ -225,6 +225,8 @@ cdef class Opts:
         c.criu_local_set_manage_cgroups_mode(self._o, <c.criu_cg_mode>m)
     def set_freeze_cgroup(self, path):
         _check(c.criu_local_set_freeze_cgroup(self._o, _path(path, "the freeze cgroup")), "the freeze cgroup", path)
+    def set_cg_yard(self, path):
+        _check(c.criu_local_add_cg_yard(self._o, _path(path, "the cgroup yard")), "the cgroup yard", path)
     def add_cg_root(self, ctrl, path):
         cdef bytes bctrl = _path(ctrl, "the cgroup controller") if ctrl is not None else None  # "": cgroup v2
         _check(c.criu_local_add_cg_root(self._o, _cstr(bctrl), _path(path, "the cgroup root")),

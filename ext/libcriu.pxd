@@ -89,6 +89,7 @@ cdef extern from "criu.h" nogil:
     void criu_local_set_manage_cgroups(criu_opts *opts, bint manage)
     void criu_local_set_manage_cgroups_mode(criu_opts *opts, criu_cg_mode mode)
     int criu_local_set_freeze_cgroup(criu_opts *opts, const char *name)
+    int criu_local_add_cg_yard(criu_opts *opts, const char *path)
     void criu_local_set_timeout(criu_opts *opts, unsigned int timeout)
     void criu_local_set_auto_ext_mnt(criu_opts *opts, bint val)
     void criu_local_set_ext_sharing(criu_opts *opts, bint val)

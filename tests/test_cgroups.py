@@ -518,3 +518,78 @@ def test_paused_container_in_full_mode_comes_back_paused(env, cg_mode):
         assert rs.run_quiet(["runc", "--root", env.root, "resume", ct.id]) == 0
     ct.counter.wait_advancing()
     assert not glob.glob(os.path.join(cs.FREEZER_ROOT, "**", f"fastckpt-restore-{r.pid}"), recursive=True)
+
+
+# --- the dump's cgroup yard: CRIU reads the host's hierarchies instead of mounting its own -------------
+
+def _criu_name(ctrls: str) -> str:
+    """CRIU's name for a hierarchy of /proc/PID/cgroup (its directory in a yard)."""
+    if not ctrls:
+        return "unified"
+    return ctrls[len("name="):] if ctrls.startswith("name=") else ctrls
+
+
+@pytest.mark.integration
+def test_dump_yard_holds_the_containers_hierarchies(container):
+    """Each hierarchy CRIU dumps for the container is in the yard under CRIU's name for it, as the host's
+    own mount of that hierarchy (the container's cgroup inside); on a unified host only v2, through a link
+    in a temporary directory that goes afterwards; on a hybrid one the host's cgroup root is the yard."""
+    ct = container()
+    yard, tmp = cgroups.dump_yard(ct.pid)
+    try:
+        with open(f"/proc/{ct.pid}/cgroup") as f:
+            lines = f.read().splitlines()
+        host = cgroups.mounts()
+        seen = []
+        for line in lines:
+            _, ctrls, path = line.split(":", 2)
+            if cs.UNIFIED and ctrls:
+                continue  # CRIU dumps v2 alone there
+            entry = os.path.join(yard, _criu_name(ctrls))
+            key = ctrls.split(",")[0] if ctrls else ""
+            assert os.stat(entry).st_dev == os.stat(host[key]).st_dev, (entry, host[key])
+            assert os.path.isdir(entry + path), f"{entry + path}: the container's cgroup is not in the yard"
+            seen.append(ctrls)
+        assert seen
+        if cs.UNIFIED:
+            assert tmp == yard and os.listdir(tmp) == ["unified"]
+            assert os.readlink(os.path.join(tmp, "unified")) == cgroups.ROOT
+        else:
+            assert (yard, tmp) == (cgroups.ROOT, None)
+    finally:
+        cgroups.remove_yard(tmp)
+    assert tmp is None or not os.path.exists(tmp)
+
+
+def test_no_dump_yard_for_a_hierarchy_not_mounted_whole(monkeypatch):
+    """A hierarchy of the task that the host has not mounted at its root: no yard (CRIU mounts its own)."""
+    monkeypatch.setattr(cgroups, "mounts", lambda: {})
+    assert cgroups.dump_yard(os.getpid()) is None
+
+
+@pytest.mark.integration
+def test_dump_through_the_yard_records_what_criu_mounting_records(container, tmp_path, monkeypatch):
+    """The same container checkpointed (left running) through the yard and with CRIU mounting each
+    hierarchy itself (FASTCKPT_CG_YARD=0): the same cgroup image, entry by entry; no yard is left behind."""
+    import tempfile
+
+    from fastckpt import engine, images
+
+    ct = container()
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "fastckpt-cgyard-*")))
+    recorded = {}
+    for yard in ("1", "0"):
+        monkeypatch.setenv("FASTCKPT_CG_YARD", yard)
+        img = tmp_path / f"img-{yard}"
+        engine.checkpoint(ct.id, root=ct.root, image_path=str(img), leave_running=True)
+        entries = images.read_image(str(img / "cgroup.img"), "CGROUP").entries
+        for entry in entries:  # CRIU leaves the perms of the freezer state it adds unset: memory's garbage
+            for ctl in entry.controllers:
+                for d in ctl.dirs:
+                    for prop in d.properties:
+                        if prop.name == "freezer.state":
+                            prop.ClearField("perms")
+        recorded[yard] = entries
+    assert recorded["1"] and recorded["1"] == recorded["0"]
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "fastckpt-cgyard-*"))) == before
+    ct.assert_running_thawed_advancing()

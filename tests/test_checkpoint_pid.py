@@ -161,3 +161,34 @@ def test_session_leader_in_an_outer_pid_namespace(proc_tree, tmp_path):
         assert "--shell-job does not help" in err.splitlines()[0]
         assert not (tmp_path / "img").exists() or not any((tmp_path / "img").glob("*.img"))
         outer.wait_advancing()
+
+
+def test_pages_followed_only_for_a_tree_that_fills_a_manifest_chunk(proc_tree, tmp_path, monkeypatch):
+    """The pages images are checksummed while CRIU writes them (manifest.Follower) only for a tree whose
+    memory fills at least one of the manifest's chunks: for a smaller one that thread could compute
+    nothing. Either way the manifest is complete: both checkpoints verify."""
+    from fastckpt import manifest
+
+    followed = []
+
+    class Counting(manifest.Follower):
+        def __init__(self, image_path, *args, **kwargs):
+            followed.append(image_path)
+            super().__init__(image_path, *args, **kwargs)
+
+    monkeypatch.setattr(manifest, "Follower", Counting)
+    small = proc_tree.counter(str(tmp_path / "count"))
+    size = 2 * manifest.CHUNK_SIZE
+    big = proc_tree([sys.executable, "-c", f"import time; b = bytes(range(256)) * {size // 256}; time.sleep(600)"])
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss(pid):
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    cs.wait_until(lambda: rss(big.pid) >= size, "the big process to fill its memory")
+    for name, tree in (("small", small), ("big", big)):
+        img = tmp_path / name
+        fastckpt.checkpoint(pid=tree.pid, image_path=str(img), leave_running=True)
+        manifest.verify(str(img))
+    assert followed == [str(tmp_path / "big")]

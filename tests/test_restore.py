@@ -337,6 +337,39 @@ def _process_images_with_id(env, saved):
     return saved.pt_images, saved.bundle
 
 
+def test_criu_root_and_clock_view_go_after_criu_and_a_failure_there_undoes_the_restore(env, monkeypatch):
+    """Once CRIU is done, its root is unmounted and the host-clock view of the images removed in a thread
+    while the restore writes the container's state: after a restore neither is left; when that clean-up
+    fails, the restore fails with it and undoes itself, as when it was done in line."""
+    import fastckpt
+    from fastckpt import restorer
+    from fastckpt.errors import Error
+
+    orig = env.start()
+    images = os.path.join(env.workdir, "images")
+    at = env.checkpoint(orig, images)
+    a = env.track(rs.new_id("a"), orig.bundle)
+    res = fastckpt.restore(a.id, root=env.root, image_path=images, bundle=a.bundle, detach=True)
+    assert_restored(a, at)  # no mount left under the runc root
+    assert not [n for n in os.listdir(images) if n.startswith(".")], os.listdir(images)
+    assert not os.path.exists(os.path.join(a.state_dir, restorer.CRIU_ROOT))
+    a.kill_and_delete(reap=True)
+    assert_gone(a)
+
+    real_run = restorer._Cleanup._run
+
+    def run_then_fail(self):
+        real_run(self)
+        self.error = Error("the clean-up after CRIU failed (simulated)")
+
+    monkeypatch.setattr(restorer._Cleanup, "_run", run_then_fail)
+    b = env.track(rs.new_id("b"), orig.bundle)
+    with pytest.raises(Error, match="simulated"):
+        fastckpt.restore(b.id, root=env.root, image_path=images, bundle=b.bundle, detach=True)
+    rs.assert_nothing_left(b.id, env.root, env.workdir)
+    assert res.pid > 0
+
+
 @pytest.mark.parametrize("make, code, needles", [
     (_missing_image_dir, 1, ["no-such-images", "does not exist"]),
     (_no_inventory, 1, ["no inventory.img"]),

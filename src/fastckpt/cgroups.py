@@ -94,6 +94,58 @@ def limit_criu_to_v2(opts) -> None:
         opts.add_cg_dump_controller("")
 
 
+def dump_yard(pid: int) -> tuple[str, str | None] | None:
+    """A cgroup yard for CRIU's dump of the tree rooted at PID: a directory holding the host's mounted
+    hierarchies under CRIU's names for them (a controller list as /proc/PID/cgroup spells it, ``name=X`` as
+    X, v2 as ``unified``), which CRIU then reads as they are instead of mounting a hierarchy of its own for
+    each (a mount and a detach each: ~3-7 ms of grace periods per hierarchy here).
+
+    Returns (the yard, a temporary directory of links to remove after the dump, or None when the host's
+    cgroup root already is that yard), or None when a hierarchy of PID's is not mounted whole (CRIU then
+    mounts them itself, as without a yard)."""
+    kind = layout()
+    hier = mounts()
+    entries: dict[str, str] = {}
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, ctrls, _ = line.split(":", 2)
+        keys = ctrls.split(",") if ctrls else [""]
+        found = {hier.get(k) for k in keys}
+        if kind == UNIFIED and ctrls:
+            continue  # CRIU handles v2 alone there (limit_criu_to_v2)
+        if len(found) != 1 or None in found or "\\" in str(next(iter(found))):  # mountinfo's escapes: no yard
+            return None
+        name = "unified" if not ctrls else ctrls[len("name="):] if ctrls.startswith("name=") else ctrls
+        entries[name] = found.pop()  # type: ignore[assignment]
+    if not entries:
+        return None
+    # mount points as mountinfo has them (no symlinks to resolve: ~80 lstats); anything else, a yard of links
+    if all(os.path.join(ROOT, name) == mnt for name, mnt in entries.items()):
+        return ROOT, None
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="fastckpt-cgyard-")
+    for name, mnt in entries.items():
+        os.symlink(mnt, os.path.join(tmp, name))
+    return tmp, tmp
+
+
+def remove_yard(tmp: str | None) -> None:
+    """Remove a temporary yard of dump_yard's (its links, then itself)."""
+    if tmp is None:
+        return
+    try:
+        for name in os.listdir(tmp):
+            os.unlink(os.path.join(tmp, name))
+        os.rmdir(tmp)
+    except OSError:
+        pass
+
+
 def unmount_yards(work_path: str) -> list[str]:
     """Detach CRIU's cgroup yards (``.criu.cgyard.*``: the hierarchies CRIU mounts in its work directory
     while it restores cgroups) that a CRIU stopped half-way left mounted; returns them."""

@@ -24,6 +24,12 @@ def _parser_class():
         return _PARSER
     import argparse
 
+    # argparse passes each of its strings through gettext's default domain, which looks for a catalogue
+    # on disk for every one (~100 stats and locale's import: 1.5-3 ms of a command's start); Python
+    # installs none, and fastckpt's own messages are English: argparse's stay as argparse wrote them
+    argparse._ = _untranslated
+    argparse.ngettext = _untranslated_n
+
     class _Formatter(argparse.HelpFormatter):
         """argparse's help formatter, without its import of shutil (~1.7 ms) for the width."""
 
@@ -46,6 +52,14 @@ def _parser_class():
 
 
 _PARSER = None
+
+
+def _untranslated(message: str) -> str:
+    return message
+
+
+def _untranslated_n(singular: str, plural: str, n: int) -> str:
+    return singular if n == 1 else plural
 
 
 def _columns() -> int:

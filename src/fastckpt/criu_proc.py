@@ -106,17 +106,28 @@ class Watchdog(threading.Thread):
 
 # --- the bounds of a dump ------------------------------------------------------------------
 
-def dump_bound(pid: int) -> float:
-    """How long a dump of the tree rooted at PID may take before CRIU is stopped: a minute plus 20 s a GB
-    of the tree's resident memory (what CRIU writes), as a restore is bounded by its pages."""
+def tree_rss(pid: int, enough: int | None = None) -> int:
+    """The resident memory of the tree rooted at PID, in bytes (about what a dump of it writes); with
+    ENOUGH, the walk stops once the sum reaches it (for a yes/no question about a big tree)."""
     page = os.sysconf("SC_PAGE_SIZE")
     rss = 0
-    for p in [pid, *descendants(pid)]:
+    for p in _walk(pid):
         try:
             with open(f"/proc/{p}/statm") as f:
                 rss += int(f.read().split()[1]) * page
         except (OSError, ValueError, IndexError):
             pass
+        if enough is not None and rss >= enough:
+            break
+    return rss
+
+
+def dump_bound(pid: int, rss: int | None = None) -> float:
+    """How long a dump of the tree rooted at PID may take before CRIU is stopped: a minute plus 20 s a GB
+    of the tree's resident memory (what CRIU writes; RSS: tree_rss(PID), when known), as a restore is
+    bounded by its pages."""
+    if rss is None:
+        rss = tree_rss(pid)
     return 60.0 + rss / 50e6
 
 
@@ -174,7 +185,12 @@ class OutsidePause:
 
 def descendants(pid: int) -> list[int]:
     """All live descendants of PID (children of each of its threads, recursively)."""
-    out: list[int] = []
+    return list(_walk(pid))[1:]
+
+
+def _walk(pid: int):
+    """PID, then its live descendants (children of each of its threads, recursively), as found."""
+    yield pid
     todo = [pid]
     while todo:
         p = todo.pop()
@@ -188,9 +204,8 @@ def descendants(pid: int) -> list[int]:
                     kids = [int(x) for x in f.read().split()]
             except (OSError, ValueError):
                 continue
-            out.extend(kids)
+            yield from kids
             todo.extend(kids)
-    return out
 
 
 LIBEXEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libexec")

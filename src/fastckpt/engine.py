@@ -250,6 +250,7 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
     Returns CRIU's (ret, errno), the pages checksums computed meanwhile and how
     long fastckpt kept the container frozen (None: it did not freeze it)."""
     fds = [open_dir_fd(image_path, "image directory")]
+    tmp_yard = None
     try:
         opts.set_images_dir_fd(fds[0])
         if work_path != image_path:
@@ -279,6 +280,11 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
             if ct.freeze_cgroup:
                 opts.set_freeze_cgroup(ct.freeze_cgroup)
             cgroups.limit_criu_to_v2(opts)
+            if os.environ.get("FASTCKPT_CG_YARD") != "0":
+                yard = cgroups.dump_yard(target_pid)  # CRIU reads the host's hierarchies instead of mounting its own
+                if yard is not None:
+                    opts.set_cg_yard(yard[0])
+                    tmp_yard = yard[1]
             for key, val in container_external_mounts(ct):
                 opts.add_ext_mount(key, val)
             for key in container_externals(ct):
@@ -316,11 +322,17 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
         # a pause by someone else while CRIU works would hang it: the watchdog stops CRIU then
         outside_pause = criu_proc.OutsidePause(ct.is_frozen, image_path) if ct is not None and not was_paused \
             and ct.freezer_state_file else None
+        # before the freeze (a session's is made here); only as far as the follower's question needs: the
+        # watchdog works out its bound from the whole tree on its own thread, once CRIU runs
+        rss = criu_proc.tree_rss(target_pid, enough=manifest.CHUNK_SIZE)
         try:
             if session is not None:
                 freeze()
-            # checksum the pages images for the manifest while CRIU writes them
-            follower = manifest.Follower(image_path) if options.page_server is None else None
+            # checksum the pages images for the manifest while CRIU writes them; a tree whose memory fills
+            # no chunk of the manifest's has nothing to follow (its thread would cost the call more than
+            # it computes: stopped, it runs at nice 19)
+            follower = manifest.Follower(image_path) if options.page_server is None \
+                and rss >= manifest.CHUNK_SIZE else None
             try:  # CRIU's last command to a page server would wait 200 ms in its corked socket (pscork)
                 with pscork.uncork(options.page_server if session is None and not options.lazy_pages else None):
                     ret, err = run_op(opts, "pre_dump" if options.pre_dump else "dump", session,
@@ -344,3 +356,4 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
     finally:
         for fd in fds:
             os.close(fd)
+        cgroups.remove_yard(tmp_yard)

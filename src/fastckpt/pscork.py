@@ -17,9 +17,7 @@ in splices of a pipe's size, so nothing is lost by it.
 """
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
 import threading
 
 from . import _libc
@@ -54,6 +52,8 @@ def _children() -> list[int]:
 
 def _hex_endpoint(address: str, port: int) -> set[str]:
     """How /proc/net/tcp{,6} write ADDRESS:PORT as a remote end."""
+    import ipaddress  # here: a dump without a page server does not pay for it (nor for socket's ~4 ms)
+
     ip = ipaddress.ip_address(address)
     forms = []
     if ip.version == 4:
@@ -110,6 +110,8 @@ class Uncork(threading.Thread):
         self.join()
 
     def run(self) -> None:
+        import socket
+
         sock = None
         try:
             while not self.stopped.wait(INTERVAL):
@@ -127,7 +129,9 @@ class Uncork(threading.Thread):
             if sock is not None:
                 sock.close()
 
-    def _find(self) -> socket.socket | None:
+    def _find(self) -> "socket.socket | None":
+        import socket
+
         for pid in _children():
             fd = _socket_to(pid, self.remote)
             if fd is None:

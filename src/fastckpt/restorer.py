@@ -505,6 +505,7 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
     # CRIU's root: the rootfs bind-mounted, as runc does (the rootfs need not be a mount)
     criu_root = os.path.join(state_dir, CRIU_ROOT)
     mounted = False
+    cleanup: _Cleanup | None = None  # CRIU's root and the host-clock view going, once CRIU is done
     try:
         if os.path.lexists(root) and not os.path.isdir(root):
             raise Error(f"runc root {root} is not a directory", errno=errno.ENOTDIR)
@@ -599,12 +600,9 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
             ret, err = criu.run_op(opts, "restore", log_path=log_path, timeout=restore_bound(image_path),
                                    setup=enter_cgroups, on_stop=lambda: _kill_cgroup_tasks(cg_paths, box),
                                    fresh=bool(ns_fds))
-        finally:  # the restored mount namespace keeps its own copy of the root
-            _libc.umount(criu_root)
+        finally:  # the restored mount namespace keeps its own copy of the root: undone meanwhile
+            cleanup = _Cleanup(criu_root, criu_images)
             mounted = False
-            os.rmdir(criu_root)
-            if criu_images is not None:
-                runc.remove_tree(criu_images)
         if opts.notify_error is not None:
             raise opts.notify_error
         if ret <= 0:
@@ -633,7 +631,13 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
         }
         _write_state(state_dir, state)
         _write_pid_file(options.pid_file, pid)
+        cleanup.join()
     except BaseException:
+        if cleanup is not None:
+            try:
+                cleanup.join()
+            except Exception:
+                pass
         if mounted:
             _libc.umount(criu_root)
             mounted = False
@@ -657,6 +661,38 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
                         container_id=cid, bundle=bundle, wall_time=time.monotonic() - t0)
     res._relay_master = masters[0] if masters else None  # not a field: the foreground relay's
     return res
+
+
+class _Cleanup:
+    """CRIU's root (CRIU_ROOT) unmounted and removed, and the host-clock view of the images (CRIU_IMAGES,
+    if any) removed, in a thread of its own while the restore writes the container's state: the unmount
+    waits a grace period (~1-5 ms here) in which the calling thread goes on. join() waits for it and
+    raises what it failed with (a failure of the restore, as if done in line)."""
+
+    def __init__(self, criu_root: str, criu_images: str | None):
+        import threading
+
+        self.criu_root, self.criu_images = criu_root, criu_images
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="fastckpt-restore-cleanup", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            try:
+                _libc.umount(self.criu_root)
+                os.rmdir(self.criu_root)
+            finally:
+                if self.criu_images is not None:
+                    runc.remove_tree(self.criu_images)
+        except BaseException as e:  # noqa: BLE001 -- given to join()'s caller
+            self.error = e
+
+    def join(self) -> None:
+        self._thread.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
 
 
 def _host_clock_view(image_path: str, meta: dict | None) -> str | None:
