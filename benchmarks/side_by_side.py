@@ -414,11 +414,15 @@ class Bench:
     # --- 3: restore -d
     def sec_restore(self) -> None:
         tools = list(CLI_TOOLS)
+        # a bundle (its own rootfs) per tool: the containers of one round live at the same time, and a
+        # counter writing a shared rootfs's /tmp/count would change a file another's images recorded
+        # (CRIU refuses it: "File tmp/count has bad size")
+        bundles = {t: bl.make_bundle(os.path.join(self.base, f"bundle-restore-{t}")) for t in tools}
         for r in range(-1, self.rounds):
             self.gate()
             imgs, restored = {}, {}
             for t in tools:  # untimed, with the cache: each checkpoints a fresh container (runc's rows: runc)
-                cid = bl.start_container(self.jan, self.root, self.bundle)
+                cid = bl.start_container(self.jan, self.root, bundles[t])
                 time.sleep(0.05)
                 img = imgs[t] = self.image_dir()
                 maker = "fastckpt" if t.startswith("fastckpt") else "runc"
@@ -429,7 +433,7 @@ class Bench:
                 rid = restored[t] = bl.new_id("fcbench-r")
                 self.jan.add_container(self.root, rid)
                 log_path = os.path.join(imgs[t], "restore.log")
-                cmd = self.restore_cmd(t, rid, imgs[t])
+                cmd = self.restore_cmd(t, rid, imgs[t], bundles[t])
                 dt = self.as_tool(t, lambda: bl.run_timed(cmd, errfile=self.errfile(t + "-restore"), logs=[log_path]))
                 self.jan.remember_cgroups(self.root, rid)
                 if self.kdat_ok("restore", t, log_path, r >= 0):
