@@ -100,3 +100,17 @@ def test_image_path_that_is_a_file(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_package_metadata_names_the_contracts_it_follows():
+    """The installed distribution carries its project URLs (runc's checkpoint and restore pages, CRIU,
+    podman's archives) and its declared dependencies."""
+    from importlib import metadata
+
+    md = metadata.metadata("fastckpt")
+    urls = dict(u.split(", ", 1) for u in md.get_all("Project-URL") or [])
+    assert any("runc-checkpoint.8.md" in u for u in urls.values()), urls
+    assert any("runc-restore.8.md" in u for u in urls.values()), urls
+    assert "https://criu.org/" in urls.values(), urls
+    assert {r.split(">")[0].split("=")[0].strip() for r in metadata.requires("fastckpt") or []} >= {
+        "protobuf", "cffi", "xxhash", "zstandard"}
