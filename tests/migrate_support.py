@@ -41,7 +41,7 @@ def skip_or_fail(reason: str) -> None:
 
 
 def prerequisites() -> Optional[str]:
-    from conftest import integration_skip_reason
+    from fastckpt_testing.plugin import integration_skip_reason
 
     reason = integration_skip_reason()
     if reason:
