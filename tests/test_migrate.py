@@ -183,7 +183,7 @@ def test_page_server_bounded_and_interruptible(tmp_path):
         ms.skip_or_fail("the page server needs root (CRIU)")
     t = time.monotonic()
     r = cs.fastckpt("page-server", "--image-path", str(tmp_path / "a"), "--port", "0", "--timeout", "1")
-    cs.assert_error(r, 1, "no dump connected")
+    cs.assert_error(r, 1, "no dump connected", stdout=None)
     assert time.monotonic() - t < 30
     assert r.stdout.startswith("listening on ")
     # Ctrl-C: exit 130, one line, nothing left
@@ -484,7 +484,7 @@ def test_source_dies_mid_transfer(hosts):
             p.kill()
             p.wait()
     r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
-    cs.assert_error(r, 1, "criu dump failed", criu_lines=True)
+    cs.assert_error(r, 1, "criu dump failed", criu_lines=None)
     _assert_big_survived(hosts, ct, sb)
     _assert_destination_clean(hosts, dest_dir)
 
