@@ -27,6 +27,8 @@ from typing import List, Optional
 import pytest
 
 import ckpt_support as cs
+from fastckpt_testing import cli
+from fastckpt_testing.cli import Result
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PATMEM_C = os.path.join(HERE, "patmem.c")
@@ -54,10 +56,9 @@ def prerequisites() -> Optional[str]:
     return None
 
 
-def run(cmd: List[str], timeout: float = 60, check: bool = True, input: Optional[str] = None,
-        **kw) -> subprocess.CompletedProcess:
-    stdin = {} if input is not None else {"stdin": subprocess.DEVNULL}
-    r = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, **stdin, **kw)
+def run(cmd: List[str], timeout: float = 60, check: bool = True, input: Optional[str] = None, **kw) -> Result:
+    """CMD to its end (the tests' runner); CHECK: it must succeed."""
+    r = cli.run(cmd, timeout=timeout, input=input, **kw)
     if check and r.returncode:
         raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}")
     return r

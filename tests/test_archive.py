@@ -264,7 +264,8 @@ def test_ctrl_c_during_export_keeps_the_images(containers, tmp_path):
     stopped = ct.counter.last()
     cli.signal_group(2)
     res = cli.wait()
-    line = rb.assert_error(res, 130, "interrupted after the checkpoint completed", "no archive was written", criu_lines=None)[0]
+    line = rb.assert_error(res, 130, "interrupted after the checkpoint completed", "no archive was written",
+                           criu_lines=None)[0]
     images = line.split("images in ", 1)[1].split(";", 1)[0]
     assert os.path.exists(os.path.join(images, "inventory.img")) and not os.path.exists(archive), line
     new = rs.new_id("kept")

@@ -67,7 +67,7 @@ def test_criu_failure_unreachable_page_server(container, tmp_path):
     img = tmp_path / "img"
     port = cs.free_port()  # nothing listens there
     proc = cs.fastckpt("--root", ct.root, "checkpoint", "--image-path", str(img),
-                      "--page-server", f"127.0.0.1:{port}", ct.id)
+                       "--page-server", f"127.0.0.1:{port}", ct.id)
     cs.assert_error(proc, 1, f"Can't connect to server 127.0.0.1:{port}",
                                    f"(log: {img / 'dump.log'})", criu_lines=True)
     err = proc.stderr

@@ -287,7 +287,7 @@ def test_inspect_real_checkpoint(container, runc_root, tmp_path, tool):
         images_dir = str(tmp_path / "images")
         if tool == "fastckpt":
             r = cs.fastckpt("--root", runc_root, "checkpoint", "--leave-running", "--tcp-established",
-                           "--image-path", images_dir, ct.id)
+                            "--image-path", images_dir, ct.id)
             assert r.returncode == 0, r.stderr
         else:
             rc = cs.run_quiet(["runc", "--root", runc_root, "checkpoint", "--leave-running", "--tcp-established",

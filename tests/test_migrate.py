@@ -67,11 +67,10 @@ def _counter(hosts):
 
 def _migrate(hosts, cid, dest_bundle, *extra, dest_id=None, timeout=300):
     dest_id = dest_id or cid + "-d"
-    return subprocess.run(
+    return ms.run(
         hosts.src.fastckpt("migrate", "--remote", hosts.dst.remote(), "--remote-fastckpt", ms.FASTCKPT,
                            "--address", hosts.dst.address, "-b", dest_bundle, "--dest-root", hosts.dst.root,
-                           "--dest-id", dest_id, *extra, cid),
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+                           "--dest-id", dest_id, *extra, cid), timeout=timeout, check=False)
 
 
 def _assert_destination_clean(hosts, dest_dir=None):
@@ -253,9 +252,8 @@ def test_two_commands_per_host(hosts, tmp_path):
         line = server.stdout.readline()
         assert line.startswith("listening on "), server.stderr.read()
         port = line.split(":")[-1].strip()
-        r = subprocess.run(hosts.src.fastckpt("checkpoint", "--image-path", src_img, "--page-server",
-                                              f"{hosts.dst.address}:{port}", cid),
-                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        r = ms.run(hosts.src.fastckpt("checkpoint", "--image-path", src_img, "--page-server",
+                                      f"{hosts.dst.address}:{port}", cid), timeout=120, check=False)
         assert r.returncode == 0, r.stderr
         out, err = server.communicate(timeout=60)
         assert server.returncode == 0, err
@@ -264,8 +262,8 @@ def test_two_commands_per_host(hosts, tmp_path):
         # the user's copy (here a tar pipe; scp or rsync alike)
         tar = subprocess.run(f"tar -C {src_img} -c . | tar -C {dst_img} -x", shell=True, timeout=60)
         assert tar.returncode == 0
-        r = subprocess.run(hosts.dst.fastckpt("restore", "--image-path", dst_img, "-b", db, "-d", cid + "-d"),
-                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        r = ms.run(hosts.dst.fastckpt("restore", "--image-path", dst_img, "-b", db, "-d", cid + "-d"), timeout=120,
+                   check=False)
         assert r.returncode == 0, r.stderr
         TmpCounter(cid + "-d", db, hosts.dst.root).wait_advancing()
         assert hosts.src.ids() == []
@@ -303,8 +301,8 @@ def test_runc_checkpoint_into_fastckpt_page_server(hosts):
                 TmpCounter(cid + "-r", db, hosts.dst.root).wait_advancing()
                 hosts.dst.container(cid + "-r").destroy()
             else:
-                r = subprocess.run(hosts.dst.fastckpt("restore", "--image-path", dst_img, "-b", db, "-d", cid + "-d"),
-                                   stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+                r = ms.run(hosts.dst.fastckpt("restore", "--image-path", dst_img, "-b", db, "-d", cid + "-d"),
+                           timeout=120, check=False)
                 assert r.returncode == 0, r.stderr
                 TmpCounter(cid + "-d", db, hosts.dst.root).wait_advancing()
     finally:
@@ -409,9 +407,8 @@ def test_destination_cgroup_in_use(hosts):
 
 def test_destination_command_fails(hosts):
     cid, ct, db = _counter(hosts)
-    r = subprocess.run(hosts.src.fastckpt("migrate", "--remote", "nsenter --net=/run/netns/fcm-none-x",
-                                          "--address", hosts.dst.address, "-b", db, cid),
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    r = ms.run(hosts.src.fastckpt("migrate", "--remote", "nsenter --net=/run/netns/fcm-none-x",
+                                  "--address", hosts.dst.address, "-b", db, cid), timeout=120, check=False)
     cs.assert_error(r, 1, "page server did not start")
     ct.assert_running_thawed_advancing()
 
@@ -725,7 +722,7 @@ def test_migrate_lazy_pull_cut_after_the_restore(lazy_hosts, cut):
     r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     if cut == "sigint":
         cs.assert_error(r, 130, "interrupted: nothing was migrated", f"container {cid!r} runs here",
-                                 "its copy on the destination was removed")
+                        "its copy on the destination was removed")
     else:
         # the source's CRIU sees the connection go (or, at the very end, only the daemon's status tells)
         cs.assert_error(r, 1, "copy on the destination was removed")

@@ -43,7 +43,8 @@ def test_pause_from_outside_during_the_dump(containers, tmp_path, leave_running)
     assert r.returncode == 0, r.stderr
     res = cli.wait(timeout=90)
     took = time.monotonic() - t0
-    rb.assert_error(res, 1, "paused (frozen) by someone else while CRIU dumped it", "the container stays paused", criu_lines=None)
+    rb.assert_error(res, 1, "paused (frozen) by someone else while CRIU dumped it", "the container stays paused",
+                    criu_lines=None)
     assert took < 45, f"fastckpt took {took:.1f} s to give up on a paused container"
     assert not rb.checkpoint_files(images), rb.checkpoint_files(images)
     assert not rb.criu_left(str(tmp_path))
@@ -75,7 +76,7 @@ def test_ctrl_c_during_a_dump_hung_by_a_pause(containers, tmp_path):
     cli.signal_group(signal.SIGINT)
     res = cli.wait(timeout=90)
     rb.assert_error(res, 130, f"interrupted: nothing was checkpointed; container {ct.id!r} is paused "
-                               "(by someone else, while the checkpoint ran)", criu_lines=None)
+                    "(by someone else, while the checkpoint ran)", criu_lines=None)
     assert not rb.checkpoint_files(images), rb.checkpoint_files(images)
     assert not rb.criu_left(str(tmp_path))
     assert ct.status() == "paused"
@@ -192,7 +193,7 @@ def test_restore_from_a_read_only_image_directory(proc_tree, tmp_path, read_only
     ro = read_only_view(images)
     r = rs.run(rs.fastckpt_cmd("restore", "--image-path", ro), str(tmp_path))
     line = rb.assert_error(r, 1, f"the work directory {ro} is on a read-only file system",
-                            "CRIU cannot write its log (restore.log) there", "--work-path", criu_lines=None)[0]
+                           "CRIU cannot write its log (restore.log) there", "--work-path", criu_lines=None)[0]
     assert "libcriu returned" not in line
     assert not os.path.exists(os.path.join(images, "restore.log"))
     with pytest.raises(fastckpt.ImageDirError) as e:

@@ -188,7 +188,7 @@ def restore_with_looping_criu(args, workdir: str, log: str, clean) -> rs.Result:
 
 def assert_stopped(r: rs.Result, log: str) -> None:
     rb.assert_error(r, 1, "criu restore failed: CRIU's log grew past 4 MiB (CRIU looping?) and CRIU was stopped",
-                     f"(log: {log})", criu_lines=None)
+                    f"(log: {log})", criu_lines=None)
     size = os.path.getsize(log)
     time.sleep(0.5)
     assert os.path.getsize(log) == size, "CRIU's log still grows after the watchdog stopped CRIU"

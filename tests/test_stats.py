@@ -373,7 +373,7 @@ def test_checkpoint_print_stats_work_path(proc_tree, tmp_path):
     tree = proc_tree.counter(str(tmp_path / "count"))
     img, work = tmp_path / "img", tmp_path / "work"
     proc = cs.fastckpt("checkpoint", "--pid", str(tree.pid), "--image-path", str(img), "--work-path", str(work),
-                      "--leave-running", "--print-stats")
+                       "--leave-running", "--print-stats")
     check_dump_stats(parse_stats(proc), work, img)
     assert not (img / "stats-dump").exists()
     tree.wait_advancing()
@@ -396,7 +396,7 @@ def test_restore_print_stats(proc_tree, restored, tmp_path):
     tree = proc_tree.counter(count)
     img = tmp_path / "img"
     dump = check_dump_stats(parse_stats(cs.fastckpt("checkpoint", "--pid", str(tree.pid), "--image-path", str(img),
-                                                   "--print-stats")), img, img)
+                                                    "--print-stats")), img, img)
     tree.wait_gone()
     # every pid of the tree must be free again for CRIU to restore it
     for pid in tree_pids(img):

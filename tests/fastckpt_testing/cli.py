@@ -61,7 +61,7 @@ def fastckpt_cmd(*args: str) -> List[str]:
 
 
 class Command:
-    """CMD started now (stdin /dev/null, stdout/stderr in unnamed files), in CWD.
+    """CMD started now (stdin /dev/null or INPUT, stdout/stderr in unnamed files), in CWD.
 
     NEW_SESSION: a process group of its own, as a terminal's foreground job has, so that a signal to the
     group is a Ctrl-C (SIGINT is not ignored, as it would be for a job started with `&` by a
@@ -70,14 +70,17 @@ class Command:
     """
 
     def __init__(self, cmd: Sequence[str], *, workdir: Optional[str] = None, cwd: Optional[str] = None,
-                 env: Optional[Dict[str, str]] = None, new_session: bool = False):
+                 env: Optional[Dict[str, str]] = None, new_session: bool = False, input: Optional[str] = None):
         self.args = list(cmd)
         self.workdir = workdir
         self._out = tempfile.TemporaryFile("w+")
         self._err = tempfile.TemporaryFile("w+")
         full_env = dict(os.environ, **env) if env else None
-        with open(os.devnull, "rb") as null:
-            self.popen = subprocess.Popen(self.args, stdin=null, stdout=self._out, stderr=self._err, env=full_env,
+        with (open(os.devnull, "rb") if input is None else tempfile.TemporaryFile("w+")) as stdin:
+            if input is not None:  # INPUT: what the command reads on stdin
+                stdin.write(input)
+                stdin.seek(0)
+            self.popen = subprocess.Popen(self.args, stdin=stdin, stdout=self._out, stderr=self._err, env=full_env,
                                           start_new_session=new_session, cwd=cwd)
         self.pid = self.popen.pid
 
