@@ -18,6 +18,7 @@ import pytest
 
 import ckpt_support as cs
 import migrate_support as ms
+from fastckpt_testing import cli
 
 pytestmark = pytest.mark.integration
 
@@ -431,11 +432,10 @@ def _assert_big_survived(hosts, ct, sb):
 
 
 def _migrate_bg(hosts, cid, db, dest_dir, *extra):
-    return subprocess.Popen(
+    return cli.Command(
         hosts.src.fastckpt("migrate", *extra, "--remote", hosts.dst.remote(), "--remote-fastckpt", ms.FASTCKPT,
                            "--address", hosts.dst.address, "-b", db, "--dest-root", hosts.dst.root,
-                           "--dest-id", cid + "-d", "--dest-image-path", dest_dir, cid),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           "--dest-id", cid + "-d", "--dest-image-path", dest_dir, cid))
 
 
 def test_destination_dies_mid_transfer(hosts):
@@ -449,12 +449,9 @@ def test_destination_dies_mid_transfer(hosts):
         assert victims, "no criu page-server found on the destination"
         for pid in victims:
             ms.kill(pid)
-        out, err = p.communicate(timeout=300)
+        r = p.wait(timeout=300)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+        p.stop()
     cs.assert_error(r, 1, "the destination's page server failed", "the checkpoint here stopped")
     err = r.stderr
     assert dest_dir not in err, "the message names a log that is gone"
@@ -475,12 +472,9 @@ def test_source_dies_mid_transfer(hosts):
                          repr([open(f"/proc/{pid}/cmdline", "rb").read() for pid in criu_proc.descendants(p.pid)]))
         for pid in victims:
             ms.kill(pid)
-        out, err = p.communicate(timeout=300)
+        r = p.wait(timeout=300)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+        p.stop()
     cs.assert_error(r, 1, "criu dump failed", criu_lines=None)
     _assert_big_survived(hosts, ct, sb)
     _assert_destination_clean(hosts, dest_dir)
@@ -497,13 +491,10 @@ def test_migrate_interrupted_mid_transfer(hosts, sig):
         for name in ms.staging_dirs():
             held = os.listdir(os.path.join("/dev/shm", name))
             assert not [n for n in held if n.startswith(("pages-", "pagemap-"))], held
-        p.send_signal(sig)
-        out, err = p.communicate(timeout=300)
+        p.popen.send_signal(sig)
+        r = p.wait(timeout=300)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+        p.stop()
     cs.assert_error(r, 130, "interrupted", "nothing was migrated", f"container {cid!r} runs here")
     _assert_big_survived(hosts, ct, sb)
     _assert_destination_clean(hosts, dest_dir)
@@ -710,16 +701,13 @@ def test_migrate_lazy_pull_cut_after_the_restore(lazy_hosts, cut):
         daemons = cs.wait_until(daemon_of_a_restored_container, "the restore there, its daemon pulling pages",
                                 timeout=120, interval=0.005)
         if cut == "sigint":
-            p.send_signal(signal.SIGINT)
+            p.popen.send_signal(signal.SIGINT)
         else:
             for pid in daemons:
                 ms.kill(pid)
-        out, err = p.communicate(timeout=300)
+        r = p.wait(timeout=300)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+        p.stop()
     if cut == "sigint":
         cs.assert_error(r, 130, "interrupted: nothing was migrated", f"container {cid!r} runs here",
                         "its copy on the destination was removed")

@@ -95,6 +95,12 @@ class Command:
     def running(self) -> bool:
         return self.popen.poll() is None
 
+    def stop(self) -> None:
+        """Kill it if it still runs (a test's `finally`)."""
+        if self.running():
+            self.popen.kill()
+            self.popen.wait()
+
     def wait(self, timeout: float = CLI_TIMEOUT) -> Result:
         try:
             rc = self.popen.wait(timeout)
