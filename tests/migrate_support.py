@@ -24,22 +24,14 @@ import time
 import uuid
 from typing import List, Optional
 
-import pytest
-
 import ckpt_support as cs
 from fastckpt_testing import cli
 from fastckpt_testing.cli import Result
+from fastckpt_testing.plugin import skip_or_fail  # noqa: F401 (ms.skip_or_fail)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PATMEM_C = os.path.join(HERE, "patmem.c")
 FASTCKPT = os.path.join(os.path.dirname(sys.executable), "fastckpt")
-
-
-def skip_or_fail(reason: str) -> None:
-    """Locally a missing prerequisite skips with its reason; in CI (CI=true) it fails."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"prerequisite missing in CI: {reason}")
-    pytest.skip(reason)
 
 
 def prerequisites() -> Optional[str]:

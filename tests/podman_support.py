@@ -22,7 +22,7 @@ import uuid
 from typing import List, Optional
 
 from fastckpt_testing.cli import Result, run
-from fastckpt_testing.plugin import torn_down
+from fastckpt_testing.plugin import skip_or_fail, torn_down
 from restore_support import mounts_under
 
 CONF = """[engine]
@@ -50,13 +50,9 @@ def why_not() -> Optional[str]:
 
 def require() -> None:
     """Skip (locally) or fail (CI=true) when podman cannot run: a skipped test in CI hides a missing piece."""
-    import pytest
-
     reason = why_not()
     if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"podman tests cannot run: {reason}")
-        pytest.skip(reason)
+        skip_or_fail(reason)
 
 
 def private():

@@ -49,13 +49,19 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
+def skip_or_fail(reason: str) -> None:
+    """A prerequisite is missing: skip with REASON locally, FAIL with it in CI (a green run that tested
+    nothing is a defect)."""
+    if in_ci():
+        pytest.fail(f"a prerequisite of the tests is missing in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def require_integration() -> None:
-    """Skip (locally) or FAIL (in CI: a green run that tested nothing is a defect) without the prerequisites."""
+    """Skip (locally) or FAIL (in CI) without the prerequisites of the integration tests."""
     reason = integration_skip_reason()
     if reason:
-        if in_ci():
-            pytest.fail(f"a prerequisite of the integration tests is missing in CI: {reason}", pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail(reason)
 
 
 # --- hooks and fixtures ------------------------------------------------------------------------
