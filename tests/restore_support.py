@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -166,25 +165,16 @@ def assert_nothing_left(cid: str, root: str, workdir: Optional[str] = None) -> N
 
 
 def force_clean(cid: str, root: str, workdir: Optional[str] = None) -> None:
-    """Last resort of the fixtures: remove whatever leftovers() finds (kill, thaw, umount, rmdir)."""
+    """Last resort of the fixtures: remove whatever leftovers() finds (criu below WORKDIR, processes in
+    cgroups named CID, mounts, then the tear-down of CID with every cgroup directory named after it)."""
     for p in criu_pids_in(workdir) if workdir else []:
-        kill_tree(p, group=False)
-    for d in cgroup_dirs(cid):
-        tc.thaw(d)
+        kill_pid(p)
     for p in pids_in_cgroup_named(cid):
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_pid(p)
     for base in (root, workdir):
         for m in sorted(mounts_under(base), key=len, reverse=True) if base else []:
             subprocess.run(["umount", "-l", m], stdin=subprocess.DEVNULL, capture_output=True)
-    from fastckpt import cgroups as fcg
-
-    fcg.remove(cgroup_dirs(cid), timeout=10)
-    state_dir = os.path.join(root, cid)
-    if os.path.isdir(state_dir) and not mounts_under(state_dir):
-        shutil.rmtree(state_dir, ignore_errors=True)
+    tc.teardown(root, cid, cgroup_dirs(cid))
 
 
 def new_id(tag: str = "") -> str:
