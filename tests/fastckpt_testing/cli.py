@@ -110,8 +110,15 @@ class Command:
             for c in criu_pids_in(self.workdir) if self.workdir else []:
                 kill_pid(c)
             raise AssertionError(f"{' '.join(self.args)} did not finish in {timeout:.0f}s") from None
-        out, err = [(f.seek(0), f.read(), f.close())[1] for f in (self._out, self._err)]
-        return Result(self.args, rc, out, err, self.pid)
+        return Result(self.args, rc, _read_and_close(self._out), _read_and_close(self._err), self.pid)
+
+
+def _read_and_close(f) -> str:
+    f.seek(0)
+    try:
+        return f.read()
+    finally:
+        f.close()
 
 
 def run(cmd: Sequence[str], workdir: Optional[str] = None, timeout: float = CLI_TIMEOUT, **kw) -> Result:
