@@ -36,10 +36,8 @@ import time
 from typing import Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
-import benchlib as bl  # noqa: E402
+import benchlib as bl  # first: it makes tests/ importable (podman_support)
 
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"
 IMAGE = "localhost/fastckpt-bench-busybox:latest"

@@ -10,7 +10,6 @@ or a host file as a container's stdio would be a file CRIU cannot dump.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -24,6 +23,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+
+# The fixture layer the tests share (tests/fastckpt_testing): under pytest, pyproject.toml's
+# `pythonpath` puts tests/ on sys.path; a benchmark run as a script (`python benchmarks/x.py`, as
+# `make bench` does) finds it through this module, which every benchmark imports first.
+if os.path.join(REPO, "tests") not in sys.path:
+    sys.path.append(os.path.join(REPO, "tests"))
+
+from fastckpt_testing import waiting  # noqa: E402
+from fastckpt_testing.containers import state_cgroups, teardown  # noqa: E402
 BIN = os.path.dirname(sys.executable)  # the venv's bin (sys.executable is the venv's python)
 PYTHON = sys.executable
 FASTCKPT = os.path.join(BIN, "fastckpt") if os.path.exists(os.path.join(BIN, "fastckpt")) \
@@ -122,66 +130,12 @@ def run_quiet(cmd: Sequence[str], timeout: float = 60) -> subprocess.CompletedPr
 
 
 def wait_until(pred: Callable[[], object], what: str, timeout: float = 30.0, interval: float = 0.005):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    """The tests' wait (fastckpt_testing.waiting), polled finely."""
+    return waiting.wait_until(pred, what, timeout, interval)
 
 
 def new_id(prefix: str = "fcbench") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-# --- cgroups (cleanup only) -----------------------------------------------------
-
-def _thaw(cgroup_dir: str) -> None:
-    for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
-        p = os.path.join(cgroup_dir, name)
-        if os.path.exists(p):
-            try:
-                with open(p, "w") as f:
-                    f.write(value)
-            except OSError:
-                pass
-
-
-def _kill_cgroup_tasks(cgroup_dir: str) -> None:
-    try:
-        with open(os.path.join(cgroup_dir, "cgroup.procs")) as f:
-            pids = [int(p) for p in f.read().split()]
-    except OSError:
-        return
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _rmdir_retry(path: str, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            os.rmdir(path)
-            return True
-        except FileNotFoundError:
-            return True
-        except OSError as e:
-            if e.errno != errno.EBUSY or time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-
-
-def _cgroup_paths(root: str, cid: str) -> Dict[str, str]:
-    try:
-        with open(os.path.join(root, cid, "state.json")) as f:
-            return dict(json.load(f).get("cgroup_paths") or {})
-    except (OSError, ValueError):
-        return {}
 
 
 # --- the janitor ------------------------------------------------------------------
@@ -269,28 +223,13 @@ class Janitor:
         self.containers.append((root, cid))
 
     def remember_cgroups(self, root: str, cid: str) -> None:
-        paths = _cgroup_paths(root, cid)
+        paths = state_cgroups(root, cid)
         if paths:
             self.cgroups[(root, cid)] = paths
 
     def release_container(self, root: str, cid: str) -> None:
-        """Kill and delete a container of our private root; thaw and remove its cgroups."""
-        paths = dict(self.cgroups.pop((root, cid), {}))
-        paths.update(_cgroup_paths(root, cid))
-        for p in paths.values():
-            _thaw(p)
-        if os.path.exists(os.path.join(root, cid)):
-            run_quiet(["runc", "--root", root, "kill", cid, "KILL"])
-            r = run_quiet(["runc", "--root", root, "delete", "-f", cid])
-            if r.returncode != 0 and os.path.exists(os.path.join(root, cid, "state.json")):
-                self.problems.append(f"runc delete -f {cid}: {r.stderr.strip()}")
-        for p in sorted(set(paths.values()), key=len, reverse=True):
-            if os.path.isdir(p):
-                _thaw(p)
-                _kill_cgroup_tasks(p)
-                if not _rmdir_retry(p):
-                    self.problems.append(f"cannot remove cgroup {p}")
-        shutil.rmtree(os.path.join(root, cid), ignore_errors=True)
+        """Kill and delete a container of our private root, thaw and remove its cgroups: the tests' tear-down."""
+        self.problems += teardown(root, cid, self.cgroups.pop((root, cid), {}).values())
         if (root, cid) in self.containers:
             self.containers.remove((root, cid))
 

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import benchlib as bl  # noqa: E402
+import benchlib as bl
+from fastckpt_testing.plugin import torn_down
 
 
 
@@ -33,19 +31,13 @@ def _require():
 @pytest.fixture(scope="session")
 def session_janitor():
     jan = bl.Janitor()
-    yield jan
-    problems = jan.close()
-    if problems:
-        pytest.fail("benchmark cleanup failed: " + "; ".join(problems))
+    yield from torn_down(jan, jan.close, "benchmark cleanup failed")
 
 
 @pytest.fixture
 def janitor():
     jan = bl.Janitor()
-    yield jan
-    problems = jan.close()
-    if problems:
-        pytest.fail("benchmark cleanup failed: " + "; ".join(problems))
+    yield from torn_down(jan, jan.close, "benchmark cleanup failed")
 
 
 @pytest.fixture(scope="session")

@@ -45,8 +45,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
+import benchlib  # noqa: F401 -- first: it makes tests/ importable
 import ckpt_support as cs  # noqa: E402
 import migrate_support as ms  # noqa: E402
 

@@ -82,9 +82,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import benchlib as bl  # noqa: E402
+import benchlib as bl
 
 RESULTS = os.path.join(bl.HERE, "results")
 SECTIONS = ("tiny", "leave", "restore", "api", "big", "many", "big2g", "bystander", "version")

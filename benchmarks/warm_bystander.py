@@ -33,9 +33,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import benchlib  # noqa: E402
+import benchlib
 
 BYSTANDER_C = r"""
 #include <stdio.h>

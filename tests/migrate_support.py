@@ -24,24 +24,18 @@ import time
 import uuid
 from typing import List, Optional
 
-import pytest
-
 import ckpt_support as cs
+from fastckpt_testing import cli
+from fastckpt_testing.cli import Result
+from fastckpt_testing.plugin import skip_or_fail  # noqa: F401 (ms.skip_or_fail)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PATMEM_C = os.path.join(HERE, "patmem.c")
 FASTCKPT = os.path.join(os.path.dirname(sys.executable), "fastckpt")
 
 
-def skip_or_fail(reason: str) -> None:
-    """Locally a missing prerequisite skips with its reason; in CI (CI=true) it fails."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"prerequisite missing in CI: {reason}")
-    pytest.skip(reason)
-
-
 def prerequisites() -> Optional[str]:
-    from conftest import integration_skip_reason
+    from fastckpt_testing.plugin import integration_skip_reason
 
     reason = integration_skip_reason()
     if reason:
@@ -54,10 +48,9 @@ def prerequisites() -> Optional[str]:
     return None
 
 
-def run(cmd: List[str], timeout: float = 60, check: bool = True, input: Optional[str] = None,
-        **kw) -> subprocess.CompletedProcess:
-    stdin = {} if input is not None else {"stdin": subprocess.DEVNULL}
-    r = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, **stdin, **kw)
+def run(cmd: List[str], timeout: float = 60, check: bool = True, input: Optional[str] = None, **kw) -> Result:
+    """CMD to its end (the tests' runner); CHECK: it must succeed."""
+    r = cli.run(cmd, timeout=timeout, input=input, **kw)
     if check and r.returncode:
         raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}")
     return r

@@ -21,6 +21,10 @@ import subprocess
 import uuid
 from typing import List, Optional
 
+from fastckpt_testing.cli import Result, run
+from fastckpt_testing.plugin import skip_or_fail, torn_down
+from restore_support import mounts_under
+
 CONF = """[engine]
 cgroup_manager = "cgroupfs"
 events_logger = "file"
@@ -46,13 +50,9 @@ def why_not() -> Optional[str]:
 
 def require() -> None:
     """Skip (locally) or fail (CI=true) when podman cannot run: a skipped test in CI hides a missing piece."""
-    import pytest
-
     reason = why_not()
     if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"podman tests cannot run: {reason}")
-        pytest.skip(reason)
+        skip_or_fail(reason)
 
 
 def private():
@@ -60,22 +60,9 @@ def private():
     afterwards; the test fails if podman left anything."""
     import tempfile
 
-    import pytest
-
     require()
     p = Podman(tempfile.mkdtemp(prefix="fcpod-"))  # podman wants a runroot shorter than 50 characters
-    yield p
-    problems = p.cleanup()
-    if problems:
-        pytest.fail("podman cleanup: " + "; ".join(problems))
-
-
-class Result:
-    def __init__(self, args, returncode: int, stdout: str, stderr: str):
-        self.args, self.returncode, self.stdout, self.stderr = args, returncode, stdout, stderr
-
-    def __str__(self) -> str:
-        return f"{' '.join(self.args)}: exit {self.returncode}\nstdout: {self.stdout}\nstderr: {self.stderr}"
+    yield from torn_down(p, p.cleanup, "podman cleanup")
 
 
 class Podman:
@@ -94,17 +81,7 @@ class Podman:
                 "--tmpdir", self.dirs["tmp"], *args]
 
     def __call__(self, *args: str, timeout: float = 180) -> Result:
-        tag = uuid.uuid4().hex[:8]
-        out, err = os.path.join(self.base, f".out-{tag}"), os.path.join(self.base, f".err-{tag}")
-        cmd = self.cmd(*args)
-        with open(os.devnull, "rb") as null, open(out, "w+") as o, open(err, "w+") as e:
-            rc = subprocess.run(cmd, stdin=null, stdout=o, stderr=e, env=self.env, timeout=timeout).returncode
-            o.seek(0)
-            e.seek(0)
-            res = Result(cmd, rc, o.read(), e.read())
-        os.unlink(out)
-        os.unlink(err)
-        return res
+        return run(self.cmd(*args), timeout=timeout, env=self.env)
 
     def ok(self, *args: str, timeout: float = 180) -> str:
         r = self(*args, timeout=timeout)
@@ -148,22 +125,11 @@ class Podman:
             problems.append(f"podman containers left: {r.stdout.split()}")
             self("rm", "-af", "-t", "0")
         # not `podman system reset`: it also removes networks, which are the host's, not the test's
-        for m in _mounts_under(self.base):
+        for m in sorted(mounts_under(self.base), key=len, reverse=True):
             problems.append(f"mount {m}")
             subprocess.run(["umount", "-l", m], stdin=subprocess.DEVNULL, capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
         return problems
-
-
-def _mounts_under(path: str) -> List[str]:
-    prefix = os.path.realpath(path).rstrip("/") + "/"
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mnt = line.split()[4].replace("\\040", " ")
-            if mnt.startswith(prefix):
-                out.append(mnt)
-    return sorted(out, key=len, reverse=True)
 
 
 def read_log(text: Optional[str]) -> List[int]:

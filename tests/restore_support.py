@@ -15,106 +15,24 @@ No timing assertions: every wait has a generous deadline.
 from __future__ import annotations
 
 import ctypes
-import errno
-import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-# shared with the checkpoint tests
-import ckpt_support as cs
-from ckpt_support import WAIT, RuncContainer, read_int, runc, wait_until  # noqa: F401
+# the shared fixture layer's names, for the tests that use them as ``rs.NAME``
+from fastckpt_testing import containers as tc
+from fastckpt_testing.cli import (  # noqa: F401
+    Result, all_pids, assert_error, criu_pids_in, fastckpt_cmd, kill_pid, run, run_quiet)
+from fastckpt_testing.containers import (  # noqa: F401
+    CONTAINER_COUNTER, COUNTER, Container, Counter, cgroup_dirs, cgroup_procs, compress, copy_bundle,
+    frozen_cgroups, read_log, remove_lock_files, runc, runc_ids as runc_known)
+from fastckpt_testing.plugin import integration_skip_reason as skip_reason, torn_down  # noqa: F401
+from fastckpt_testing.waiting import WAIT, proc_alive, read_int, wait_until  # noqa: F401
 
 CLI_TIMEOUT = 90.0
-LOCK_DIR = "/run/fastckpt/locks"  # fastckpt.locks.LOCK_DIR
-
-# A counter ten times a second: /tmp/count holds the last value, /tmp/count.log all of them.
-COUNTER = ("i=0; while true; do i=$((i+1)); echo $i > {dir}/count; echo $i >> {dir}/count.log; "
-           "sleep 0.1; done")
-CONTAINER_COUNTER = COUNTER.format(dir="/tmp")
-
-
-skip_reason = cs.integration_skip_reason  # one rule for every integration test
-
-
-# --- waiting and reading -----------------------------------------------------------
-
-def read_log(path: str) -> List[int]:
-    """The values of a count.log (a last line being written is left out)."""
-    try:
-        with open(path) as f:
-            data = f.read()
-    except FileNotFoundError:
-        return []
-    lines = data.split("\n")[:-1]  # only complete lines
-    return [int(l) for l in lines]
-
-
-class Counter:
-    """The counter files (count, count.log) in directory DIR."""
-
-    def __init__(self, directory: str, what: str):
-        self.dir = directory
-        self.what = what
-
-    @property
-    def count_file(self) -> str:
-        return os.path.join(self.dir, "count")
-
-    @property
-    def log_file(self) -> str:
-        return os.path.join(self.dir, "count.log")
-
-    def value(self) -> Optional[int]:
-        return read_int(self.count_file)
-
-    def log(self) -> List[int]:
-        return read_log(self.log_file)
-
-    def last(self) -> int:
-        """The last value counted (the log's; count may be half-written)."""
-        log = self.log()
-        return log[-1] if log else 0
-
-    def wait_reach(self, minimum: int) -> int:
-        return wait_until(lambda: (v := self.last()) >= minimum and v, f"{self.what} to reach {minimum}")
-
-    def wait_advancing(self) -> int:
-        first = wait_until(self.value, f"{self.what} to exist")
-        return wait_until(lambda: (v := self.value()) is not None and v > first and v,
-                          f"{self.what} to advance past {first}")
-
-    def assert_continued(self, stopped_at: int, more: int = 3) -> List[int]:
-        """The counter went on from STOPPED_AT (its value at the checkpoint) and advances.
-
-        Waits for MORE values past STOPPED_AT; the log must then read 1..n with
-        no restart (a counter started afresh would write 1 again after
-        STOPPED_AT) and no gap; /tmp/count must keep advancing as well.
-        """
-        assert stopped_at >= 1, f"{self.what} never counted before the checkpoint"
-        wait_until(lambda: self.last() >= stopped_at + more, f"{self.what} to go on past {stopped_at}")
-        log = self.log()
-        assert log == list(range(1, len(log) + 1)), (
-            f"{self.what} did not go on from {stopped_at}: its log is {compress(log)}")
-        self.wait_advancing()
-        return log
-
-
-def compress(values: Sequence[int]) -> str:
-    """1,2,3,4,1,2 -> '1..4, 1..2' (for messages)."""
-    runs: List[List[int]] = []
-    for v in values:
-        if runs and v == runs[-1][1] + 1:
-            runs[-1][1] = v
-        else:
-            runs.append([v, v])
-    return ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in runs) or "(empty)"
 
 
 # --- processes ---------------------------------------------------------------------
@@ -127,15 +45,6 @@ def proc_stat(pid: int) -> Optional[List[str]]:
     except OSError:
         return None
     return data[data.rindex(")") + 2:].split()
-
-
-def proc_alive(pid: int) -> bool:
-    st = proc_stat(pid)
-    return st is not None and st[0] not in ("Z", "X")
-
-
-def all_pids() -> List[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
 def pids_using(pid: int) -> List[int]:
@@ -190,42 +99,6 @@ def kill_tree(pid: int, group: bool = True) -> None:
 
 # --- cgroups, mounts, criu: what a container (or a failed restore) may leave -------------
 
-def _cgroup_mounts() -> Dict[str, str]:
-    """Hierarchy key ('' for v2, else the comma-joined controllers) -> mount point."""
-    out: Dict[str, str] = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            parts = line.split()
-            sep = parts.index("-")
-            fstype = parts[sep + 1]
-            # the host's hierarchies only: a concurrent CRIU restore mounts them again for a
-            # moment in a "cgyard" of its own, where the same directories would be found twice
-            if fstype not in ("cgroup", "cgroup2") or parts[3] != "/" or not parts[4].startswith("/sys/fs/cgroup/"):
-                continue
-            out.setdefault(parts[4], parts[4])
-    if cs.UNIFIED:  # one hierarchy, mounted over the v1 ones (still listed, hidden)
-        return {"/sys/fs/cgroup": "/sys/fs/cgroup"}
-    return out
-
-
-def _own_cgroups() -> List[str]:
-    with open("/proc/self/cgroup") as f:
-        paths = {line.rstrip("\n").split(":", 2)[2] for line in f}
-    return sorted(paths | {os.path.dirname(p) for p in paths})  # v2: runc's cgroups are our parent's children
-
-
-def cgroup_dirs(cid: str) -> List[str]:
-    """Existing cgroup directories named CID: <hierarchy>/<id> or <hierarchy>/<our own cgroup (or its
-    parent)>/<id>."""
-    out = set()
-    for mnt in _cgroup_mounts():
-        for base in ["/"] + _own_cgroups():
-            d = os.path.normpath(os.path.join(mnt, base.lstrip("/"), cid))
-            if os.path.isdir(d):
-                out.add(d)
-    return sorted(out)
-
-
 def drop_runc_v2_stale_cgroup(cid: str) -> List[str]:
     """runc 1.1 restoring CID's images under another id on cgroup v2 (runc itself, or podman through it)
     has CRIU recreate CID's old cgroup, left empty beside the new one (runc's bug, not fastckpt's: runc's
@@ -235,25 +108,13 @@ def drop_runc_v2_stale_cgroup(cid: str) -> List[str]:
         return []
     dropped = []
     for d in cgroup_dirs(cid):
-        if not _cgroup_procs(d):
+        if not cgroup_procs(d):
             try:
                 os.rmdir(d)
                 dropped.append(d)
             except OSError:
                 pass
     return dropped
-
-
-def _cgroup_procs(d: str) -> List[int]:
-    try:
-        with open(os.path.join(d, "cgroup.procs")) as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-
-
-def frozen_cgroups(cid: str) -> List[str]:
-    return [d for d in cgroup_dirs(cid) if cs.freezer_state(d) not in (None, "THAWED")]
 
 
 def pids_in_cgroup_named(cid: str) -> List[int]:
@@ -271,38 +132,10 @@ def pids_in_cgroup_named(cid: str) -> List[int]:
 
 
 def mounts_under(path: str) -> List[str]:
-    path = os.path.realpath(path)
-    prefix = path.rstrip("/") + "/"
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mnt = line.split()[4].replace("\\040", " ")
-            if mnt == path or mnt.startswith(prefix):
-                out.append(mnt)
-    return out
+    """Mount points at or below PATH (fastckpt.runc's reading of /proc/self/mountinfo)."""
+    from fastckpt.runc import _mounts_under
 
-
-def criu_pids_in(path: str) -> List[int]:
-    """criu processes whose working directory or an open file is below PATH (ours: an image/work dir)."""
-    path = os.path.realpath(path)
-    prefix = path.rstrip("/") + "/"
-    out = []
-    for p in all_pids():
-        try:
-            with open(f"/proc/{p}/comm") as f:
-                if f.read().strip() != "criu":
-                    continue
-            targets = [os.readlink(f"/proc/{p}/cwd")]
-            for fd in os.listdir(f"/proc/{p}/fd"):
-                try:
-                    targets.append(os.readlink(f"/proc/{p}/fd/{fd}"))
-                except OSError:
-                    pass
-        except OSError:
-            continue
-        if any(t == path or t.startswith(prefix) for t in targets):
-            out.append(p)
-    return out
+    return _mounts_under(os.path.realpath(path))
 
 
 def leftovers(cid: str, root: str, workdir: Optional[str] = None) -> List[str]:
@@ -313,7 +146,7 @@ def leftovers(cid: str, root: str, workdir: Optional[str] = None) -> List[str]:
         out.append(f"state dir {state_dir} ({sorted(os.listdir(state_dir)) if os.path.isdir(state_dir) else ''})")
     dirs = cgroup_dirs(cid)
     if dirs:
-        tasks = sorted({t for d in dirs for t in _cgroup_procs(d)})
+        tasks = sorted({t for d in dirs for t in cgroup_procs(d)})
         out.append(f"{len(dirs)} cgroup dirs named {cid} ({dirs[0]}, ...; tasks in them: {tasks or 'none'})")
     out += [f"process {p} in cgroup {cid}" for p in pids_in_cgroup_named(cid)]
     out += [f"mount {m}" for m in mounts_under(root)]
@@ -332,195 +165,28 @@ def assert_nothing_left(cid: str, root: str, workdir: Optional[str] = None) -> N
 
 
 def force_clean(cid: str, root: str, workdir: Optional[str] = None) -> None:
-    """Last resort of the fixtures: remove whatever leftovers() finds (kill, thaw, umount, rmdir)."""
+    """Last resort of the fixtures: remove whatever leftovers() finds (criu below WORKDIR, processes in
+    cgroups named CID, mounts, then the tear-down of CID with every cgroup directory named after it)."""
     for p in criu_pids_in(workdir) if workdir else []:
-        kill_tree(p, group=False)
-    for d in cgroup_dirs(cid):
-        cs.thaw(d)
+        kill_pid(p)
     for p in pids_in_cgroup_named(cid):
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_pid(p)
     for base in (root, workdir):
         for m in sorted(mounts_under(base), key=len, reverse=True) if base else []:
             subprocess.run(["umount", "-l", m], stdin=subprocess.DEVNULL, capture_output=True)
-    for d in sorted(cgroup_dirs(cid), key=len, reverse=True):
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                os.rmdir(d)
-                break
-            except FileNotFoundError:
-                break
-            except OSError as e:
-                if e.errno != errno.EBUSY or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-    state_dir = os.path.join(root, cid)
-    if os.path.isdir(state_dir) and not mounts_under(state_dir):
-        shutil.rmtree(state_dir, ignore_errors=True)
-
-
-# --- commands ------------------------------------------------------------------------
-
-@dataclass
-class Result:
-    """What a command did: exit code, stdout, stderr (text)."""
-
-    args: List[str]
-    returncode: int
-    stdout: str
-    stderr: str
-    pid: int = 0  # of the command's process
-
-    def __str__(self) -> str:
-        return f"{' '.join(self.args)}: exit {self.returncode}\nstdout: {self.stdout}\nstderr: {self.stderr}"
-
-
-def run(cmd: Sequence[str], workdir: str, timeout: float = CLI_TIMEOUT) -> Result:
-    """Run CMD with stdin /dev/null and stdout/stderr in files (no pipe a container or criu could keep open).
-
-    On a timeout the command is killed, and so are criu processes working below WORKDIR.
-    """
-    out_path = os.path.join(workdir, f".out-{uuid.uuid4().hex[:8]}")
-    err_path = out_path.replace(".out-", ".err-")
-    with open(os.devnull, "rb") as null, open(out_path, "w+") as out, open(err_path, "w+") as err:
-        p = subprocess.Popen(list(cmd), stdin=null, stdout=out, stderr=err, start_new_session=False)
-        try:
-            rc = p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-            for c in criu_pids_in(workdir):
-                kill_tree(c, group=False)
-            raise AssertionError(f"{' '.join(cmd)} did not finish in {timeout:.0f}s") from None
-        out.seek(0)
-        err.seek(0)
-        res = Result(list(cmd), rc, out.read(), err.read(), p.pid)
-    os.unlink(out_path)
-    os.unlink(err_path)
-    return res
-
-
-def fastckpt_cmd(*args: str) -> List[str]:
-    return [sys.executable, "-m", "fastckpt", *args]
-
-
-def run_quiet(cmd: Sequence[str], timeout: float = 60) -> int:
-    """Run CMD with all stdio on /dev/null (what `runc run/restore/checkpoint` need: no pipe into a container)."""
-    with open(os.devnull, "r+b") as null:
-        return subprocess.run(list(cmd), stdin=null, stdout=null, stderr=null, timeout=timeout).returncode
-
-
-def assert_error(res: Result, code: int, *needles: str, criu_lines: bool = False) -> List[str]:
-    """The CLI failed with CODE and one `fastckpt: ...` line (then CRIU's lines, indented, when CRIU_LINES)."""
-    err = res.stderr
-    assert res.returncode == code, f"expected exit {code}; {res}"
-    assert "Traceback" not in err, err
-    lines = err.splitlines()
-    assert lines and lines[0].startswith("fastckpt: "), f"stderr is not `fastckpt: ...`: {err!r}"
-    if criu_lines:
-        assert len(lines) > 1 and all(l.startswith("  ") for l in lines[1:]), \
-            f"expected CRIU's error lines after the first: {err!r}"
-    else:
-        assert len(lines) == 1, f"expected one line on stderr: {err!r}"
-    for n in needles:
-        assert n in err, f"{n!r} not in stderr {err!r}"
-    assert res.stdout == "", f"unexpected stdout {res.stdout!r}"
-    return lines
+    tc.teardown(root, cid, cgroup_dirs(cid))
 
 
 def new_id(tag: str = "") -> str:
-    return f"fcr-{tag}{'-' if tag else ''}{uuid.uuid4().hex[:10]}"
+    return tc.new_id(tag, prefix="fcr")
 
 
 # --- containers ------------------------------------------------------------------------
-
-class Container(RuncContainer):
-    """A container (started or restored by a test) in a private runc root."""
-
-    def __init__(self, cid: str, bundle: str, root: str):
-        super().__init__(cid, bundle, root)
-        self.counter = Counter(os.path.join(bundle, "rootfs", "tmp"), f"the counter of {cid}")
-
-    def listed(self) -> Optional[dict]:
-        """This container's entry of `runc list --format json`."""
-        r = runc(self.root, "list", "--format", "json")
-        assert r.returncode == 0, r.stderr
-        for c in json.loads(r.stdout or "null") or []:
-            if c["id"] == self.id:
-                return c
-        return None
-
-    def exec(self, *args: str) -> subprocess.CompletedProcess:
-        return runc(self.root, "exec", self.id, *args)
-
-    def assert_running(self) -> int:
-        """Running for runc (`list` and `state`), thawed, its init alive; returns its pid."""
-        st = self.state()
-        assert st and st["status"] == "running", f"runc state {self.id}: {st}"
-        listed = self.listed()
-        assert listed and listed["status"] == "running" and listed["pid"] == st["pid"], \
-            f"runc list: {listed}; runc state: {st}"
-        assert os.path.realpath(st["bundle"]) == os.path.realpath(self.bundle), st
-        assert proc_alive(st["pid"]), f"pid {st['pid']} of {self.id} is not alive"
-        assert not frozen_cgroups(self.id), f"{self.id} is frozen: {frozen_cgroups(self.id)}"
-        return int(st["pid"])
-
-    def assert_own_cgroups(self) -> None:
-        """Its init is in cgroups named after its id, in every hierarchy (the one, on cgroup v2)."""
-        with open(f"/proc/{self.pid}/cgroup") as f:
-            lines = f.read().splitlines()
-        for line in lines:
-            if cs.UNIFIED != line.startswith("0::") and cs.LAYOUT != "hybrid":
-                continue  # the kernel lists every hierarchy, also those this host has not mounted
-            path = line.split(":", 2)[2]
-            assert path.rstrip("/").split("/")[-1] == self.id, f"{self.id}'s init is in cgroup {line!r}"
-        assert cgroup_dirs(self.id), f"no cgroup directory named {self.id}"
-
-    def kill_and_delete(self, reap: bool = False) -> None:
-        """`runc kill ID KILL` and `runc delete ID` as a user does them; both must work.
-
-        REAP: the init is our child (restored by this process), to be reaped once killed.
-        """
-        pid = self.pid
-        r = runc(self.root, "kill", self.id, "KILL")
-        assert r.returncode == 0, f"runc kill {self.id}: {r.stderr}"
-        if reap:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        wait_until(lambda: self.status() == "stopped", f"{self.id} to stop")
-        r = runc(self.root, "delete", self.id)
-        assert r.returncode == 0, f"runc delete {self.id}: {r.stderr}"
-        assert self.state() is None and self.listed() is None
-
-    def destroy(self) -> None:
-        """Teardown: kill and delete whatever runc knows of the container (errors ignored)."""
-        if self.state() is None:
-            return
-        for d in frozen_cgroups(self.id):
-            cs.thaw(d)
-        runc(self.root, "kill", self.id, "KILL")
-        try:
-            wait_until(lambda: self.status() in (None, "stopped"), f"{self.id} to stop", timeout=10)
-        except AssertionError:
-            pass
-        runc(self.root, "delete", "-f", self.id)
-
 
 def make_bundle(path: str, script: str = CONTAINER_COUNTER, network_ns: Optional[str] = "") -> str:
     from fastckpt import bundle as fb
 
     return fb.make_bundle(path, args=["sh", "-c", script], network_ns=network_ns)
-
-
-def copy_bundle(src: str, dst: str) -> str:
-    """A copy of a bundle (its rootfs with its files as they are now: a restore's file checks pass)."""
-    shutil.copytree(src, dst, symlinks=True)
-    return dst
 
 
 class Env:
@@ -542,13 +208,8 @@ class Env:
     @classmethod
     def scoped(cls, root: str, workdir: str, what: str = "cleanup"):
         """A fixture's body: an Env, then its cleanup; the test fails with what had to be removed."""
-        import pytest
-
         e = cls(root, workdir)
-        yield e
-        problems = e.cleanup()
-        if problems:
-            pytest.fail(f"{what}: " + "; ".join(problems))
+        yield from torn_down(e, e.cleanup, what)
 
     # containers
     def bundle(self, name: Optional[str] = None, script: str = CONTAINER_COUNTER,
@@ -616,7 +277,7 @@ class Env:
     def cleanup(self) -> List[str]:
         for ct in reversed(list(self.containers.values())):
             try:
-                ct.destroy()
+                ct.destroy(force=False)  # what it leaves is found below, and reported
             except Exception:  # keep cleaning
                 pass
         found: List[str] = []
@@ -649,38 +310,19 @@ class Env:
         return found
 
 
-def remove_lock_files(cid: str) -> None:
-    """fastckpt's lock files of container CID (one per runc root and id, kept after the operation).
-
-    Only ids of the tests (uuid-based) are passed: no one else can hold them.
-    """
-    import glob
-
-    for path in glob.glob(os.path.join(LOCK_DIR, f"ct-*-{glob.escape(cid)}.lock")):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
-def runc_known(root: str) -> List[str]:
-    r = runc(root, "list", "-q")
-    return r.stdout.split() if r.returncode == 0 else []
-
-
 def checked_env(runc_root: str, tmp_path, what: str = "the test"):
     """The body of an `env` fixture (`yield from rs.checked_env(runc_root, tmp_path)`): an Env in the test's
     private runc root and directory; afterwards everything it started or restored is removed, and the
     test fails if anything was left (containers runc still lists included)."""
-    import pytest
-
     e = Env(runc_root, str(tmp_path))
-    yield e
-    problems = e.cleanup()
-    if runc_known(runc_root):
-        problems.append(f"runc still lists {runc_known(runc_root)}")
-    if problems:
-        pytest.fail(f"{what} left (now removed): " + "; ".join(problems))
+
+    def cleanup() -> List[str]:
+        problems = e.cleanup()
+        if runc_known(runc_root):
+            problems.append(f"runc still lists {runc_known(runc_root)}")
+        return problems
+
+    yield from torn_down(e, cleanup, f"{what} left (now removed)")
 
 
 def lo_state(ct: Container) -> str:

@@ -26,10 +26,8 @@ import tarfile
 import pytest
 import zstandard
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from fastckpt import archive, manifest  # noqa: E402
-from fastckpt.errors import DamagedImage, UsageError  # noqa: E402
+from fastckpt import archive, manifest
+from fastckpt.errors import DamagedImage, UsageError
 
 ROOT = os.geteuid() == 0
 SPEC = {"ociVersion": "1.0.2", "process": {"args": ["sh"], "cwd": "/"}, "root": {"path": "rootfs"},

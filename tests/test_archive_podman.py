@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import podman_support as ps  # noqa: E402
-import restore_support as rs  # noqa: E402
+import podman_support as ps
+import restore_support as rs
 
 SKIP = rs.skip_reason()
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(SKIP is not None, reason=SKIP or "")]

@@ -18,7 +18,7 @@ def criu_version() -> str:
 
 
 def test_check():
-    proc = cs.run_cli("check")
+    proc = cs.fastckpt("check")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     out = proc.stdout
@@ -33,7 +33,7 @@ def test_check():
 
 
 def test_check_json():
-    proc = cs.run_cli("check", "--json")
+    proc = cs.fastckpt("check", "--json")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)  # nothing but the JSON: criu's own stdout is muted
     assert info["version"] == criu_version()
@@ -44,12 +44,12 @@ def test_check_json():
 
 def test_check_reports_the_cgroup_layout():
     """The layout the suite runs in (hybrid as the host is, unified in make test's cgroup2 namespace)."""
-    proc = cs.run_cli("check")
+    proc = cs.fastckpt("check")
     assert proc.returncode == 0, proc.stderr
     assert re.search(rf"^cgroup layout: {cs.LAYOUT} \(controllers: .+\)$", proc.stdout, re.M), proc.stdout
     assert re.search(r"^container checkpoint/restore: yes \(frozen through (cgroup\.freeze|the v1 freezer)",
                      proc.stdout, re.M), proc.stdout
-    info = json.loads(cs.run_cli("check", "--json").stdout)["cgroups"]
+    info = json.loads(cs.fastckpt("check", "--json").stdout)["cgroups"]
     assert info["layout"] == cs.LAYOUT and info["containers"] is True, info
     if cs.UNIFIED:
         assert "hugetlb" in info["controllers"] and "BPF" in info["how"]

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def checkpoint_cli(ct, *args, cwd=None):
-    return cs.run_cli("--root", ct.root, "checkpoint", *args, ct.id, cwd=cwd)
+    return cs.fastckpt("--root", ct.root, "checkpoint", *args, ct.id, cwd=cwd)
 
 
 assert_ok = cs.assert_ok
@@ -159,7 +159,7 @@ def test_created_container_is_refused(container, runc_root, tmp_path):
     ct = container(create_only=True)
     assert ct.status() == "created"
     proc = checkpoint_cli(ct, "--image-path", str(tmp_path / "img"))
-    cs.assert_one_line_error(proc, 1, "created state")
+    cs.assert_error(proc, 1, "created state")
     assert not os.path.exists(tmp_path / "img" / "pstree.img")
     assert ct.status() == "created"
     assert ct.id in cs.runc_ids(runc_root)
@@ -270,7 +270,8 @@ def test_tcp_established(container, tmp_path):
     cs.wait_until(lambda: cs.established(TCP_PORT, pid), "the TCP connection inside the container")
 
     proc = checkpoint_cli(ct, "--image-path", str(tmp_path / "without"))
-    err = cs.assert_one_line_error(proc, 1, "--tcp-established", criu_lines=True)
+    cs.assert_error(proc, 1, "--tcp-established", criu_lines=True)
+    err = proc.stderr
     assert "TCP" in err
     ct.assert_running_thawed_advancing()
     assert cs.established(TCP_PORT, pid)

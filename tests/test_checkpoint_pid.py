@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 def checkpoint_cli(pid, *args):
-    return cs.run_cli("checkpoint", "--pid", str(pid), *args)
+    return cs.fastckpt("checkpoint", "--pid", str(pid), *args)
 
 
 assert_ok = cs.assert_ok
@@ -66,7 +66,8 @@ def test_file_locks(proc_tree, tmp_path):
     cs.wait_until(lambda: lock_held(lock), "the flock to be taken")
 
     proc = checkpoint_cli(tree.pid, "--image-path", str(tmp_path / "without"))
-    err = cs.assert_one_line_error(proc, 1, "--file-locks", criu_lines=True)
+    cs.assert_error(proc, 1, "--file-locks", criu_lines=True)
+    err = proc.stderr
     assert "file locks" in err
     assert tree.alive()
     tree.wait_advancing()
@@ -116,7 +117,8 @@ def test_ext_unix_sk(proc_tree, tmp_path, short_dir):
                          ready_file=str(ready), count_file=str(count))
 
         proc = checkpoint_cli(tree.pid, "--image-path", str(tmp_path / "without"))
-        err = cs.assert_one_line_error(proc, 1, "--ext-unix-sk", criu_lines=True)
+        cs.assert_error(proc, 1, "--ext-unix-sk", criu_lines=True)
+        err = proc.stderr
         assert "external socket" in err.lower()
         assert tree.alive()
         tree.wait_advancing()
@@ -136,7 +138,8 @@ def test_shell_job(proc_tree, tmp_path):
     tree = proc_tree.shell_job(str(tmp_path / "count"))
 
     proc = checkpoint_cli(tree.pid, "--image-path", str(tmp_path / "without"))
-    err = cs.assert_one_line_error(proc, 1, "--shell-job", criu_lines=True)
+    cs.assert_error(proc, 1, "--shell-job", criu_lines=True)
+    err = proc.stderr
     assert "session" in err
     assert tree.alive()
     tree.wait_advancing()
@@ -157,7 +160,8 @@ def test_session_leader_in_an_outer_pid_namespace(proc_tree, tmp_path):
 
     for flags in ((), ("--shell-job",)):
         proc = checkpoint_cli(inner, "--image-path", str(tmp_path / "img"), *flags)
-        err = cs.assert_one_line_error(proc, 1, "outer pid namespace", "setsid", criu_lines=True)
+        cs.assert_error(proc, 1, "outer pid namespace", "setsid", criu_lines=True)
+        err = proc.stderr
         assert "--shell-job does not help" in err.splitlines()[0]
         assert not (tmp_path / "img").exists() or not any((tmp_path / "img").glob("*.img"))
         outer.wait_advancing()

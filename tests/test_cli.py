@@ -121,8 +121,8 @@ def test_help_lists_runc_flags(capsys):
     (["checkpoint", "nope"], 1, "'nope' does not exist"),
 ])
 def test_command_line(tmp_path, args, code, needle):
-    proc = cs.run_cli("--root", str(tmp_path), *args, cwd=str(tmp_path))
-    cs.assert_one_line_error(proc, code, needle)
+    proc = cs.fastckpt("--root", str(tmp_path), *args, cwd=str(tmp_path))
+    cs.assert_error(proc, code, needle)
     assert proc.stdout == ""
     assert not (tmp_path / "checkpoint").exists()
 
@@ -133,4 +133,4 @@ def test_console_script_matches_module(tmp_path):
         pytest.skip("the fastckpt console script is not installed next to this python")
     proc = subprocess.run([exe, "--root", str(tmp_path), "checkpoint", "--empty-ns", "pid", "x"],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    cs.assert_one_line_error(proc, 2, "'pid' is not supported by --empty-ns")
+    cs.assert_error(proc, 2, "'pid' is not supported by --empty-ns")

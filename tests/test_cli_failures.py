@@ -35,8 +35,8 @@ def assert_untouched(ct, img):
 def test_bad_option(container, tmp_path, args, needle):
     ct = container()
     img = tmp_path / "img"
-    proc = cs.run_cli("--root", ct.root, "checkpoint", "--image-path", str(img), *args, ct.id)
-    cs.assert_one_line_error(proc, 2, needle)
+    proc = cs.fastckpt("--root", ct.root, "checkpoint", "--image-path", str(img), *args, ct.id)
+    cs.assert_error(proc, 2, needle)
     assert_untouched(ct, img)
 
 
@@ -44,8 +44,8 @@ def test_unknown_container(container, tmp_path):
     ct = container()
     missing = cs.new_id()
     img = tmp_path / "img"
-    proc = cs.run_cli("--root", ct.root, "checkpoint", "--image-path", str(img), missing)
-    cs.assert_one_line_error(proc, 1, repr(missing), "does not exist")
+    proc = cs.fastckpt("--root", ct.root, "checkpoint", "--image-path", str(img), missing)
+    cs.assert_error(proc, 1, repr(missing), "does not exist")
     assert_untouched(ct, img)
 
 
@@ -56,8 +56,8 @@ def test_directory_that_cannot_be_created(container, tmp_path, flag, what):
     blocker.write_text("not a directory\n")
     bad = blocker / "sub"
     args = [flag, str(bad)] if flag == "--image-path" else ["--image-path", str(tmp_path / "img"), flag, str(bad)]
-    proc = cs.run_cli("--root", ct.root, "checkpoint", *args, ct.id)
-    cs.assert_one_line_error(proc, 1, f"cannot create {what} {bad}", "Not a directory")
+    proc = cs.fastckpt("--root", ct.root, "checkpoint", *args, ct.id)
+    cs.assert_error(proc, 1, f"cannot create {what} {bad}", "Not a directory")
     assert blocker.read_text() == "not a directory\n"
     assert_untouched(ct, tmp_path / "img")
 
@@ -66,10 +66,11 @@ def test_criu_failure_unreachable_page_server(container, tmp_path):
     ct = container()
     img = tmp_path / "img"
     port = cs.free_port()  # nothing listens there
-    proc = cs.run_cli("--root", ct.root, "checkpoint", "--image-path", str(img),
-                      "--page-server", f"127.0.0.1:{port}", ct.id)
-    err = cs.assert_one_line_error(proc, 1, f"Can't connect to server 127.0.0.1:{port}",
+    proc = cs.fastckpt("--root", ct.root, "checkpoint", "--image-path", str(img),
+                       "--page-server", f"127.0.0.1:{port}", ct.id)
+    cs.assert_error(proc, 1, f"Can't connect to server 127.0.0.1:{port}",
                                    f"(log: {img / 'dump.log'})", criu_lines=True)
+    err = proc.stderr
     first = err.splitlines()[0]
     assert first.startswith("fastckpt: criu dump failed: Can't connect to server")
     assert "RLIMIT" not in err  # CRIU's harmless error line is not shown

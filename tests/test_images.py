@@ -51,7 +51,7 @@ def test_every_image_of_a_real_checkpoint_decodes(container, runc_root, tmp_path
 
     ct = container()
     d = str(tmp_path / "images")
-    r = cs.run_cli("--root", runc_root, "checkpoint", "--leave-running", "--image-path", d, ct.id)
+    r = cs.fastckpt("--root", runc_root, "checkpoint", "--leave-running", "--image-path", d, ct.id)
     assert r.returncode == 0, r.stderr
     kinds = set()
     for name in sorted(os.listdir(d)):

@@ -75,10 +75,10 @@ def test_crafted_checkpoint(tmp_path):
 
 def test_cli_both_outputs(tmp_path):
     d = crafted(tmp_path / "img")
-    r = cs.run_cli("inspect", "--json", d)
+    r = cs.fastckpt("inspect", "--json", d)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == json.loads(json.dumps(fastckpt.inspect(d)))
-    r = cs.run_cli("inspect", d)
+    r = cs.fastckpt("inspect", d)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == inspection.render(fastckpt.inspect(d))
 
@@ -102,23 +102,25 @@ def test_damaged_checkpoint_one_line(tmp_path, damage, needles):
     with pytest.raises(ImageError):
         fastckpt.inspect(d)
     for args in (("inspect", d), ("inspect", "--json", d)):
-        r = cs.run_cli(*args)
-        cs.assert_one_line_error(r, 1, *needles)
+        r = cs.fastckpt(*args)
+        cs.assert_error(r, 1, *needles)
         assert r.stdout == ""
 
 
 def test_not_a_checkpoint(tmp_path):
-    cs.assert_one_line_error(cs.run_cli("inspect", str(tmp_path)), 1, "is not a checkpoint")
-    cs.assert_one_line_error(cs.run_cli("inspect", str(tmp_path / "nowhere")), 1, "does not exist")
+    cs.assert_error(cs.fastckpt("inspect", str(tmp_path)), 1, "is not a checkpoint")
+    cs.assert_error(cs.fastckpt("inspect", str(tmp_path / "nowhere")), 1, "does not exist")
     archive = tmp_path / "ckpt.tar.zst"
     archive.write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 64)
     # an archive is unpacked and checked as an import checks it: a damaged one is named, in one line
-    err = cs.assert_one_line_error(cs.run_cli("inspect", str(archive)), 1, "damaged or truncated")
+    r = cs.fastckpt("inspect", str(archive))
+    cs.assert_error(r, 1, "damaged or truncated")
+    err = r.stderr
     assert "restored" not in err, err  # inspect restores nothing: no word of it
     with pytest.raises(ImageError, match="damaged or truncated"):
         fastckpt.inspect_path(str(archive))
     assert not [n for n in os.listdir(tempfile.gettempdir()) if n.startswith("fastckpt-inspect-")]
-    cs.assert_one_line_error(cs.run_cli("inspect"), 2, "PATH")
+    cs.assert_error(cs.fastckpt("inspect"), 2, "PATH")
 
 
 def _threads_file(cgroup: str) -> str:
@@ -284,8 +286,8 @@ def test_inspect_real_checkpoint(container, runc_root, tmp_path, tool):
         facts = proc_facts(ct)
         images_dir = str(tmp_path / "images")
         if tool == "fastckpt":
-            r = cs.run_cli("--root", runc_root, "checkpoint", "--leave-running", "--tcp-established",
-                           "--image-path", images_dir, ct.id)
+            r = cs.fastckpt("--root", runc_root, "checkpoint", "--leave-running", "--tcp-established",
+                            "--image-path", images_dir, ct.id)
             assert r.returncode == 0, r.stderr
         else:
             rc = cs.run_quiet(["runc", "--root", runc_root, "checkpoint", "--leave-running", "--tcp-established",
@@ -294,7 +296,7 @@ def test_inspect_real_checkpoint(container, runc_root, tmp_path, tool):
         assert ct.status() == "paused"
     finally:
         cs.run_quiet(["runc", "--root", runc_root, "resume", ct.id])
-    r = cs.run_cli("inspect", "--json", images_dir)
+    r = cs.fastckpt("inspect", "--json", images_dir)
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["made_by"] == tool
@@ -303,14 +305,14 @@ def test_inspect_real_checkpoint(container, runc_root, tmp_path, tool):
         assert info["checkpoint"]["options"]["manifest"] is True
     check(info, facts, images_dir, tool)
     assert info == json.loads(json.dumps(fastckpt.inspect(images_dir)))  # the API says the same
-    r = cs.run_cli("inspect", images_dir)
+    r = cs.fastckpt("inspect", images_dir)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == inspection.render(info)
     ct.wait_advancing()  # still running, unharmed
     # damaged: one line naming the file, for either output
     _truncate(os.path.join(images_dir, "files.img"), 5)
     for args in (("inspect", images_dir), ("inspect", "--json", images_dir)):
-        cs.assert_one_line_error(cs.run_cli(*args), 1, "files.img", "truncated")
+        cs.assert_error(cs.fastckpt(*args), 1, "files.img", "truncated")
 
 
 @pytest.mark.integration
@@ -319,7 +321,7 @@ def test_inspect_process_tree(proc_tree, tmp_path):
     tree = proc_tree.counter(str(tmp_path / "count"), prefix="sleep 1000 & ")
     kids = [int(x) for x in open(f"/proc/{tree.pid}/task/{tree.pid}/children").read().split()]
     images_dir = str(tmp_path / "images")
-    r = cs.run_cli("checkpoint", "--pid", str(tree.pid), "--leave-running", "--image-path", images_dir)
+    r = cs.fastckpt("checkpoint", "--pid", str(tree.pid), "--leave-running", "--image-path", images_dir)
     assert r.returncode == 0, r.stderr
     info = fastckpt.inspect(images_dir)
     assert info["made_by"] == "fastckpt" and info["checkpoint"]["options"]["kind"] == "process"
@@ -374,7 +376,7 @@ def test_inspect_podman_checkpoint(podman, tmp_path):
     with tarfile.open(archive) as t:
         t.extractall(unpacked, filter="tar") if hasattr(tarfile, "tar_filter") else t.extractall(unpacked)
     for path in (str(unpacked), str(unpacked / "checkpoint"), archive):  # the archive itself too
-        r = cs.run_cli("inspect", "--json", path)
+        r = cs.fastckpt("inspect", "--json", path)
         assert r.returncode == 0, r.stderr
         info = json.loads(r.stdout)
         assert info["made_by"] == "podman"
@@ -388,5 +390,5 @@ def test_inspect_podman_checkpoint(podman, tmp_path):
                 and p["cmdline"] == ["sleep", "1000"]]
         assert any(fd["fd"] == 3 and fd["path"] == "/tmp/held.txt" for fd in procs[1]["files"])
         assert info["statistics"]["pages_written"] > 0  # podman keeps stats-dump beside checkpoint/
-        text = cs.run_cli("inspect", path).stdout
+        text = cs.fastckpt("inspect", path).stdout
         assert f"name: {name}" in text and "engine: podman" in text and "[1] sh -c exec 3>/tmp/held.txt" in text

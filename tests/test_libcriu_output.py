@@ -33,8 +33,8 @@ def assert_clean(stderr: str) -> list[str]:
 
 def test_unresolvable_page_server_cli(proc_tree, tmp_path):
     tree = proc_tree.counter(str(tmp_path / "count"))
-    r = cs.run_cli("checkpoint", "--pid", str(tree.pid), "--leave-running", "--image-path", str(tmp_path / "img"),
-                   "--page-server", UNRESOLVABLE)
+    r = cs.fastckpt("checkpoint", "--pid", str(tree.pid), "--leave-running", "--image-path", str(tmp_path / "img"),
+                    "--page-server", UNRESOLVABLE)
     assert r.returncode == 1, r
     lines = assert_clean(r.stderr)
     assert "criu dump failed: Failed to resolve hostname: no.such.host.invalid" in lines[0], lines

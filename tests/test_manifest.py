@@ -16,22 +16,19 @@ import json
 import os
 import stat
 import struct
-import sys
 import time
 import zlib
 
 import pytest
 import xxhash
 
-sys.path.insert(0, os.path.dirname(__file__))
+import ckpt_support as cs
+import restore_support as rs
 
-import ckpt_support as cs  # noqa: E402
-import restore_support as rs  # noqa: E402
+from google.protobuf import json_format  # (a failure, not a skip, when missing)
 
-from google.protobuf import json_format  # noqa: E402  (a failure, not a skip, when missing)
-
-from fastckpt import images, imagedir, manifest  # noqa: E402
-from fastckpt.errors import DamagedImage, ImageDirError, ImageError  # noqa: E402
+from fastckpt import images, imagedir, manifest
+from fastckpt.errors import DamagedImage, ImageDirError, ImageError
 
 PAGE = 4096
 PE_PARENT, PE_LAZY, PE_PRESENT = 1, 2, 4
@@ -623,7 +620,7 @@ def test_checkpoint_reports_a_manifest_failure(proc_tree, tmp_path, monkeypatch)
 def test_container_damaged_checkpoint_refused(container, runc_root, tmp_path, damage, restored_trees):
     ct = container()
     images = str(tmp_path / "images")
-    r = cs.run_cli("--root", runc_root, "checkpoint", "--image-path", images, ct.id)
+    r = cs.fastckpt("--root", runc_root, "checkpoint", "--image-path", images, ct.id)
     cs.assert_ok(r)
     assert ct.runc_state() is None
     assert_real_manifest(images)
@@ -639,7 +636,7 @@ def test_container_damaged_checkpoint_refused(container, runc_root, tmp_path, da
 def test_container_intact_checkpoint_restores(container, runc_root, tmp_path):
     ct = container()
     images = str(tmp_path / "images")
-    cs.assert_ok(cs.run_cli("--root", runc_root, "checkpoint", "--image-path", images, ct.id))
+    cs.assert_ok(cs.fastckpt("--root", runc_root, "checkpoint", "--image-path", images, ct.id))
     stopped = ct.count()
     r, _ = run_fastckpt(runc_root, "restore", "-d", "--image-path", images, "-b", ct.bundle, ct.id,
                         workdir=str(tmp_path))

@@ -18,6 +18,7 @@ import pytest
 
 import ckpt_support as cs
 import migrate_support as ms
+from fastckpt_testing import cli
 
 pytestmark = pytest.mark.integration
 
@@ -67,11 +68,10 @@ def _counter(hosts):
 
 def _migrate(hosts, cid, dest_bundle, *extra, dest_id=None, timeout=300):
     dest_id = dest_id or cid + "-d"
-    return subprocess.run(
+    return ms.run(
         hosts.src.fastckpt("migrate", "--remote", hosts.dst.remote(), "--remote-fastckpt", ms.FASTCKPT,
                            "--address", hosts.dst.address, "-b", dest_bundle, "--dest-root", hosts.dst.root,
-                           "--dest-id", dest_id, *extra, cid),
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+                           "--dest-id", dest_id, *extra, cid), timeout=timeout, check=False)
 
 
 def _assert_destination_clean(hosts, dest_dir=None):
@@ -87,9 +87,9 @@ def _assert_destination_clean(hosts, dest_dir=None):
 def test_page_server_usage_errors(tmp_path):
     for args, needle in (([], "--image-path"), (["--image-path", str(tmp_path)], "--port"),
                          (["--image-path", str(tmp_path), "--port", "x"], "invalid int value")):
-        cs.assert_one_line_error(cs.run_cli("page-server", *args), 2, needle)
-    r = cs.run_cli("page-server", "--image-path", str(tmp_path / "i"), "--port", "70000")
-    cs.assert_one_line_error(r, 2, "Invalid port number")
+        cs.assert_error(cs.fastckpt("page-server", *args), 2, needle)
+    r = cs.fastckpt("page-server", "--image-path", str(tmp_path / "i"), "--port", "70000")
+    cs.assert_error(r, 2, "Invalid port number")
 
 
 CORKED_CLIENT = r"""
@@ -139,7 +139,7 @@ def test_migrate_usage_errors():
                          (["--address", "10.0.0.2", "-b", "/srv/b", "--source-address", "10.0.0.1", "ct"],
                           "only with --lazy-pages"),
                          (["--address", "10.0.0.2", "-b", "/srv/b", "bad/id"], "bad/id")):
-        cs.assert_one_line_error(cs.run_cli("migrate", *args), 2, needle)
+        cs.assert_error(cs.fastckpt("migrate", *args), 2, needle)
 
 
 def test_page_server_refuses_a_checkpoint_dir(tmp_path):
@@ -148,8 +148,8 @@ def test_page_server_refuses_a_checkpoint_dir(tmp_path):
     d = tmp_path / "img"
     d.mkdir(mode=0o700)
     (d / "inventory.img").write_bytes(b"x")
-    r = cs.run_cli("page-server", "--image-path", str(d), "--port", "0", "--timeout", "5")
-    cs.assert_one_line_error(r, 1, "already holds a checkpoint")
+    r = cs.fastckpt("page-server", "--image-path", str(d), "--port", "0", "--timeout", "5")
+    cs.assert_error(r, 1, "already holds a checkpoint")
     assert (d / "inventory.img").read_bytes() == b"x"
 
 
@@ -174,16 +174,16 @@ def test_page_server_refuses_a_dir_with_files(tmp_path):
     d = tmp_path / "img"
     d.mkdir(mode=0o700)
     (d / "notes.txt").write_text("mine")
-    r = cs.run_cli("page-server", "--image-path", str(d), "--port", "0", "--timeout", "5")
-    cs.assert_one_line_error(r, 1, "already holds files")
+    r = cs.fastckpt("page-server", "--image-path", str(d), "--port", "0", "--timeout", "5")
+    cs.assert_error(r, 1, "already holds files")
 
 
 def test_page_server_bounded_and_interruptible(tmp_path):
     if os.geteuid():
         ms.skip_or_fail("the page server needs root (CRIU)")
     t = time.monotonic()
-    r = cs.run_cli("page-server", "--image-path", str(tmp_path / "a"), "--port", "0", "--timeout", "1")
-    cs.assert_one_line_error(r, 1, "no dump connected")
+    r = cs.fastckpt("page-server", "--image-path", str(tmp_path / "a"), "--port", "0", "--timeout", "1")
+    cs.assert_error(r, 1, "no dump connected", stdout=None)
     assert time.monotonic() - t < 30
     assert r.stdout.startswith("listening on ")
     # Ctrl-C: exit 130, one line, nothing left
@@ -253,9 +253,8 @@ def test_two_commands_per_host(hosts, tmp_path):
         line = server.stdout.readline()
         assert line.startswith("listening on "), server.stderr.read()
         port = line.split(":")[-1].strip()
-        r = subprocess.run(hosts.src.fastckpt("checkpoint", "--image-path", src_img, "--page-server",
-                                              f"{hosts.dst.address}:{port}", cid),
-                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        r = ms.run(hosts.src.fastckpt("checkpoint", "--image-path", src_img, "--page-server",
+                                      f"{hosts.dst.address}:{port}", cid), timeout=120, check=False)
         assert r.returncode == 0, r.stderr
         out, err = server.communicate(timeout=60)
         assert server.returncode == 0, err
@@ -264,8 +263,8 @@ def test_two_commands_per_host(hosts, tmp_path):
         # the user's copy (here a tar pipe; scp or rsync alike)
         tar = subprocess.run(f"tar -C {src_img} -c . | tar -C {dst_img} -x", shell=True, timeout=60)
         assert tar.returncode == 0
-        r = subprocess.run(hosts.dst.fastckpt("restore", "--image-path", dst_img, "-b", db, "-d", cid + "-d"),
-                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        r = ms.run(hosts.dst.fastckpt("restore", "--image-path", dst_img, "-b", db, "-d", cid + "-d"), timeout=120,
+                   check=False)
         assert r.returncode == 0, r.stderr
         TmpCounter(cid + "-d", db, hosts.dst.root).wait_advancing()
         assert hosts.src.ids() == []
@@ -303,8 +302,8 @@ def test_runc_checkpoint_into_fastckpt_page_server(hosts):
                 TmpCounter(cid + "-r", db, hosts.dst.root).wait_advancing()
                 hosts.dst.container(cid + "-r").destroy()
             else:
-                r = subprocess.run(hosts.dst.fastckpt("restore", "--image-path", dst_img, "-b", db, "-d", cid + "-d"),
-                                   stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+                r = ms.run(hosts.dst.fastckpt("restore", "--image-path", dst_img, "-b", db, "-d", cid + "-d"),
+                           timeout=120, check=False)
                 assert r.returncode == 0, r.stderr
                 TmpCounter(cid + "-d", db, hosts.dst.root).wait_advancing()
     finally:
@@ -342,7 +341,8 @@ def test_migrate_1gib_memory_verifies(hosts):
 # --- failures: the source keeps running, the destination is left clean ----------------------
 
 def _assert_failed_cleanly(hosts, r, ct, dest_dir, *needles, criu_lines=False):
-    err = cs.assert_one_line_error(r, 1, *needles, criu_lines=criu_lines)
+    cs.assert_error(r, 1, *needles, criu_lines=criu_lines)
+    err = r.stderr
     ct.assert_running_thawed_advancing()
     _assert_destination_clean(hosts, dest_dir)
     return err
@@ -376,7 +376,7 @@ def test_destination_dir_not_empty_is_left_alone(hosts):
     with open(os.path.join(dest_dir, "inventory.img"), "w") as f:
         f.write("someone's checkpoint")
     r = _migrate(hosts, cid, db, "--dest-image-path", dest_dir)
-    cs.assert_one_line_error(r, 1, "page server did not start", "already holds a checkpoint")
+    cs.assert_error(r, 1, "page server did not start", "already holds a checkpoint")
     ct.assert_running_thawed_advancing()
     assert os.listdir(dest_dir) == ["inventory.img"], "the destination's directory was touched"
 
@@ -390,7 +390,7 @@ def test_destination_id_taken(hosts):
     taken.wait_advancing()
     dest_dir = os.path.join(hosts.dst.dir, "img")
     r = _migrate(hosts, cid, db, "--dest-image-path", dest_dir)
-    cs.assert_one_line_error(r, 1, "the restore on the destination failed", "already exists")
+    cs.assert_error(r, 1, "the restore on the destination failed", "already exists")
     ct.assert_running_thawed_advancing()
     taken.assert_running_thawed_advancing()
     assert not os.path.exists(dest_dir) or os.listdir(dest_dir) == []
@@ -401,17 +401,16 @@ def test_destination_cgroup_in_use(hosts):
     cgroups. The restore there refuses them (a failed restore would kill what runs in them)."""
     cid, ct, db = _counter(hosts)
     r = _migrate(hosts, cid, db, dest_id=cid)
-    cs.assert_one_line_error(r, 1, "the restore on the destination failed", "cgroup is not empty")
+    cs.assert_error(r, 1, "the restore on the destination failed", "cgroup is not empty")
     ct.assert_running_thawed_advancing()
     _assert_destination_clean(hosts)
 
 
 def test_destination_command_fails(hosts):
     cid, ct, db = _counter(hosts)
-    r = subprocess.run(hosts.src.fastckpt("migrate", "--remote", "nsenter --net=/run/netns/fcm-none-x",
-                                          "--address", hosts.dst.address, "-b", db, cid),
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
-    cs.assert_one_line_error(r, 1, "page server did not start")
+    r = ms.run(hosts.src.fastckpt("migrate", "--remote", "nsenter --net=/run/netns/fcm-none-x",
+                                  "--address", hosts.dst.address, "-b", db, cid), timeout=120, check=False)
+    cs.assert_error(r, 1, "page server did not start")
     ct.assert_running_thawed_advancing()
 
 
@@ -433,11 +432,10 @@ def _assert_big_survived(hosts, ct, sb):
 
 
 def _migrate_bg(hosts, cid, db, dest_dir, *extra):
-    return subprocess.Popen(
+    return cli.Command(
         hosts.src.fastckpt("migrate", *extra, "--remote", hosts.dst.remote(), "--remote-fastckpt", ms.FASTCKPT,
                            "--address", hosts.dst.address, "-b", db, "--dest-root", hosts.dst.root,
-                           "--dest-id", cid + "-d", "--dest-image-path", dest_dir, cid),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           "--dest-id", cid + "-d", "--dest-image-path", dest_dir, cid))
 
 
 def test_destination_dies_mid_transfer(hosts):
@@ -451,13 +449,11 @@ def test_destination_dies_mid_transfer(hosts):
         assert victims, "no criu page-server found on the destination"
         for pid in victims:
             ms.kill(pid)
-        out, err = p.communicate(timeout=300)
+        r = p.wait(timeout=300)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
-    err = cs.assert_one_line_error(r, 1, "the destination's page server failed", "the checkpoint here stopped")
+        p.stop()
+    cs.assert_error(r, 1, "the destination's page server failed", "the checkpoint here stopped")
+    err = r.stderr
     assert dest_dir not in err, "the message names a log that is gone"
     _assert_big_survived(hosts, ct, sb)
     _assert_destination_clean(hosts, dest_dir)
@@ -476,13 +472,10 @@ def test_source_dies_mid_transfer(hosts):
                          repr([open(f"/proc/{pid}/cmdline", "rb").read() for pid in criu_proc.descendants(p.pid)]))
         for pid in victims:
             ms.kill(pid)
-        out, err = p.communicate(timeout=300)
+        r = p.wait(timeout=300)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
-    cs.assert_one_line_error(r, 1, "criu dump failed", criu_lines=True)
+        p.stop()
+    cs.assert_error(r, 1, "criu dump failed", criu_lines=None)
     _assert_big_survived(hosts, ct, sb)
     _assert_destination_clean(hosts, dest_dir)
 
@@ -498,14 +491,11 @@ def test_migrate_interrupted_mid_transfer(hosts, sig):
         for name in ms.staging_dirs():
             held = os.listdir(os.path.join("/dev/shm", name))
             assert not [n for n in held if n.startswith(("pages-", "pagemap-"))], held
-        p.send_signal(sig)
-        out, err = p.communicate(timeout=300)
+        p.popen.send_signal(sig)
+        r = p.wait(timeout=300)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
-    cs.assert_one_line_error(r, 130, "interrupted", "nothing was migrated", f"container {cid!r} runs here")
+        p.stop()
+    cs.assert_error(r, 130, "interrupted", "nothing was migrated", f"container {cid!r} runs here")
     _assert_big_survived(hosts, ct, sb)
     _assert_destination_clean(hosts, dest_dir)
 
@@ -550,7 +540,7 @@ def test_destination_disk_full(hosts):
     cid, ct, sb, db = _big(hosts, 192)
     dest_dir = hosts.tmpfs(os.path.join(hosts.dst.dir, "small"), "64m")
     r = _migrate(hosts, cid, db, "--dest-image-path", dest_dir, timeout=300)
-    cs.assert_one_line_error(r, 1, "the destination's page server failed", "no space left")
+    cs.assert_error(r, 1, "the destination's page server failed", "no space left")
     _assert_big_survived(hosts, ct, sb)
     _assert_destination_clean(hosts, dest_dir)
 
@@ -600,7 +590,7 @@ def test_tcp_connection_stays_when_migration_fails(hosts):
         peer.connect(7000)
         assert peer.echo("before") == "before"
         r = _migrate(hosts, cid, os.path.join(hosts.dst.dir, "no-such-bundle"), "--tcp-established")
-        cs.assert_one_line_error(r, 1, "the restore on the destination failed")
+        cs.assert_error(r, 1, "the restore on the destination failed")
         assert ct.status() == "running" and ct.freezer_state() == "THAWED"
         assert peer.echo("still here") == "still here"
         _assert_destination_clean(hosts)
@@ -672,7 +662,7 @@ def test_migrate_lazy_failed_restore_keeps_the_source(lazy_hosts):
     dest_dir = _lazy_dirs(hosts)
     r = _migrate(hosts, cid, os.path.join(hosts.dst.dir, "no-such-bundle"), "--lazy-pages",
                  "--dest-image-path", dest_dir)
-    cs.assert_one_line_error(r, 1, "the restore on the destination failed")
+    cs.assert_error(r, 1, "the restore on the destination failed")
     ct.assert_running_thawed_advancing()
     _assert_destination_clean(hosts, dest_dir)
 
@@ -688,7 +678,7 @@ def test_lazy_pages_refused(hosts):
                             f"(set {cs.RAISE_PIPE_MAX_ENV}=1 to let the test lower the limit)")
         cid, ct, db = _counter(hosts)
         r = _migrate(hosts, cid, db, "--lazy-pages")
-        cs.assert_one_line_error(r, 1, "lazy migration (post-copy) is unavailable", "pipe-max-size")
+        cs.assert_error(r, 1, "lazy migration (post-copy) is unavailable", "pipe-max-size")
         ct.assert_running_thawed_advancing()
         _assert_destination_clean(hosts)
     finally:
@@ -711,22 +701,20 @@ def test_migrate_lazy_pull_cut_after_the_restore(lazy_hosts, cut):
         daemons = cs.wait_until(daemon_of_a_restored_container, "the restore there, its daemon pulling pages",
                                 timeout=120, interval=0.005)
         if cut == "sigint":
-            p.send_signal(signal.SIGINT)
+            p.popen.send_signal(signal.SIGINT)
         else:
             for pid in daemons:
                 ms.kill(pid)
-        out, err = p.communicate(timeout=300)
+        r = p.wait(timeout=300)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+        p.stop()
     if cut == "sigint":
-        cs.assert_one_line_error(r, 130, "interrupted: nothing was migrated", f"container {cid!r} runs here",
-                                 "its copy on the destination was removed")
+        cs.assert_error(r, 130, "interrupted: nothing was migrated", f"container {cid!r} runs here",
+                        "its copy on the destination was removed")
     else:
         # the source's CRIU sees the connection go (or, at the very end, only the daemon's status tells)
-        err = cs.assert_one_line_error(r, 1, "copy on the destination was removed")
+        cs.assert_error(r, 1, "copy on the destination was removed")
+        err = r.stderr
         assert "the pages could not all be pulled" in err or "lazy-pages daemon failed" in err, err
     _assert_big_survived(hosts, ct, sb)
     _assert_destination_clean(hosts, dest_dir)

@@ -16,14 +16,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import ckpt_support as cs  # noqa: E402
-import restore_support as rs  # noqa: E402
+import ckpt_support as cs
+import restore_support as rs
 
 pytestmark = [pytest.mark.integration]  # skipped locally, failed in CI, without the prerequisites
 

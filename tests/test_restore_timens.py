@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import restore_support as rs  # noqa: E402
-from fastckpt import restorer, runc  # noqa: E402
+import restore_support as rs
+from fastckpt import restorer, runc
 
 
 def _timens(pid) -> int:

@@ -16,7 +16,6 @@ import pytest
 
 import restore_support as rs
 import robust_support as rb
-from robust_support import containers, mem_binary, slow_criu  # noqa: F401 (fixtures)
 
 import fastckpt
 from fastckpt import locks, manifest

@@ -28,10 +28,9 @@ import pytest
 import ckpt_support as cs
 import restore_support as rs
 import robust_support as rb
-from robust_support import containers, mem_binary  # noqa: F401 (fixtures)
 
 import fastckpt
-from fastckpt import criu_proc, manifest
+from fastckpt import cgroups as fcg, criu_proc, manifest
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +106,7 @@ def test_watchdog_stops_criu_looping_on_a_cut_short_pages_image(proc_tree, tmp_p
     elapsed = time.monotonic() - t0
     if worker.is_alive():
         for d in rb.restore_cgroups(os.getpid()):
-            cs.kill_cgroup_tasks(d)
+            fcg.kill_all(d)
         worker.join(30)
         pytest.fail(f"the restore did not end within {BOUND:g} s: {STOP_BUG}")
     e = outcome.get("error")
@@ -188,8 +187,8 @@ def restore_with_looping_criu(args, workdir: str, log: str, clean) -> rs.Result:
 
 
 def assert_stopped(r: rs.Result, log: str) -> None:
-    rb.assert_failed(r, 1, "criu restore failed: CRIU's log grew past 4 MiB (CRIU looping?) and CRIU was stopped",
-                     f"(log: {log})")
+    rb.assert_error(r, 1, "criu restore failed: CRIU's log grew past 4 MiB (CRIU looping?) and CRIU was stopped",
+                    f"(log: {log})", criu_lines=None)
     size = os.path.getsize(log)
     time.sleep(0.5)
     assert os.path.getsize(log) == size, "CRIU's log still grows after the watchdog stopped CRIU"
@@ -213,8 +212,8 @@ def test_watchdog_stop_ends_a_process_tree_restore_whatever_criu_forked(proc_tre
 
     def clean(cli_pid):
         for d in rb.restore_cgroups(cli_pid):
-            cs.kill_cgroup_tasks(d)
-            rb.wait_for(lambda: not rs._cgroup_procs(d), f"{d} to empty", timeout=10)
+            fcg.kill_all(d)
+            rb.wait_for(lambda: not rs.cgroup_procs(d), f"{d} to empty", timeout=10)
             os.rmdir(d)
 
     r = restore_with_looping_criu(["restore", "--image-path", images], str(tmp_path), log, clean)
@@ -259,7 +258,7 @@ def test_watchdog_stop_says_it_in_one_line(proc_tree, tmp_path, restored):
     rb.wait_for(lambda: not pids_alive(pids), f"pids {pids} to be free", interval=0.02)
     _cut_pages(images)
     r = rs.run([sys.executable, "-c", SMALL_LOG_BOUND_UNCHECKED, "restore", "--image-path", images], str(tmp_path))
-    rb.assert_failed(r, 1, "CRIU was stopped")
+    rb.assert_error(r, 1, "CRIU was stopped", criu_lines=None)
 
 
 # --- CRIU dies half-way through a restore ---------------------------------------------------------------
@@ -309,7 +308,7 @@ def test_criu_dying_half_way_leaves_nothing(kind, proc_tree, containers, tmp_pat
     try:
         r = cli.wait(60)
         assert os.path.exists(pid_file), "the stand-in criu forked nothing: not contained by fastckpt?"
-        rb.assert_failed(r, 1, "criu restore failed")
+        rb.assert_error(r, 1, "criu restore failed", criu_lines=None)
         rb.wait_for(lambda: not _left_alive(pid_file), "the task the dead criu forked to be killed", timeout=10,
                     interval=0.02)
         assert not rb.restore_cgroups(cli.pid), rb.restore_cgroups(cli.pid)
@@ -319,5 +318,5 @@ def test_criu_dying_half_way_leaves_nothing(kind, proc_tree, containers, tmp_pat
         for pid in _left_alive(pid_file):
             os.kill(pid, signal.SIGKILL)
         for d in rb.restore_cgroups(cli.pid):
-            rb.wait_for(lambda: not rs._cgroup_procs(d), f"{d} to empty", timeout=10)
+            rb.wait_for(lambda: not rs.cgroup_procs(d), f"{d} to empty", timeout=10)
             os.rmdir(d)

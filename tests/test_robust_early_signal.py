@@ -23,7 +23,6 @@ import pytest
 
 import restore_support as rs
 import robust_support as rb
-from robust_support import containers, mem_binary  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
 

@@ -29,7 +29,6 @@ import pytest
 import ckpt_support as cs
 import restore_support as rs
 import robust_support as rb
-from robust_support import containers, mem_binary, slow_criu, small_tmpfs  # noqa: F401 (fixtures)
 
 from fastckpt import manifest
 
@@ -44,14 +43,14 @@ NOTHING = "interrupted: nothing was checkpointed; "
 
 # --- the two allowed outcomes -----------------------------------------------------------------------
 
-def assert_no_debris(ct: rb.MemContainer, workdir: str) -> None:
+def assert_no_debris(ct: rb.Container, workdir: str) -> None:
     """Whatever the outcome: no frozen cgroup, no criu process, no mount in the runc root."""
     assert not rs.frozen_cgroups(ct.id), f"frozen cgroups left: {rs.frozen_cgroups(ct.id)}"
     assert not rb.criu_left(workdir), f"criu left running: {rs.criu_pids_in(workdir)}"
     assert not rs.mounts_under(ct.root), rs.mounts_under(ct.root)
 
 
-def assert_untouched(ct: rb.MemContainer, images: str) -> None:
+def assert_untouched(ct: rb.Container, images: str) -> None:
     """Nothing was checkpointed: the container runs, thawed, counting; nothing looks like a checkpoint."""
     ct.assert_running_thawed_advancing()
     assert not rb.checkpoint_files(images), f"{images} holds {rb.checkpoint_files(images)}"
@@ -59,7 +58,7 @@ def assert_untouched(ct: rb.MemContainer, images: str) -> None:
     assert log == list(range(1, len(log) + 1)), f"the counter restarted or skipped: {rs.compress(log)}"
 
 
-def assert_complete_and_restorable(ct: rb.MemContainer, images: str, workdir: str) -> None:
+def assert_complete_and_restorable(ct: rb.Container, images: str, workdir: str) -> None:
     """The checkpoint completed: the container is gone from runc, its images are complete and restore
     to a container that counts on from where it stopped, with all its memory intact."""
     assert ct.status() is None, f"{ct.id} is still known to runc ({ct.status()}) after a completed checkpoint"
@@ -73,7 +72,7 @@ def assert_complete_and_restorable(ct: rb.MemContainer, images: str, workdir: st
     ct.assert_coherent_after_restore(stopped)
 
 
-def interrupted_state(res: rs.Result, ct: rb.MemContainer, images: str, leave_running: bool = False) -> str:
+def interrupted_state(res: rs.Result, ct: rb.Container, images: str, leave_running: bool = False) -> str:
     """Exit 130, one line that says which state fastckpt left; returns "completed" or "nothing"."""
     lines = rs.assert_error(res, 130)
     msg = lines[0]
@@ -87,7 +86,7 @@ def interrupted_state(res: rs.Result, ct: rb.MemContainer, images: str, leave_ru
     raise AssertionError(f"the message does not say which state the container was left in: {msg!r}")
 
 
-def check_outcome(res: rs.Result, ct: rb.MemContainer, images: str, workdir: str) -> str:
+def check_outcome(res: rs.Result, ct: rb.Container, images: str, workdir: str) -> str:
     state = interrupted_state(res, ct, images)
     assert_no_debris(ct, workdir)
     if state == "completed":

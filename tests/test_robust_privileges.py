@@ -21,7 +21,7 @@ import pytest
 
 import restore_support as rs
 import robust_support as rb
-from robust_support import NOBODY, containers, mem_binary, nobody_fastckpt, setpriv  # noqa: F401
+from robust_support import NOBODY, nobody_fastckpt, setpriv
 
 from fastckpt import manifest
 

@@ -8,16 +8,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import restore_support as rs  # noqa: E402
-from fastckpt import criu, externals, migration  # noqa: E402
-from fastckpt.errors import UsageError  # noqa: E402
-from fastckpt.options import CheckpointOptions, RestoreOptions  # noqa: E402
+import restore_support as rs
+from fastckpt import criu, externals, migration
+from fastckpt.errors import UsageError
+from fastckpt.options import CheckpointOptions, RestoreOptions
 
 
 

@@ -362,7 +362,7 @@ def tree_pids(image_dir) -> list:
 def test_checkpoint_print_stats(proc_tree, tmp_path):
     tree = proc_tree.counter(str(tmp_path / "count"))
     img = tmp_path / "img"
-    proc = cs.run_cli("checkpoint", "--pid", str(tree.pid), "--image-path", str(img), "--print-stats")
+    proc = cs.fastckpt("checkpoint", "--pid", str(tree.pid), "--image-path", str(img), "--print-stats")
     check_dump_stats(parse_stats(proc), img, img)
     tree.wait_gone()
 
@@ -372,8 +372,8 @@ def test_checkpoint_print_stats_work_path(proc_tree, tmp_path):
     """The statistics are in the work directory, apart from the images."""
     tree = proc_tree.counter(str(tmp_path / "count"))
     img, work = tmp_path / "img", tmp_path / "work"
-    proc = cs.run_cli("checkpoint", "--pid", str(tree.pid), "--image-path", str(img), "--work-path", str(work),
-                      "--leave-running", "--print-stats")
+    proc = cs.fastckpt("checkpoint", "--pid", str(tree.pid), "--image-path", str(img), "--work-path", str(work),
+                       "--leave-running", "--print-stats")
     check_dump_stats(parse_stats(proc), work, img)
     assert not (img / "stats-dump").exists()
     tree.wait_advancing()
@@ -395,14 +395,14 @@ def test_restore_print_stats(proc_tree, restored, tmp_path):
     count = str(tmp_path / "count")
     tree = proc_tree.counter(count)
     img = tmp_path / "img"
-    dump = check_dump_stats(parse_stats(cs.run_cli("checkpoint", "--pid", str(tree.pid), "--image-path", str(img),
-                                                   "--print-stats")), img, img)
+    dump = check_dump_stats(parse_stats(cs.fastckpt("checkpoint", "--pid", str(tree.pid), "--image-path", str(img),
+                                                    "--print-stats")), img, img)
     tree.wait_gone()
     # every pid of the tree must be free again for CRIU to restore it
     for pid in tree_pids(img):
         cs.wait_until(lambda: not os.path.exists(f"/proc/{pid}"), f"pid {pid} of the dumped tree to be free")
 
-    proc = cs.run_cli("restore", "--image-path", str(img), "--pid-file", str(tmp_path / "pid"), "--print-stats")
+    proc = cs.fastckpt("restore", "--image-path", str(img), "--pid-file", str(tmp_path / "pid"), "--print-stats")
     if proc.returncode == 0:
         restored.append(int((tmp_path / "pid").read_text()))
     out = parse_stats(proc)

@@ -5,13 +5,10 @@ FASTCKPT_FUZZ_SECONDS sets the time (default 25 s); FUZZ_SEED repeats a run.
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fuzz"))
-
-import fuzz_tar_shim as fz  # noqa: E402
+from fuzz import fuzz_tar_shim as fz  # tests/fuzz, a namespace package below pythonpath's tests/
 
 pytestmark = pytest.mark.integration  # root: the archives hold device nodes and owners
 

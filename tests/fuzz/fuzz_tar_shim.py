@@ -33,7 +33,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # tests/: the shim's tests describe a tree
+if not __package__:  # a script: tests/ (the shim's tests describe a tree); pytest has it (pythonpath)
+    sys.path.insert(0, os.path.dirname(HERE))
 
 from test_tar_shim import tree as snapshot  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(HERE))

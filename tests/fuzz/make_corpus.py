@@ -15,7 +15,8 @@ import tarfile
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+if not __package__:  # a script: tests/ (the shim's tests describe a tree); pytest has it (pythonpath)
+    sys.path.insert(0, os.path.dirname(HERE))
 CREATE = ["--create", "--gzip", "--no-unquote", "--no-wildcards", "--one-file-system", "--check-links",
           "--preserve-permissions", "--sparse", "--numeric-owner", "--directory"]
 
