@@ -31,7 +31,7 @@ if os.path.join(REPO, "tests") not in sys.path:
     sys.path.append(os.path.join(REPO, "tests"))
 
 from fastckpt_testing import waiting  # noqa: E402
-from fastckpt_testing.containers import state_cgroups, teardown  # noqa: E402
+from fastckpt_testing.containers import drop_runc_v2_stale_cgroup, state_cgroups, teardown  # noqa: E402
 BIN = os.path.dirname(sys.executable)  # the venv's bin (sys.executable is the venv's python)
 PYTHON = sys.executable
 FASTCKPT = os.path.join(BIN, "fastckpt") if os.path.exists(os.path.join(BIN, "fastckpt")) \
@@ -150,6 +150,7 @@ class Janitor:
     def __init__(self):
         self.containers: List[Tuple[str, str]] = []  # (runc root, id)
         self.cgroups: Dict[Tuple[str, str], Dict[str, str]] = {}
+        self.released: List[str] = []  # ids of containers taken down (for runc's stale v2 cgroups at close)
         self.procs: List[subprocess.Popen] = []
         self.mounts: List[str] = []
         self.dirs: List[str] = []
@@ -232,6 +233,7 @@ class Janitor:
         self.problems += teardown(root, cid, self.cgroups.pop((root, cid), {}).values())
         if (root, cid) in self.containers:
             self.containers.remove((root, cid))
+        self.released.append(cid)
 
     def close(self) -> List[str]:
         for fn in reversed(list(self.callbacks)):
@@ -249,6 +251,10 @@ class Janitor:
                 self.release_proc(p)
             except Exception as e:
                 self.problems.append(f"pid {p.pid}: {e!r}")
+        # runc 1.1 restoring an id's images under another id on cgroup v2 recreates the old id's cgroup,
+        # empty: those of the ids released here go too
+        for cid in self.released:
+            drop_runc_v2_stale_cgroup(cid)
         for m in reversed(list(self.mounts)):
             self.release_mount(m)
         for d in reversed(list(self.dirs)):

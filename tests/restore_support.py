@@ -28,6 +28,7 @@ from fastckpt_testing.cli import (  # noqa: F401
     Result, all_pids, assert_error, criu_pids_in, fastckpt_cmd, kill_pid, run, run_quiet)
 from fastckpt_testing.containers import (  # noqa: F401
     CONTAINER_COUNTER, COUNTER, Container, Counter, cgroup_dirs, cgroup_procs, compress, copy_bundle,
+    drop_runc_v2_stale_cgroup,
     frozen_cgroups, read_log, remove_lock_files, runc, runc_ids as runc_known)
 from fastckpt_testing.plugin import integration_skip_reason as skip_reason, torn_down  # noqa: F401
 from fastckpt_testing.waiting import WAIT, proc_alive, read_int, wait_until  # noqa: F401
@@ -98,24 +99,6 @@ def kill_tree(pid: int, group: bool = True) -> None:
 
 
 # --- cgroups, mounts, criu: what a container (or a failed restore) may leave -------------
-
-def drop_runc_v2_stale_cgroup(cid: str) -> List[str]:
-    """runc 1.1 restoring CID's images under another id on cgroup v2 (runc itself, or podman through it)
-    has CRIU recreate CID's old cgroup, left empty beside the new one (runc's bug, not fastckpt's: runc's
-    own checkpoints do the same). On a unified host such empty directories are removed here and
-    returned; elsewhere nothing is touched. A directory that holds a task stays (and is a leftover)."""
-    if not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-        return []
-    dropped = []
-    for d in cgroup_dirs(cid):
-        if not cgroup_procs(d):
-            try:
-                os.rmdir(d)
-                dropped.append(d)
-            except OSError:
-                pass
-    return dropped
-
 
 def pids_in_cgroup_named(cid: str) -> List[int]:
     """Processes whose cgroup (any hierarchy) is named CID (its last path component)."""

@@ -142,6 +142,24 @@ def frozen_cgroups(cid: str) -> List[str]:
 
 # --- the tear-down ----------------------------------------------------------------------------
 
+def drop_runc_v2_stale_cgroup(cid: str) -> List[str]:
+    """runc 1.1 restoring CID's images under another id on cgroup v2 (runc itself, or podman through it)
+    has CRIU recreate CID's old cgroup, left empty beside the new one (runc's bug, not fastckpt's: runc's
+    own checkpoints do the same). On a unified host such empty directories are removed here and
+    returned; elsewhere nothing is touched. A directory that holds a task stays (and is a leftover)."""
+    if not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return []
+    dropped = []
+    for d in cgroup_dirs(cid):
+        if not cgroup_procs(d):
+            try:
+                os.rmdir(d)
+                dropped.append(d)
+            except OSError:
+                pass
+    return dropped
+
+
 def teardown(root: str, cid: str, cgroups: Iterable[str] = (), *, force: bool = True) -> List[str]:
     """Take container CID of the private runc root ROOT down; returns what could not be cleaned.
 

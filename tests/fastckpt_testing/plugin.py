@@ -81,6 +81,13 @@ def pytest_report_header(config):
 
 
 def pytest_configure(config):
+    # a suite started in the background by a script (`cmd &`) inherits SIGINT ignored, and so would every
+    # command it starts: the tests' Ctrl-Cs would go unheard. A handler here is reset to the default at
+    # the commands' exec, as a terminal's job has it.
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     want = os.environ.get("FASTCKPT_TEST_LAYOUT")
     if want and want != LAYOUT:
         raise pytest.UsageError(f"FASTCKPT_TEST_LAYOUT={want} but this host's cgroup layout is {LAYOUT or 'none'}")
