@@ -224,11 +224,26 @@ compile_bytecode() {
   "$VENV/bin/python" -m compileall -q "$ROOT/src/fastckpt" >/dev/null || fail "compileall"
 }
 
+coverage_hook() {
+  # make test measures the `fastckpt` processes the tests start too: coverage.py's own .pth starts it in
+  # every Python process that inherits COVERAGE_PROCESS_CONFIG, and the process writes its data beside
+  # COVERAGE_FILE when it ends. One that cannot write there (a test's uid 65534; a read-only mount) would
+  # end with coverage's traceback on its stderr: this .pth, read just before coverage's, leaves such a
+  # process unmeasured instead. Inert without both variables.
+  step coverage-hook
+  local site
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') || fail "venv site-packages"
+  cat > "$site/a0_fastckpt_coverage.pth.tmp" <<'PTH'
+import os; exec("d = os.environ.get('COVERAGE_FILE')\nif d and os.environ.get('COVERAGE_PROCESS_CONFIG') and not os.access(os.path.dirname(d) or '.', os.W_OK, effective_ids=os.access in os.supports_effective_ids):\n    del os.environ['COVERAGE_PROCESS_CONFIG'], os.environ['COVERAGE_FILE']\ndel d")
+PTH
+  mv "$site/a0_fastckpt_coverage.pth.tmp" "$site/a0_fastckpt_coverage.pth"
+}
+
 what=${1:-all}
 case "$what" in
   system) install_packages; provision_criu ;;
-  venv) provision_venv; compile_bytecode ;;
-  all) install_packages; provision_criu; provision_venv; compile_bytecode ;;
+  venv) provision_venv; coverage_hook; compile_bytecode ;;
+  all) install_packages; provision_criu; provision_venv; coverage_hook; compile_bytecode ;;
   *) echo "usage: $0 [all|system|venv]" >&2; exit 2 ;;
 esac
 STEP=done
