@@ -89,3 +89,26 @@ def test_a_process_that_cannot_write_the_data_stays_unmeasured_and_silent(tmp_pa
     assert results[2] == {"rc": 0, "stdout": "done\n", "stderr": ""}, results[2]
     assert "cli.py" not in lines and lines.get("options.py", 0) > 0, lines
     assert len(files) == 1, files
+
+
+def test_a_signal_while_coverage_saves_at_os_exit_changes_nothing(tmp_path):
+    """The CLI ends with os._exit, which a signal cannot interrupt; measured, os._exit first saves the data
+    (Python code, ~10 ms and more): SIGINTs sent then must not turn the exit into a KeyboardInterrupt's
+    traceback and status -2 (seen in make test: test_robust_early_signal). Here SIGINTs come every 0.5 ms
+    from 2 ms after the process called os._exit(3) on."""
+    code = ("import os, signal, threading, time\n"
+            "import fastckpt.cli\n"
+            "exiting = threading.Event()\n"
+            "def flood():\n"
+            "    exiting.wait()\n"
+            "    time.sleep(0.002)\n"
+            "    while True:\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "        time.sleep(0.0005)\n"
+            "threading.Thread(target=flood, daemon=True).start()\n"
+            "exiting.set()\n"
+            "os._exit(3)\n")
+    results, lines, _ = _drive(tmp_path, [[sys.executable, "-c", code] for _ in range(5)])
+    for r in results:
+        assert r == {"rc": 3, "stdout": "", "stderr": ""}, r
+    assert lines.get("cli.py", 0) > 0, lines  # measured: the data was saved
