@@ -13,15 +13,18 @@ build: deps
 demo: deps
 	@$(PY) -m fastckpt.demo
 
-# Coverage of the Python package, measured in the test process (see [tool.coverage.run] in
-# pyproject.toml: the CLI's subprocesses are not measured, so modules that only the command runs --
-# migrate.py, migrate_lazy.py, pageserver.py, tcplock.py, whose tests drive two network namespaces through it -- count
-# as 0% here: ~69% in all, ~78% without them); the suite must keep the floor.
-# A targeted run: make test PYTEST_ARGS=tests/test_x.py COV_ARGS=
-COV_FLOOR ?= 65
+# Coverage of the Python package, in the test process and in the Python processes the tests start (the
+# CLI as `python -m fastckpt` and through its launcher, in other network and mount namespaces too): each
+# writes a .coverage.* file beside COVERAGE_FILE, pytest-cov combines them at the end of each pass, and
+# each pass must keep the floor (see [tool.coverage.run] in pyproject.toml). Measured: 83.4% as the host
+# is, 84.1% unified (0%: demo.py, run by make demo; migrate_lazy.py, whose tests cannot run on this
+# kernel); the floor leaves room for a skipped test or two. Measuring a CLI process costs ~70 ms (its
+# start-up: 8 -> 76 ms for --version). A targeted run: make test PYTEST_ARGS=tests/test_x.py COV_ARGS=
+COV_FLOOR ?= 80
 COV_ARGS ?= --cov=fastckpt --cov-report=term --cov-fail-under=$(COV_FLOOR)
 
 # the whole suite twice: as the host is, then as on a cgroup-v2-only host (a cgroup2 mount namespace)
+test: export COVERAGE_FILE := $(CURDIR)/.coverage
 test: deps
 	@echo "make test: cgroups as this host has them"
 	@$(PY) -m pytest $(COV_ARGS) $(PYTEST_ARGS)

@@ -224,11 +224,30 @@ compile_bytecode() {
   "$VENV/bin/python" -m compileall -q "$ROOT/src/fastckpt" >/dev/null || fail "compileall"
 }
 
+coverage_hook() {
+  # make test measures the `fastckpt` processes the tests start too: coverage.py starts in every Python
+  # process that inherits COVERAGE_PROCESS_CONFIG, and the process writes its data beside COVERAGE_FILE when
+  # it ends. This .pth, read just before coverage.py's own (a1_coverage.pth, which then has nothing left to
+  # do), starts it itself, with two changes that keep the process saying what it says unmeasured:
+  # - a process that cannot write there (a test's uid 65534; a read-only mount) is not measured: coverage
+  #   would end it with its traceback ("Couldn't use data file");
+  # - os._exit (the CLI's end) ignores SIGINT, SIGTERM, SIGHUP and SIGQUIT while coverage saves its data,
+  #   as an unmeasured os._exit cannot be interrupted: a Ctrl-C then would end the CLI in a traceback.
+  # Inert without COVERAGE_PROCESS_CONFIG.
+  step coverage-hook
+  local site
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') || fail "venv site-packages"
+  cat > "$site/a0_fastckpt_coverage.pth.tmp" <<'PTH'
+import os; exec("def _fastckpt_coverage():\n    d = os.environ.get('COVERAGE_FILE')\n    if d and not os.access(os.path.dirname(d) or '.', os.W_OK, effective_ids=os.access in os.supports_effective_ids):\n        del os.environ['COVERAGE_PROCESS_CONFIG'], os.environ['COVERAGE_FILE']\n        return\n    try:\n        import coverage\n    except ImportError:\n        return\n    if coverage.process_startup() is None:\n        return\n    import signal\n    save_and_exit = os._exit\n    def _exit(code):\n        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):\n            try:\n                signal.signal(s, signal.SIG_IGN)\n            except (ValueError, OSError):\n                pass\n        save_and_exit(code)\n    os._exit = _exit\nif os.environ.get('COVERAGE_PROCESS_CONFIG'):\n    _fastckpt_coverage()\ndel _fastckpt_coverage")
+PTH
+  mv "$site/a0_fastckpt_coverage.pth.tmp" "$site/a0_fastckpt_coverage.pth"
+}
+
 what=${1:-all}
 case "$what" in
   system) install_packages; provision_criu ;;
-  venv) provision_venv; compile_bytecode ;;
-  all) install_packages; provision_criu; provision_venv; compile_bytecode ;;
+  venv) provision_venv; coverage_hook; compile_bytecode ;;
+  all) install_packages; provision_criu; provision_venv; coverage_hook; compile_bytecode ;;
   *) echo "usage: $0 [all|system|venv]" >&2; exit 2 ;;
 esac
 STEP=done

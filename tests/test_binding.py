@@ -187,10 +187,11 @@ def test_the_kernel_probe_cache_stamp_may_hold_any_path(tmp_path):
     """The stamp beside /run/criu.kdat holds the criu path it was made with: bytes that are not UTF-8
     must read back as they were written (they made every later fastckpt fail with a traceback)."""
     from fastckpt import kdat
+    from fastckpt.atomicfile import write_atomic
 
     stamp = tmp_path / "stamp"
     key = "boot-id " + os.fsdecode(b"/opt/criu-\xff/criu") + " 1795992593"
-    kdat._write_atomic(str(stamp), os.fsencode(key))
+    write_atomic(str(stamp), os.fsencode(key))
     assert kdat._read(str(stamp)) == key
 
 

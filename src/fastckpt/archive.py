@@ -41,6 +41,7 @@ import time
 import zlib
 
 from ._record import Record
+from .atomicfile import write_atomic
 from .errors import DamagedImage, Error, UsageError
 
 CHECKPOINT_DIR = "checkpoint"
@@ -1050,15 +1051,8 @@ def build_bundle(imp: Imported, bundle: str, archive: str, limits: Limits | None
             made.append((cfg, f.read()))  # the user's: put back if the import fails
     except FileNotFoundError:
         made.append(cfg)
-    _write_replacing(cfg, json.dumps(spec, indent=2).encode())
+    write_atomic(cfg, json.dumps(spec, indent=2).encode(), 0o666)
     return made
-
-
-def _write_replacing(path: str, data: bytes) -> None:
-    tmp = path + f".tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.rename(tmp, path)
 
 
 def _undo(made: list) -> None:
@@ -1068,7 +1062,7 @@ def _undo(made: list) -> None:
     for item in reversed(made):
         if isinstance(item, tuple):
             try:
-                _write_replacing(*item)
+                write_atomic(*item, 0o666)
             except OSError:
                 pass
         elif os.path.isdir(item) and not os.path.islink(item):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 
+from .atomicfile import write_atomic
+
 RUN = "/run"
 KDAT = os.path.join(RUN, "criu.kdat")
 STAMP = os.path.join(RUN, "criu.kdat.fastckpt")
@@ -47,16 +49,6 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-
-
 def generate(criu: str) -> bool:
     """Have CRIU probe the kernel once and keep the result in /run/criu.kdat."""
     import subprocess
@@ -70,7 +62,7 @@ def generate(criu: str) -> bool:
         return False
     if r.returncode != 0 or len(r.stdout) < 16:
         return False
-    _write_atomic(KDAT, r.stdout)
+    write_atomic(KDAT, r.stdout)
     return True
 
 
@@ -92,7 +84,7 @@ def ensure(criu: str) -> None:
         except FileNotFoundError:
             pass
         if generate(criu):
-            _write_atomic(STAMP, os.fsencode(key))
+            write_atomic(STAMP, os.fsencode(key))
         _ready = key
     except OSError:
         _ready = ""  # no cache: CRIU probes as usual

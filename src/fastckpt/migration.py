@@ -21,6 +21,7 @@ import fcntl
 import os
 import stat
 
+from .atomicfile import write_atomic
 from .errors import Error, UsageError
 
 F_SETPIPE_SZ = 1031
@@ -120,10 +121,7 @@ def probe_lazy_migration(criu: str) -> str | None:
     problem = _run_lazy_probe(criu)
     try:
         os.makedirs(os.path.dirname(PROBE_CACHE), mode=0o700, exist_ok=True)
-        tmp = f"{PROBE_CACHE}.{os.getpid()}.tmp"
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-            json.dump({"key": key, "problem": problem}, f)
-        os.rename(tmp, PROBE_CACHE)
+        write_atomic(PROBE_CACHE, json.dumps({"key": key, "problem": problem}).encode())
     except OSError:
         pass
     return problem

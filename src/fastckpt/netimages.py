@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import struct
 
+from .atomicfile import write_atomic
+
 # `ip route save` of no route: iproute2's header alone
 EMPTY_ROUTE_DUMP = b"\x24\x12\x31\x45"
 _RULE_DUMP_MAGIC = b"\x86\x69\x70\x71"
@@ -72,10 +74,7 @@ def default_rules() -> bytes | None:
             for old in os.listdir(_CACHE_DIR):  # earlier boots'
                 if old.startswith("default-ip-rules.") and old != os.path.basename(cache):
                     os.unlink(os.path.join(_CACHE_DIR, old))
-            tmp = f"{cache}.{os.getpid()}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.rename(tmp, cache)
+            write_atomic(cache, data)
         _default_rules = _normalized_rules(data) or b""
     except Exception:  # no reference (OSError, a timeout...): rule dumps are kept, nothing worse
         pass

@@ -341,16 +341,11 @@ def _write_pid_file(path: str | None, pid: int) -> None:
     """Write the pid, atomically (as runc does: a temporary file renamed into place)."""
     if not path:
         return
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp{os.getpid()}")
+    from .atomicfile import write_atomic
+
     try:
-        with open(tmp, "w") as f:
-            f.write(str(pid))
-        os.rename(tmp, path)
+        write_atomic(path, str(pid).encode(), 0o666)
     except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise Error(f"cannot write --pid-file {path}: {e.strerror}", errno=e.errno) from None
 
 
