@@ -20,6 +20,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -565,6 +566,48 @@ def test_no_dump_yard_for_a_hierarchy_not_mounted_whole(monkeypatch):
     """A hierarchy of the task that the host has not mounted at its root: no yard (CRIU mounts its own)."""
     monkeypatch.setattr(cgroups, "mounts", lambda: {})
     assert cgroups.dump_yard(os.getpid()) is None
+
+
+_YARD_PROBE = """
+import json, os
+from fastckpt import cgroups
+found = cgroups.dump_yard(os.getpid())
+missing = []
+if found is not None:
+    with open("/proc/self/cgroup") as f:
+        for line in f.read().splitlines():
+            _, ctrls, path = line.split(":", 2)
+            if ctrls and cgroups.layout() == cgroups.UNIFIED:
+                continue
+            name = "unified" if not ctrls else ctrls[5:] if ctrls.startswith("name=") else ctrls
+            if not os.path.isdir(os.path.join(found[0], name) + path):
+                missing.append(os.path.join(found[0], name) + path)
+    cgroups.remove_yard(found[1])
+print(json.dumps({"yard": found and found[0], "missing": missing}))
+"""
+
+
+@pytest.mark.integration
+def test_no_dump_yard_through_a_bind_mount_of_a_sub_cgroup():
+    """/sys/fs/cgroup a bind mount of a sub-cgroup of the v2 hierarchy (a v2-only host seen from a
+    container without a cgroup namespace of its own): /proc/PID/cgroup's paths are not relative to it, so
+    it is no yard (CRIU would not find the task's cgroup in it and fail the dump): CRIU mounts its own."""
+    import uuid
+
+    sub = f"fastckpt-test-yard-{uuid.uuid4().hex[:8]}"
+    # the probe in a cgroup of its own beside the one bound at /sys/fs/cgroup; all of it goes afterwards
+    script = ("mount --make-rprivate / && { [ \"$(stat -fc %T /sys/fs/cgroup)\" = cgroup2fs ] "
+              "|| mount -t cgroup2 none /sys/fs/cgroup; } && mkdir /sys/fs/cgroup/$1 "
+              "/sys/fs/cgroup/$1-task && echo $$ > /sys/fs/cgroup/$1-task/cgroup.procs "
+              "&& mount --bind /sys/fs/cgroup/$1 /sys/fs/cgroup || exit 9; "
+              "\"$2\" -c \"$3\"; rc=$?; umount /sys/fs/cgroup; echo $$ > /sys/fs/cgroup/cgroup.procs; "
+              "rmdir /sys/fs/cgroup/$1 /sys/fs/cgroup/$1-task; exit $rc")
+    p = subprocess.run(["unshare", "-m", "sh", "-c", script, "yard-probe", sub, sys.executable, _YARD_PROBE],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["missing"] == [], f"the yard {out['yard']} lacks the task's cgroups: {out['missing']}"
+    assert out["yard"] is None
 
 
 @pytest.mark.integration

@@ -105,6 +105,8 @@ def dump_yard(pid: int) -> tuple[str, str | None] | None:
     mounts them itself, as without a yard)."""
     kind = layout()
     hier = mounts()
+    if kind == UNIFIED and not _v2_root_whole():
+        return None
     entries: dict[str, str] = {}
     try:
         with open(f"/proc/{pid}/cgroup") as f:
@@ -132,6 +134,21 @@ def dump_yard(pid: int) -> tuple[str, str | None] | None:
     for name, mnt in entries.items():
         os.symlink(mnt, os.path.join(tmp, name))
     return tmp, tmp
+
+
+def _v2_root_whole() -> bool:
+    """Whether the cgroup2 mount at ROOT (the last one there: the one seen) is its hierarchy's root, not a
+    bind mount of a sub-cgroup (whose paths /proc/PID/cgroup does not give relative to it)."""
+    root = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                parts = line.split()
+                if parts[4] == ROOT:
+                    root = parts[3]
+    except OSError:
+        return False
+    return root == "/"
 
 
 def remove_yard(tmp: str | None) -> None:
