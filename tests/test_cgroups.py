@@ -611,6 +611,23 @@ def test_no_dump_yard_through_a_bind_mount_of_a_sub_cgroup():
 
 
 @pytest.mark.integration
+def test_no_dump_yard_left_when_its_links_cannot_be_made(tmp_path):
+    """A yard of links whose links cannot be made (a full temporary directory: a tmpfs of two inodes, the
+    yard's directory the last): no yard (CRIU mounts its own, the dump goes on), and nothing left there."""
+    tmp = tmp_path / "full"
+    tmp.mkdir()
+    probe = ("import json, os; from fastckpt import cgroups; found = cgroups.dump_yard(os.getpid()); "
+             "print(json.dumps({'yard': found, 'left': os.listdir(os.environ['TMPDIR'])}))")
+    script = ("mount --make-rprivate / && { [ \"$(stat -fc %T /sys/fs/cgroup)\" = cgroup2fs ] "
+              "|| mount -t cgroup2 none /sys/fs/cgroup; } && mount -t tmpfs -o nr_inodes=2 none \"$TMPDIR\" "
+              "|| exit 9; exec \"$1\" -c \"$2\"")
+    p = subprocess.run(["unshare", "-m", "sh", "-c", script, "yard-probe", sys.executable, probe],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp)})
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {"yard": None, "left": []}
+
+
+@pytest.mark.integration
 def test_dump_through_the_yard_records_what_criu_mounting_records(container, tmp_path, monkeypatch):
     """The same container checkpointed (left running) through the yard and with CRIU mounting each
     hierarchy itself (FASTCKPT_CG_YARD=0): the same cgroup image, entry by entry; no yard is left behind."""

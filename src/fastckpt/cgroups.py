@@ -130,9 +130,19 @@ def dump_yard(pid: int) -> tuple[str, str | None] | None:
         return ROOT, None
     import tempfile
 
-    tmp = tempfile.mkdtemp(prefix="fastckpt-cgyard-")
-    for name, mnt in entries.items():
-        os.symlink(mnt, os.path.join(tmp, name))
+    try:
+        tmp = tempfile.mkdtemp(prefix="fastckpt-cgyard-")
+    except OSError:
+        return None  # a full or unwritable temporary directory: CRIU mounts its own, as without a yard
+    try:
+        for name, mnt in entries.items():
+            os.symlink(mnt, os.path.join(tmp, name))
+    except OSError:
+        remove_yard(tmp)
+        return None
+    except BaseException:
+        remove_yard(tmp)
+        raise
     return tmp, tmp
 
 
