@@ -29,6 +29,7 @@ import restore_support as rs
 
 from fastckpt import cgroups, devicefilter, manifest
 from fastckpt.errors import Error, UsageError
+from fastckpt_testing.plugin import skip_or_fail
 
 MiB = 1 << 20
 
@@ -587,23 +588,31 @@ print(json.dumps({"yard": found and found[0], "missing": missing}))
 """
 
 
+_V2_SEEN = "{ [ \"$(stat -fc %T /sys/fs/cgroup)\" = cgroup2fs ] || mount -t cgroup2 none /sys/fs/cgroup; }"
+# the host's own layout under the cgroup2 mount of the unified run (none: the suite's own namespace)
+_V1_SEEN = ("while [ \"$(stat -fc %T /sys/fs/cgroup)\" = cgroup2fs ]; do umount /sys/fs/cgroup || exit 9; done; "
+            "[ \"$(stat -fc %T /sys/fs/cgroup/pids)\" = cgroupfs ] || exit 8")
+
+
 @pytest.mark.integration
-def test_no_dump_yard_through_a_bind_mount_of_a_sub_cgroup():
-    """/sys/fs/cgroup a bind mount of a sub-cgroup of the v2 hierarchy (a v2-only host seen from a
-    container without a cgroup namespace of its own): /proc/PID/cgroup's paths are not relative to it, so
-    it is no yard (CRIU would not find the task's cgroup in it and fail the dump): CRIU mounts its own."""
+@pytest.mark.parametrize("seen, hierarchy", [(_V2_SEEN, cgroups.ROOT), (_V1_SEEN, "/sys/fs/cgroup/pids")],
+                         ids=["v2", "v1-pids"])
+def test_no_dump_yard_through_a_bind_mount_of_a_sub_cgroup(seen, hierarchy):
+    """A hierarchy's mount point holding a bind mount of one of its sub-cgroups (v2: a v2-only host seen
+    from a container without a cgroup namespace of its own; v1: over the whole hierarchy's mount):
+    /proc/PID/cgroup's paths are not relative to it, so it is no yard (CRIU would not find the task's
+    cgroup in it and fail the dump, or walk another one): CRIU mounts its own."""
     import uuid
 
     sub = f"fastckpt-test-yard-{uuid.uuid4().hex[:8]}"
-    # the probe in a cgroup of its own beside the one bound at /sys/fs/cgroup; all of it goes afterwards
-    script = ("mount --make-rprivate / && { [ \"$(stat -fc %T /sys/fs/cgroup)\" = cgroup2fs ] "
-              "|| mount -t cgroup2 none /sys/fs/cgroup; } && mkdir /sys/fs/cgroup/$1 "
-              "/sys/fs/cgroup/$1-task && echo $$ > /sys/fs/cgroup/$1-task/cgroup.procs "
-              "&& mount --bind /sys/fs/cgroup/$1 /sys/fs/cgroup || exit 9; "
-              "\"$2\" -c \"$3\"; rc=$?; umount /sys/fs/cgroup; echo $$ > /sys/fs/cgroup/cgroup.procs; "
-              "rmdir /sys/fs/cgroup/$1 /sys/fs/cgroup/$1-task; exit $rc")
+    # the probe in a cgroup of its own beside the one bound over the hierarchy; all of it goes afterwards
+    script = (f"mount --make-rprivate / && {seen} && H={hierarchy} && mkdir $H/$1 $H/$1-task "
+              "&& echo $$ > $H/$1-task/cgroup.procs && mount --bind $H/$1 $H || exit 9; "
+              "\"$2\" -c \"$3\"; rc=$?; umount $H; echo $$ > $H/cgroup.procs; rmdir $H/$1 $H/$1-task; exit $rc")
     p = subprocess.run(["unshare", "-m", "sh", "-c", script, "yard-probe", sub, sys.executable, _YARD_PROBE],
                        capture_output=True, text=True, timeout=120)
+    if p.returncode == 8:
+        skip_or_fail("no cgroup v1 pids hierarchy is mounted at /sys/fs/cgroup/pids on this host")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["missing"] == [], f"the yard {out['yard']} lacks the task's cgroups: {out['missing']}"

@@ -105,8 +105,6 @@ def dump_yard(pid: int) -> tuple[str, str | None] | None:
     mounts them itself, as without a yard)."""
     kind = layout()
     hier = mounts()
-    if kind == UNIFIED and not _v2_root_whole():
-        return None
     entries: dict[str, str] = {}
     try:
         with open(f"/proc/{pid}/cgroup") as f:
@@ -124,6 +122,9 @@ def dump_yard(pid: int) -> tuple[str, str | None] | None:
         name = "unified" if not ctrls else ctrls[len("name="):] if ctrls.startswith("name=") else ctrls
         entries[name] = found.pop()  # type: ignore[assignment]
     if not entries:
+        return None
+    roots = _seen_roots()  # each as it is seen there: not a bind mount of a sub-cgroup over it
+    if any(roots.get(mnt) != "/" for mnt in entries.values()):
         return None
     # mount points as mountinfo has them (no symlinks to resolve: ~80 lstats); anything else, a yard of links
     if all(os.path.join(ROOT, name) == mnt for name, mnt in entries.items()):
@@ -146,19 +147,17 @@ def dump_yard(pid: int) -> tuple[str, str | None] | None:
     return tmp, tmp
 
 
-def _v2_root_whole() -> bool:
-    """Whether the cgroup2 mount at ROOT (the last one there: the one seen) is its hierarchy's root, not a
-    bind mount of a sub-cgroup (whose paths /proc/PID/cgroup does not give relative to it)."""
-    root = None
+def _seen_roots() -> dict[str, str]:
+    """Mount point -> the root (in its filesystem) of the mount seen there: the last one mounted on it."""
+    out: dict[str, str] = {}
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 parts = line.split()
-                if parts[4] == ROOT:
-                    root = parts[3]
+                out[parts[4]] = parts[3]
     except OSError:
-        return False
-    return root == "/"
+        pass
+    return out
 
 
 def remove_yard(tmp: str | None) -> None:
