@@ -20,6 +20,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -28,6 +29,7 @@ import restore_support as rs
 
 from fastckpt import cgroups, devicefilter, manifest
 from fastckpt.errors import Error, UsageError
+from fastckpt_testing.plugin import skip_or_fail
 
 MiB = 1 << 20
 
@@ -565,6 +567,73 @@ def test_no_dump_yard_for_a_hierarchy_not_mounted_whole(monkeypatch):
     """A hierarchy of the task that the host has not mounted at its root: no yard (CRIU mounts its own)."""
     monkeypatch.setattr(cgroups, "mounts", lambda: {})
     assert cgroups.dump_yard(os.getpid()) is None
+
+
+_YARD_PROBE = """
+import json, os
+from fastckpt import cgroups
+found = cgroups.dump_yard(os.getpid())
+missing = []
+if found is not None:
+    with open("/proc/self/cgroup") as f:
+        for line in f.read().splitlines():
+            _, ctrls, path = line.split(":", 2)
+            if ctrls and cgroups.layout() == cgroups.UNIFIED:
+                continue
+            name = "unified" if not ctrls else ctrls[5:] if ctrls.startswith("name=") else ctrls
+            if not os.path.isdir(os.path.join(found[0], name) + path):
+                missing.append(os.path.join(found[0], name) + path)
+    cgroups.remove_yard(found[1])
+print(json.dumps({"yard": found and found[0], "missing": missing}))
+"""
+
+
+_V2_SEEN = "{ [ \"$(stat -fc %T /sys/fs/cgroup)\" = cgroup2fs ] || mount -t cgroup2 none /sys/fs/cgroup; }"
+# the host's own layout under the cgroup2 mount of the unified run (none: the suite's own namespace)
+_V1_SEEN = ("while [ \"$(stat -fc %T /sys/fs/cgroup)\" = cgroup2fs ]; do umount /sys/fs/cgroup || exit 9; done; "
+            "[ \"$(stat -fc %T /sys/fs/cgroup/pids)\" = cgroupfs ] || exit 8")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("seen, hierarchy", [(_V2_SEEN, cgroups.ROOT), (_V1_SEEN, "/sys/fs/cgroup/pids")],
+                         ids=["v2", "v1-pids"])
+def test_no_dump_yard_through_a_bind_mount_of_a_sub_cgroup(seen, hierarchy):
+    """A hierarchy's mount point holding a bind mount of one of its sub-cgroups (v2: a v2-only host seen
+    from a container without a cgroup namespace of its own; v1: over the whole hierarchy's mount):
+    /proc/PID/cgroup's paths are not relative to it, so it is no yard (CRIU would not find the task's
+    cgroup in it and fail the dump, or walk another one): CRIU mounts its own."""
+    import uuid
+
+    sub = f"fastckpt-test-yard-{uuid.uuid4().hex[:8]}"
+    # the probe in a cgroup of its own beside the one bound over the hierarchy; all of it goes afterwards
+    script = (f"mount --make-rprivate / && {seen} && H={hierarchy} && mkdir $H/$1 $H/$1-task "
+              "&& echo $$ > $H/$1-task/cgroup.procs && mount --bind $H/$1 $H || exit 9; "
+              "\"$2\" -c \"$3\"; rc=$?; umount $H; echo $$ > $H/cgroup.procs; rmdir $H/$1 $H/$1-task; exit $rc")
+    p = subprocess.run(["unshare", "-m", "sh", "-c", script, "yard-probe", sub, sys.executable, _YARD_PROBE],
+                       capture_output=True, text=True, timeout=120)
+    if p.returncode == 8:
+        skip_or_fail("no cgroup v1 pids hierarchy is mounted at /sys/fs/cgroup/pids on this host")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["missing"] == [], f"the yard {out['yard']} lacks the task's cgroups: {out['missing']}"
+    assert out["yard"] is None
+
+
+@pytest.mark.integration
+def test_no_dump_yard_left_when_its_links_cannot_be_made(tmp_path):
+    """A yard of links whose links cannot be made (a full temporary directory: a tmpfs of two inodes, the
+    yard's directory the last): no yard (CRIU mounts its own, the dump goes on), and nothing left there."""
+    tmp = tmp_path / "full"
+    tmp.mkdir()
+    probe = ("import json, os; from fastckpt import cgroups; found = cgroups.dump_yard(os.getpid()); "
+             "print(json.dumps({'yard': found, 'left': os.listdir(os.environ['TMPDIR'])}))")
+    script = ("mount --make-rprivate / && { [ \"$(stat -fc %T /sys/fs/cgroup)\" = cgroup2fs ] "
+              "|| mount -t cgroup2 none /sys/fs/cgroup; } && mount -t tmpfs -o nr_inodes=2 none \"$TMPDIR\" "
+              "|| exit 9; exec \"$1\" -c \"$2\"")
+    p = subprocess.run(["unshare", "-m", "sh", "-c", script, "yard-probe", sys.executable, probe],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp)})
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {"yard": None, "left": []}
 
 
 @pytest.mark.integration

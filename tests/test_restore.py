@@ -361,9 +361,11 @@ def test_criu_root_and_clock_view_go_after_criu_and_a_failure_there_undoes_the_r
 
     monkeypatch.setattr(restorer._Cleanup, "_run", run_then_fail)
     b = env.track(rs.new_id("b"), orig.bundle)
+    pid_file = os.path.join(env.workdir, f"{b.id}.pid")
     with pytest.raises(Error, match="simulated"):
-        fastckpt.restore(b.id, root=env.root, image_path=images, bundle=b.bundle, detach=True)
+        fastckpt.restore(b.id, root=env.root, image_path=images, bundle=b.bundle, detach=True, pid_file=pid_file)
     rs.assert_nothing_left(b.id, env.root, env.workdir)
+    assert not os.path.exists(pid_file), "a failed restore left its --pid-file (of a container that is gone)"
     assert res.pid > 0
 
 

@@ -123,15 +123,41 @@ def dump_yard(pid: int) -> tuple[str, str | None] | None:
         entries[name] = found.pop()  # type: ignore[assignment]
     if not entries:
         return None
+    roots = _seen_roots()  # each as it is seen there: not a bind mount of a sub-cgroup over it
+    if any(roots.get(mnt) != "/" for mnt in entries.values()):
+        return None
     # mount points as mountinfo has them (no symlinks to resolve: ~80 lstats); anything else, a yard of links
     if all(os.path.join(ROOT, name) == mnt for name, mnt in entries.items()):
         return ROOT, None
     import tempfile
 
-    tmp = tempfile.mkdtemp(prefix="fastckpt-cgyard-")
-    for name, mnt in entries.items():
-        os.symlink(mnt, os.path.join(tmp, name))
+    try:
+        tmp = tempfile.mkdtemp(prefix="fastckpt-cgyard-")
+    except OSError:
+        return None  # a full or unwritable temporary directory: CRIU mounts its own, as without a yard
+    try:
+        for name, mnt in entries.items():
+            os.symlink(mnt, os.path.join(tmp, name))
+    except OSError:
+        remove_yard(tmp)
+        return None
+    except BaseException:
+        remove_yard(tmp)
+        raise
     return tmp, tmp
+
+
+def _seen_roots() -> dict[str, str]:
+    """Mount point -> the root (in its filesystem) of the mount seen there: the last one mounted on it."""
+    out: dict[str, str] = {}
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                parts = line.split()
+                out[parts[4]] = parts[3]
+    except OSError:
+        pass
+    return out
 
 
 def remove_yard(tmp: str | None) -> None:

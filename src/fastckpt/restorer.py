@@ -625,8 +625,8 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
             "intel_rdt_path": "",
         }
         _write_state(state_dir, state)
+        cleanup.join()  # before the pid file: a failure of it undoes the restore, which leaves no pid file
         _write_pid_file(options.pid_file, pid)
-        cleanup.join()
     except BaseException:
         if cleanup is not None:
             try:
