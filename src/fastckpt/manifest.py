@@ -36,6 +36,7 @@ import stat
 import zlib
 from collections.abc import Sequence
 
+from . import atomicfile
 from .errors import DamagedImage, ImageDirError
 
 MANIFEST_FILE = "fastckpt-manifest.json"
@@ -323,7 +324,6 @@ def write(image_path: str, known: dict[str, dict[int, int]] | None = None) -> st
     or the manifest cannot be written; no manifest is left then.
     """
     path = os.path.join(image_path, MANIFEST_FILE)
-    tmp = os.path.join(image_path, f".{MANIFEST_FILE}.tmp")
     try:
         _unlink(path)  # a stale one must not outlive a failure below
         try:
@@ -344,25 +344,13 @@ def write(image_path: str, known: dict[str, dict[int, int]] | None = None) -> st
             "files": {name: {"size": size, ALGORITHM: _hex(sums[name])} for name, size in sizes.items()},
         }
         data = _format(manifest)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
+        atomicfile.write_atomic(path, data, 0o600)  # its temporary goes on any failure
     except OSError as e:
-        _unlink(tmp)
         if isinstance(e, ImageDirError):
             raise
         what = f": {e.filename}" if e.filename else ""
         raise ImageDirError(f"cannot write {MANIFEST_FILE} in {image_path}: {e.strerror or e}{what}",
                             errno=e.errno) from None
-    except BaseException:
-        _unlink(tmp)
-        raise
     return path
 
 

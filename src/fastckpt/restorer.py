@@ -13,8 +13,8 @@ import os
 import time
 
 from ._record import Record
-from . import (_libc, cgroups, console, criu, criu_failures, criu_proc, externals, imagedir, locks, manifest, privileges,
-               runc, signals)
+from . import (_libc, atomicfile, cgroups, console, criu, criu_failures, criu_proc, externals, imagedir, locks,
+               manifest, privileges, runc, signals)
 from .errors import ContainerStateError, Error, ImageDirError, Interrupted, UsageError
 from .constants import CgroupMode, Namespace
 from .options import NETNS_HOST, NETNS_OWN, RestoreOptions
@@ -221,16 +221,8 @@ def _rfc3339_now() -> str:
 
 
 def _write_state(state_dir: str, state: dict) -> None:
-    tmp = os.path.join(state_dir, f".{runc.STATE_FILE}.tmp")
-    data = json.dumps(state).encode()  # dumps: the C encoder (json.dump encodes in Python, ~1.5 ms here)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-    os.rename(tmp, os.path.join(state_dir, runc.STATE_FILE))
+    # dumps: the C encoder (json.dump encodes in Python, ~1.5 ms here)
+    atomicfile.write_atomic(os.path.join(state_dir, runc.STATE_FILE), json.dumps(state).encode(), 0o600)
 
 
 def _descriptors(image_path: str) -> list[str]:
@@ -341,10 +333,8 @@ def _write_pid_file(path: str | None, pid: int) -> None:
     """Write the pid, atomically (as runc does: a temporary file renamed into place)."""
     if not path:
         return
-    from .atomicfile import write_atomic
-
     try:
-        write_atomic(path, str(pid).encode(), 0o666)
+        atomicfile.write_atomic(path, str(pid).encode(), 0o666)
     except OSError as e:
         raise Error(f"cannot write --pid-file {path}: {e.strerror}", errno=e.errno) from None
 
