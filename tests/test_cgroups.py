@@ -455,13 +455,20 @@ def test_manage_cgroups_modes_restore_as_runc(env, cg_mode):
     ct = env.start(bundle)
     images = os.path.join(env.workdir, "images")
     env.checkpoint(ct, images, "--manage-cgroups-mode", cg_mode)
+    # each restore in a rootfs of its own, as it is now: one restored counter writing /tmp/count would
+    # change the file another restore's images recorded (a dump that caught the shell writing it records
+    # it open, and CRIU then refuses the restore: "File tmp/count has bad size")
+    runc_bundle, fork_bundle = (os.path.join(env.workdir, name) for name in ("bundle-runc", "bundle-fork"))
+    for copy in (runc_bundle, fork_bundle):
+        subprocess.run(["cp", "-a", bundle, copy], check=True)  # -a: the probe's device node as a node
     runc_images = shutil.copytree(images, os.path.join(env.workdir, "images-runc"))
     rc = rs.run_quiet(["runc", "--root", env.root, "restore", "-d", "--manage-cgroups-mode", cg_mode,
-                       "--image-path", runc_images, "-b", bundle, ct.id])
+                       "--image-path", runc_images, "-b", runc_bundle, ct.id])
     assert rc == 0, f"runc restore failed (exit {rc}); see {runc_images}/restore.log"
-    theirs = init_cgroup(ct)
-    assert probe_init(ct) == "denied"
-    ct.kill_and_delete()
+    runcs = env.track(ct.id, runc_bundle)
+    theirs = init_cgroup(runcs)
+    assert probe_init(runcs) == "denied"
+    runcs.kill_and_delete()
 
     r = env.restore(ct.id, images, bundle, "--manage-cgroups-mode", cg_mode)
     assert r.returncode == 0, str(r)
@@ -469,8 +476,8 @@ def test_manage_cgroups_modes_restore_as_runc(env, cg_mode):
     assert probe_init(ct) == "denied"
     ct.counter.wait_advancing()
 
-    fork = env.track(rs.new_id("fork"), bundle)
-    r = env.restore(fork.id, images, bundle, "--manage-cgroups-mode", cg_mode)
+    fork = env.track(rs.new_id("fork"), fork_bundle)
+    r = env.restore(fork.id, images, fork_bundle, "--manage-cgroups-mode", cg_mode)
     assert r.returncode == 0, str(r)
     fork.assert_own_cgroups()
     assert probe_init(fork) == "denied"
