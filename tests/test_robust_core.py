@@ -180,6 +180,87 @@ def test_tree_restored_right_after_its_checkpoint(proc_tree, tmp_path):
             rs.kill_tree(restored)
 
 
+def test_tree_whose_children_come_and_go_restores_right_after_its_checkpoint(proc_tree, tmp_path):
+    """(Was, in CI: "Can't fork for PID: File exists ... was taken and is free now".) A child the tree forks
+    between the checkpoint's start and CRIU's seizing it is dumped too; its zombie, reparented when the tree
+    ends, keeps the tree's session id (the root's pid) until its new parent reaps it, and the checkpoint only
+    waited for the processes it had seen before the dump. Here the test is that new parent (a subreaper),
+    and a slow one, as PID 1 is on some hosts: it reaps the tree's orphans half a second after they died. A
+    child of 10 ms lives at every moment; three rounds, each restored at once."""
+    import threading
+
+    count = str(tmp_path / "count")
+    tree = proc_tree(["busybox", "sh", "-c", f"i=0; while true; do i=$((i+1)); echo $i > {count}; sleep 0.01; done"],
+                     count_file=count)
+    pid, me = tree.pid, os.getpid()
+    stop = threading.Event()
+    reaped: list = []
+
+    def slow_reaper():
+        dead_since: dict = {}
+        while not stop.wait(0.02):
+            for p in rs.pids_using(pid):
+                st = rs.proc_stat(p)
+                if p == pid and not tree.reaped or not st or st[0] != "Z" or int(st[1]) != me:
+                    continue
+                if time.monotonic() - dead_since.setdefault(p, time.monotonic()) >= 0.5:
+                    try:
+                        os.waitpid(p, 0)
+                        reaped.append(p)
+                    except ChildProcessError:
+                        pass
+
+    rs.set_subreaper(True)
+    reaper = threading.Thread(target=slow_reaper, daemon=True)
+    reaper.start()
+    restored = None
+    try:
+        for round in range(3):
+            images = str(tmp_path / f"images-{round}")
+            r = rs.run(rs.fastckpt_cmd("checkpoint", "--pid", str(pid), "--image-path", images), str(tmp_path))
+            assert r.returncode == 0, f"round {round}: {r}"
+            if round == 0:
+                tree.wait_gone()
+            r = rs.run(rs.fastckpt_cmd("restore", "--image-path", images, "--pid-file", str(tmp_path / "pid")),
+                       str(tmp_path))
+            assert r.returncode == 0, f"round {round}: {r}"
+            restored = int(open(tmp_path / "pid").read())
+            assert restored == pid
+            cs.wait_advancing(lambda: cs.read_int(count), f"the counter restored in round {round}")
+        assert reaped, "no orphan of the tree came to the slow reaper: the test tested nothing"
+    finally:
+        if restored:
+            rs.kill_tree(restored)
+        rs.reap_session(pid, timeout=10)
+        stop.set()
+        reaper.join()
+        rs.set_subreaper(False)
+
+
+def test_a_pid_held_as_a_session_is_named_with_its_holder():
+    """A restore needs the tree's root pid as its session id too: when no process has that pid but a zombie
+    is still in its session, the error names that zombie and its parent (not "free now")."""
+    from fastckpt.criu_failures import _pid_holder
+
+    rs.set_subreaper(True)  # the leader's orphan comes to us, and stays a zombie until we reap it
+    leader = subprocess.Popen(["setsid", "busybox", "sh", "-c", "sleep 0.3 & exit 0"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        leader.wait(10)
+        sid = leader.pid
+        orphans = rs.pids_using(sid)
+        assert len(orphans) == 1, orphans
+        assert _pid_holder(sid) == (f"is the session of 'sleep' (pid {orphans[0]}, parent pid {os.getpid()}), "
+                                    "a running process")
+        cs.wait_until(lambda: (rs.proc_stat(orphans[0]) or ["?"])[0] == "Z", "the orphan to die")
+        assert _pid_holder(sid) == (f"is the session of 'sleep' (pid {orphans[0]}), a dead process (zombie) "
+                                    f"that its parent (pid {os.getpid()}) has not reaped yet: try again once it has")
+    finally:
+        rs.reap_session(leader.pid, timeout=10)
+        rs.set_subreaper(False)
+    assert _pid_holder(sid) == "was taken and is free now: try again"
+
+
 def test_restore_names_the_holder_of_a_taken_pid(proc_tree, tmp_path):
     """A restore whose pid is taken says by whom (here: a live process of the same pid, the tree itself,
     left running)."""

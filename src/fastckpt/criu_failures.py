@@ -44,17 +44,33 @@ _FORK_EXISTS = re.compile(r"Can't fork for (\d+): File exists")
 
 def _pid_holder(pid: int) -> str:
     """Who holds PID, as said after "pid N, which the restored tree needs, ..."."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read().decode(errors="replace")
-    except OSError:
+    st = _stat(pid)
+    if st is None:  # no process of that pid; its id may still be another's process group or session
+        for other in filter(str.isdigit, os.listdir("/proc")):
+            ost = _stat(int(other))
+            if ost is not None and str(pid) in (ost[3], ost[4]):
+                comm, state, ppid = ost[0], ost[1], ost[2]
+                what = "session" if ost[4] == str(pid) else "process group"
+                if state in ("Z", "X"):
+                    return (f"is the {what} of {comm!r} (pid {other}), a dead process (zombie) that its parent "
+                            f"(pid {ppid}) has not reaped yet: try again once it has")
+                return f"is the {what} of {comm!r} (pid {other}, parent pid {ppid}), a running process"
         return "was taken and is free now: try again"
-    comm = data[data.index("(") + 1:data.rindex(")")]
-    state, ppid = data[data.rindex(")") + 2:].split()[:2]
+    comm, state, ppid = st[:3]
     if state in ("Z", "X"):
         return (f"is held by {comm!r}, a dead process (zombie) that its parent (pid {ppid}) has not reaped yet: "
                 "try again once it has")
     return f"is taken by {comm!r} (parent pid {ppid}), a running process"
+
+
+def _stat(pid: int) -> tuple[str, ...] | None:
+    """PID's (comm, state, ppid, pgrp, session) from /proc, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    return (data[data.index("(") + 1:data.rindex(")")], *data[data.rindex(")") + 2:].split()[:4])
 
 
 def free_bytes(path: str) -> int:

@@ -171,11 +171,14 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
                  else f"{what} was checkpointed and is gone")
         manifest_error: Error | None = None
         # the processes a dump that ends the tree leaves as zombies (their ids wanted by a restore)
-        members = tree_members(target_pid) if ct is None and not options.leave_running else []
+        # taken before the dump, then again where CRIU holds the whole tree still (its "post-dump", before it
+        # kills the tree): a child forked in between (a shell's `sleep`) is dumped too, and its pid wanted
+        ends_tree = ct is None and not options.leave_running and not options.pre_dump
+        members = tree_members(target_pid) if ends_tree else []
         with signals.deferred():
             try:
                 ret, err, known, frozen = _dump(opts, options, ct, was_paused, target_pid, image_path, work_path,
-                                                session)
+                                                session, members if ends_tree else None)
             except CriuError:  # CRIU stopped by the watchdog: nothing may look like a checkpoint
                 discard_partial_images(image_path)
                 raise
@@ -198,7 +201,7 @@ def _checkpoint_locked(container_id, options: CheckpointOptions, pid, root, sess
                                            f"manifest could not be written: {manifest_error}; a restore can check "
                                            "only the images' structure", errno=manifest_error.errno),
                              image_path) from manifest_error
-        wait_ids_free(members)
+        wait_ids_free(list(set(members)))
         return CheckpointResult(
             image_path=image_path, work_path=work_path, log_path=log_path, pid=target_pid,
             container_id=container_id, leave_running=options.leave_running,
@@ -228,24 +231,29 @@ def _check_before_freezing(options: CheckpointOptions, ct: runc.Container | None
             migration.require_lazy_pages(feats, criu_binary())
 
 
-def _notify_handler(options: CheckpointOptions):
-    """CRIU's notifications a checkpoint acts on: "status-ready" (the lazy page server listens):
-    a \\0 to --status-fd. None when there is nothing to act on (CRIU then sends none)."""
-    if options.status_fd is None:
+def _notify_handler(options: CheckpointOptions, target_pid: int, members: list | None):
+    """CRIU's notifications a checkpoint acts on: "status-ready" (the lazy page server listens): a \\0 to
+    --status-fd; "post-dump" (the tree dumped, still whole, about to be ended): its processes added to
+    MEMBERS. None when there is nothing to act on (CRIU then sends none)."""
+    if options.status_fd is None and members is None:
         return None
-    fd = [options.status_fd]
+    fd = [options.status_fd] if options.status_fd is not None else []
 
     def handler(action: str, pid: int) -> int:
         if action == "status-ready" and fd:
             migration.write_status(fd.pop())
+        elif action == "post-dump" and members is not None:
+            members.extend(tree_members(target_pid))
         return 0
 
     return handler
 
 
 def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_paused: bool, target_pid: int,
-          image_path: str, work_path: str, session=None) -> tuple[int, int, dict | None, float | None]:
-    """Configure OPTS and run CRIU's dump; the container is thawed again whatever happens.
+          image_path: str, work_path: str, session=None, members: list | None = None
+          ) -> tuple[int, int, dict | None, float | None]:
+    """Configure OPTS and run CRIU's dump; the container is thawed again whatever happens. MEMBERS: a list
+    the tree's processes are added to once CRIU has dumped them (a dump that ends a process tree).
 
     Returns CRIU's (ret, errno), the pages checksums computed meanwhile and how
     long fastckpt kept the container frozen (None: it did not freeze it)."""
@@ -267,7 +275,7 @@ def _dump(opts, options: CheckpointOptions, ct: runc.Container | None, was_pause
             opts.set_parent_images(options.parent_path)  # relative to the image directory, as CRIU takes it
         if options.pre_dump or options.parent_path:
             opts.set_track_mem(True)
-        handler = _notify_handler(options)
+        handler = _notify_handler(options, target_pid, members)
         if handler is not None:
             opts.set_notify(handler)
         if ct is not None or options.lazy_pages:
