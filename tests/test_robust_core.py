@@ -144,6 +144,31 @@ TREE = ("sleep 1000 & sleep 1000 & busybox sh -c 'sleep 1000; true' & "  # child
         "i=0; while true; do i=$((i+1)); echo $i > {count}; sleep 0.1; done")
 
 
+def _checkpoint_then_restore_at_once(tree, count: str, tmp_path, rounds: int, check=None) -> None:
+    """ROUNDS of `checkpoint --pid` of TREE then its restore at once (no waiting in between), the rounds after
+    the first of the restored (detached) tree; CHECK(round) after each restore. The restored tree is killed
+    at the end, whatever happened."""
+    pid, restored = tree.pid, None
+    try:
+        for round in range(rounds):
+            images = str(tmp_path / f"images-{round}")
+            r = rs.run(rs.fastckpt_cmd("checkpoint", "--pid", str(pid), "--image-path", images), str(tmp_path))
+            assert r.returncode == 0, f"round {round}: {r}"
+            if round == 0:
+                tree.wait_gone()  # the first tree's root is the test's child
+            pid_file = str(tmp_path / f"pid-{round}")
+            r = rs.run(rs.fastckpt_cmd("restore", "--image-path", images, "--pid-file", pid_file), str(tmp_path))
+            assert r.returncode == 0, f"round {round}: {r}"
+            restored = int(open(pid_file).read())
+            assert restored == pid
+            if check:
+                check(round)
+            cs.wait_advancing(lambda: cs.read_int(count), f"the counter restored in round {round}")
+    finally:
+        if restored:
+            rs.kill_tree(restored)
+
+
 def test_tree_restored_right_after_its_checkpoint(proc_tree, tmp_path):
     """(Was: "Can't fork for PID: File exists": the ended tree's children stayed zombies until PID 1 reaped
     them, ~1.5 s here, holding their pids.) Five rounds of checkpoint then restore at once, each of a tree
@@ -158,26 +183,12 @@ def test_tree_restored_right_after_its_checkpoint(proc_tree, tmp_path):
         time.sleep(0.3)
         lasting = first & {p for p, _ in proctree.tree_members(pid)}  # the counter's `sleep 0.1`s come and go
     assert len(lasting) >= 4, f"the tree has too few processes: {lasting}"
-    restored = None
-    try:
-        for round in range(5):
-            images = str(tmp_path / f"images-{round}")
-            r = rs.run(rs.fastckpt_cmd("checkpoint", "--pid", str(pid), "--image-path", images), str(tmp_path))
-            assert r.returncode == 0, f"round {round}: {r}"
-            if round == 0:
-                tree.wait_gone()  # the first tree's root is the test's child
-            # at once: no waiting here
-            pid_file = str(tmp_path / f"pid-{round}")
-            r = rs.run(rs.fastckpt_cmd("restore", "--image-path", images, "--pid-file", pid_file), str(tmp_path))
-            assert r.returncode == 0, f"round {round}: {r}"
-            restored = int(open(pid_file).read())
-            assert restored == pid
-            now = {p for p, _ in proctree.tree_members(pid)}
-            assert lasting <= now, f"round {round}: {sorted(lasting - now)} were not restored"
-            cs.wait_advancing(lambda: cs.read_int(count), f"the counter restored in round {round}")
-    finally:
-        if restored:
-            rs.kill_tree(restored)
+
+    def all_restored(round: int) -> None:
+        now = {p for p, _ in proctree.tree_members(pid)}
+        assert lasting <= now, f"round {round}: {sorted(lasting - now)} were not restored"
+
+    _checkpoint_then_restore_at_once(tree, count, tmp_path, 5, all_restored)
 
 
 def test_tree_whose_children_come_and_go_restores_right_after_its_checkpoint(proc_tree, tmp_path):
@@ -213,24 +224,10 @@ def test_tree_whose_children_come_and_go_restores_right_after_its_checkpoint(pro
     rs.set_subreaper(True)
     reaper = threading.Thread(target=slow_reaper, daemon=True)
     reaper.start()
-    restored = None
     try:
-        for round in range(3):
-            images = str(tmp_path / f"images-{round}")
-            r = rs.run(rs.fastckpt_cmd("checkpoint", "--pid", str(pid), "--image-path", images), str(tmp_path))
-            assert r.returncode == 0, f"round {round}: {r}"
-            if round == 0:
-                tree.wait_gone()
-            r = rs.run(rs.fastckpt_cmd("restore", "--image-path", images, "--pid-file", str(tmp_path / "pid")),
-                       str(tmp_path))
-            assert r.returncode == 0, f"round {round}: {r}"
-            restored = int(open(tmp_path / "pid").read())
-            assert restored == pid
-            cs.wait_advancing(lambda: cs.read_int(count), f"the counter restored in round {round}")
+        _checkpoint_then_restore_at_once(tree, count, tmp_path, 3)
         assert reaped, "no orphan of the tree came to the slow reaper: the test tested nothing"
     finally:
-        if restored:
-            rs.kill_tree(restored)
         rs.reap_session(pid, timeout=10)
         stop.set()
         reaper.join()
