@@ -319,12 +319,14 @@ def test_restored_cgroups_are_runcs(parent_cgroup, env, cgroups_path):  # env go
     images = os.path.join(env.workdir, "images")
     env.checkpoint(ct, images)
     runc_images = shutil.copytree(images, os.path.join(env.workdir, "images-runc"))
+    runc_bundle = env.copy_bundle(bundle, "bundle-runc")  # a rootfs of its own (rs.copy_bundle says why)
 
-    rc = rs.run_quiet(["runc", "--root", env.root, "restore", "-d", "--image-path", runc_images, "-b", bundle,
-                       ct.id])
+    rc = rs.run_quiet(["runc", "--root", env.root, "restore", "-d", "--image-path", runc_images, "-b",
+                       runc_bundle, ct.id])
     assert rc == 0, f"runc restore failed (exit {rc}); see {runc_images}/restore.log"
-    theirs = restored_view(ct)
-    ct.kill_and_delete()
+    runcs = env.track(ct.id, runc_bundle)
+    theirs = restored_view(runcs)
+    runcs.kill_and_delete()
     r = env.restore(ct.id, images, bundle)
     assert r.returncode == 0, str(r)
     ours = restored_view(ct)
@@ -455,12 +457,8 @@ def test_manage_cgroups_modes_restore_as_runc(env, cg_mode):
     ct = env.start(bundle)
     images = os.path.join(env.workdir, "images")
     env.checkpoint(ct, images, "--manage-cgroups-mode", cg_mode)
-    # each restore in a rootfs of its own, as it is now: one restored counter writing /tmp/count would
-    # change the file another restore's images recorded (a dump that caught the shell writing it records
-    # it open, and CRIU then refuses the restore: "File tmp/count has bad size")
-    runc_bundle, fork_bundle = (os.path.join(env.workdir, name) for name in ("bundle-runc", "bundle-fork"))
-    for copy in (runc_bundle, fork_bundle):
-        subprocess.run(["cp", "-a", bundle, copy], check=True)  # -a: the probe's device node as a node
+    # each restore in a rootfs of its own, as it is now (rs.copy_bundle says why)
+    runc_bundle, fork_bundle = (env.copy_bundle(bundle, name) for name in ("bundle-runc", "bundle-fork"))
     runc_images = shutil.copytree(images, os.path.join(env.workdir, "images-runc"))
     rc = rs.run_quiet(["runc", "--root", env.root, "restore", "-d", "--manage-cgroups-mode", cg_mode,
                        "--image-path", runc_images, "-b", runc_bundle, ct.id])

@@ -244,8 +244,9 @@ def test_lsm_flags_reach_criu_as_with_runc(env, flag, value):
     shutil.copytree(images, copy, symlinks=True)
     r = env.restore(ct.id, images, ct.bundle, flag, value)
     runc_id = rs.new_id("runc")
-    env.track(runc_id, ct.bundle)
-    rc = rs.run_quiet(["runc", "--root", env.root, "restore", "-d", "--image-path", copy, "-b", ct.bundle, flag,
+    runc_bundle = env.copy_bundle(ct.bundle)  # a rootfs of its own (rs.copy_bundle says why)
+    env.track(runc_id, runc_bundle)
+    rc = rs.run_quiet(["runc", "--root", env.root, "restore", "-d", "--image-path", copy, "-b", runc_bundle, flag,
                        value, runc_id])
     assert (r.returncode == 0) == (rc == 0), f"fastckpt: {r}; runc: exit {rc}"
     if r.returncode:
