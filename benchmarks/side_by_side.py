@@ -80,7 +80,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import benchlib as bl
 
@@ -536,18 +536,7 @@ class Bench:
                     self.record("big", t, dt)
                     self.record("big-gbps", t, BIG_MIB * 2**20 / dt / GB)
                     continue
-                if os.path.exists(ready):
-                    os.unlink(ready)
-                cid = bl.start_container(self.jan, self.root, bundle)
-                pid = bl.container_pid(self.root, cid)
-                bl.wait_until(lambda: os.path.exists(ready) or not os.path.exists(f"/proc/{pid}"),
-                              "the 1 GiB process to fill its memory", timeout=120, interval=0.02)
-                if not os.path.exists(ready):
-                    raise RuntimeError("the 1 GiB process died before it was ready")
-                tm = self.jan.mount_tmpfs("2g", self.base)
-                img = os.path.join(tm, "img")
-                os.mkdir(img, 0o700)
-                time.sleep(0.2)
+                cid, tm, img = self._filled_container(bundle, ready, "1 GiB", "2g", timeout=120)
                 log_path = os.path.join(img, bl.DUMP_LOG)
                 out = os.path.join(self.errdir, "print-stats.json") if t == "fastckpt-stats" else None
                 cmd = self.ckpt_cmd(t, cid, img)
@@ -591,6 +580,24 @@ class Bench:
             except OSError:
                 pass
         return n
+
+    def _filled_container(self, bundle: str, ready: str, size: str, tmpfs_size: str,
+                          timeout: float) -> Tuple[str, str, str]:
+        """A container of BUNDLE whose process has filled its memory (it writes READY, in its rootfs), and an
+        empty image directory on a fresh tmpfs of TMPFS_SIZE: (id, tmpfs, image directory)."""
+        if os.path.exists(ready):
+            os.unlink(ready)
+        cid = bl.start_container(self.jan, self.root, bundle)
+        pid = bl.container_pid(self.root, cid)
+        bl.wait_until(lambda: os.path.exists(ready) or not os.path.exists(f"/proc/{pid}"),
+                      f"the {size} process to fill its memory", timeout=timeout, interval=0.02)
+        if not os.path.exists(ready):
+            raise RuntimeError(f"the {size} process died before it was ready")
+        tm = self.jan.mount_tmpfs(tmpfs_size, self.base)
+        img = os.path.join(tm, "img")
+        os.mkdir(img, 0o700)
+        time.sleep(0.2)
+        return cid, tm, img
 
     def _ckpt_restore(self, section: str, t: str, cid: str, img: str, bundle: str, r: int) -> str:
         """Timed checkpoint of CID by T into IMG, then timed restore -d of it; returns the restored id."""
@@ -649,18 +656,7 @@ class Bench:
         for r in range(self.big_rounds):
             self.gate()
             for t in rotate(tools, r):
-                if os.path.exists(ready):
-                    os.unlink(ready)
-                cid = bl.start_container(self.jan, self.root, bundle)
-                pid = bl.container_pid(self.root, cid)
-                bl.wait_until(lambda: os.path.exists(ready) or not os.path.exists(f"/proc/{pid}"),
-                              "the 2 GiB process to fill its memory", timeout=180, interval=0.02)
-                if not os.path.exists(ready):
-                    raise RuntimeError("the 2 GiB process died before it was ready")
-                tm = self.jan.mount_tmpfs("3g", self.base)
-                img = os.path.join(tm, "img")
-                os.mkdir(img, 0o700)
-                time.sleep(0.2)
+                cid, tm, img = self._filled_container(bundle, ready, "2 GiB", "3g", timeout=180)
                 rid = self._ckpt_restore("big2g", t, cid, img, bundle, 0)
                 nbytes = bl.pages_bytes(img)
                 if nbytes < BIG2G_MIB * 2**20:
