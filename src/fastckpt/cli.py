@@ -22,11 +22,21 @@ def _parser_class():
     global _PARSER
     if _PARSER is not None:
         return _PARSER
-    import argparse
-
     # argparse passes each of its strings through gettext's default domain, which looks for a catalogue
     # on disk for every one (~100 stats and locale's import: 1.5-3 ms of a command's start); Python
-    # installs none, and fastckpt's own messages are English: argparse's stay as argparse wrote them
+    # installs none, and fastckpt's own messages are English: argparse's stay as argparse wrote them.
+    # Nor is gettext imported for it (~0.6 ms): argparse's `from gettext import gettext as _, ngettext`
+    # takes these two from a stand-in, there only while argparse loads, in a process of one thread
+    stand_in = None
+    if "argparse" not in sys.modules and "gettext" not in sys.modules and _one_thread():
+        stand_in = sys.modules["gettext"] = type(sys)("gettext")
+        stand_in.gettext, stand_in.ngettext = _untranslated, _untranslated_n
+    try:
+        import argparse
+    finally:
+        if stand_in is not None and sys.modules.get("gettext") is stand_in:
+            del sys.modules["gettext"]
+
     argparse._ = _untranslated
     argparse.ngettext = _untranslated_n
 
@@ -52,6 +62,11 @@ def _parser_class():
 
 
 _PARSER = None
+
+
+def _one_thread() -> bool:
+    threading = sys.modules.get("threading")
+    return threading is None or threading.active_count() == 1
 
 
 def _untranslated(message: str) -> str:
@@ -489,7 +504,16 @@ def _main(argv: list[str]) -> int:
 
 def run() -> None:
     """The console script: main(), then exit at once (Python's own tear-down adds ~4 ms
-    to every command and has nothing left to do: fastckpt flushes its output first)."""
+    to every command and has nothing left to do: fastckpt flushes its output first).
+
+    The launcher (ext/launch.c) starts Python with its cyclic garbage collector off (its passes over
+    the objects of the modules being loaded: ~2 ms of a command's start); a checkpoint or a restore
+    keeps it off (what they make is freed as it goes, or at their os._exit()), any other command
+    runs with it on."""
+    if not _runs_criu(sys.argv[1:]):
+        import gc
+
+        gc.enable()
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -21,7 +21,7 @@ def raise_criu_failure(op: str, ret: int, err: int, log_path: str | None,
         raise DiskFull(f"criu {op} failed: no space left on the disk holding {image_path}; the partial "
                        f"images were removed ({free_bytes(image_path) >> 20} MiB free now)"
                        + (f" (log: {log_path})" if log_path else ""), errno=errno.ENOSPC)
-    taken = next((m for m in map(_FORK_EXISTS.search, lines) if m), None)
+    taken = next((m for m in map(re.compile(_FORK_EXISTS).search, lines) if m), None)
     if taken:
         detail = f"{taken.group(0)}: pid {taken.group(1)}, which the restored tree needs, {_pid_holder(int(taken.group(1)))}"
     elif any("session leader" in l and "outside of its pid namespace" in l for l in lines):
@@ -39,7 +39,7 @@ def raise_criu_failure(op: str, ret: int, err: int, log_path: str | None,
     raise CriuError(op, ret, err, log_path, lines, detail)
 
 
-_FORK_EXISTS = re.compile(r"Can't fork for (\d+): File exists")
+_FORK_EXISTS = r"Can't fork for (\d+): File exists"  # compiled at its first use, after a failure
 
 
 def _pid_holder(pid: int) -> str:

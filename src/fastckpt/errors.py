@@ -15,8 +15,9 @@ from collections.abc import Sequence
 # causes a failure, so it is never shown as one.
 _HARMLESS = ("Can't setup RLIMIT_NOFILE for self",)
 # "(00.064840)      1: Error (criu/mount-v2.c:634): mnt-v2: Can't stat ...": time, task, text
-_LOG_LINE = re.compile(r"^\(\s*[\d.]+\)\s+(?:\d+:\s+)?(.*)$")
-_ERROR = re.compile(r"^Error \([^)]*\):\s*(.*)$")
+# (patterns, compiled by re at their first use: a command that reads no log pays nothing for them)
+_LOG_LINE = r"^\(\s*[\d.]+\)\s+(?:\d+:\s+)?(.*)$"
+_ERROR = r"^Error \([^)]*\):\s*(.*)$"
 
 
 def _rebuild(cls, message, errno, attrs):
@@ -198,10 +199,11 @@ def log_errors(path: str | None, limit: int = 20) -> list:
         return []
     out: list = []
     recent: list = []  # plain lines seen since the last Error line
+    log_line, error = re.compile(_LOG_LINE), re.compile(_ERROR)
     for line in data.splitlines():
-        m = _LOG_LINE.match(line)
+        m = log_line.match(line)
         text = m.group(1) if m else line.strip()
-        e = _ERROR.match(text)
+        e = error.match(text)
         if not e:
             recent = (recent + [text])[-10:]
             continue

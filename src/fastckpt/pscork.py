@@ -29,14 +29,25 @@ def uncork(page_server):
     """``with uncork(page_server):`` around a dump: an :class:`Uncork` for a page server the dump sends
     to (an object with ``address`` and ``port``; None: nothing to do); FASTCKPT_UNCORK=0 leaves CRIU's
     socket as CRIU sets it."""
-    import contextlib
-
     if page_server is None or os.environ.get("FASTCKPT_UNCORK", "1") == "0":
-        return contextlib.nullcontext()
+        return _NOTHING
     try:
         return Uncork(page_server.address, page_server.port)
     except ValueError:  # a host name: CRIU resolves it (or says it cannot); its socket is left as it is
-        return contextlib.nullcontext()
+        return _NOTHING
+
+
+class _Nothing:
+    """contextlib.nullcontext(), without contextlib's import (~0.5 ms of every dump without a page server)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+
+_NOTHING = _Nothing()
 
 
 def _children() -> list[int]:
