@@ -134,3 +134,55 @@ def test_console_script_matches_module(tmp_path):
     proc = subprocess.run([exe, "--root", str(tmp_path), "checkpoint", "--empty-ns", "pid", "x"],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
     cs.assert_error(proc, 2, "'pid' is not supported by --empty-ns")
+
+
+# command lines the quick parser takes (build_parser(argv) parses them without argparse)...
+QUICK = [
+    ["checkpoint", "ct"],
+    ["--root", "/r", "checkpoint", "--leave-running", "--image-path", "/i", "ct"],
+    ["--root=/r", "--debug", "--log", "/l", "--log-format", "json", "--criu", "/c", "--rootless", "true",
+     "checkpoint", "--image-path=/i", "--work-path", "/w", "--tcp-established", "--ext-unix-sk", "--shell-job",
+     "--file-locks", "--manage-cgroups-mode", "full", "--empty-ns", "network", "--empty-ns=ipc",
+     "--network-lock", "skip", "--fast-migrations", "--json", "--print-stats", "ct"],
+    ["checkpoint", "--pid", "123", "--image-path", "", "--page-server", "10.0.0.1:27", "--parent-path", "p",
+     "--pre-dump", "--lazy-pages", "--status-fd", "3", "--auto-dedup"],
+    ["checkpoint", "--pid= 42 "],
+    ["checkpoint", "--export", "/x.tar", "--compress", "gzip", "--ignore-rootfs", "--podman-image", "img",
+     "--podman-image-id", "id", "ct", "--leave-running"],
+    ["checkpoint", "--image-path", "a b", "--image-path", "last", "restore"],
+    ["restore", "-d", "-b", "/b", "--image-path", "/i", "ct"],
+    ["--root", "/r", "restore", "--detach", "--bundle=/b", "--pid-file", "/p", "--no-subreaper", "--no-pivot",
+     "--import", "/a.tar", "--console-socket", "/s", "--lazy-pages", "--auto-dedup", "--lsm-profile", "a:b",
+     "--lsm-mount-context", "c", "--empty-ns", "network", "ct"],
+    ["restore", "--image-path", "/i"],
+    ["restore"],
+]
+# ...and lines it leaves to argparse (help, usage errors, forms it does not take)
+NOT_QUICK = [
+    ["--version"], ["check"], ["inspect", "x"], ["checkpoint", "-h"], ["checkpoint", "--help"], ["-h", "checkpoint"],
+    ["checkpoint", "--bogus", "ct"], ["checkpoint", "a", "b"], ["checkpoint", "--page-server"],
+    ["checkpoint", "--pid", "abc"], ["checkpoint", "--pid", "-5"], ["checkpoint", "--image-path", "-x", "ct"],
+    ["checkpoint", "--leave-running=1", "ct"], ["checkpoint", "--", "ct"], ["checkpoint", "-", "ct"],
+    ["checkpoint", ""], ["restore", "-db", "/b", "ct"], ["restore", "-b=/b", "ct"], ["checkpoint", "--root", "/r", "ct"],
+    ["--image-path", "/i", "checkpoint", "ct"], ["--root", "/r"], ["checkpoint", "--image", "/i", "ct"],
+    ["--version", "checkpoint", "ct"],
+]
+
+
+def _argparse_namespace(argv, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(cli._Quick, "parse", classmethod(lambda cls, argv: None))
+        return cli.build_parser(argv).parse_args(argv)
+
+
+@pytest.mark.parametrize("argv", QUICK)
+def test_quick_parse_gives_what_argparse_gives(argv, monkeypatch):
+    quick = cli._Quick.parse(argv)
+    assert quick is not None, f"{argv} is left to argparse"
+    assert vars(cli.build_parser(argv).parse_args(argv)) == vars(quick.namespace)
+    assert vars(quick.namespace) == vars(_argparse_namespace(argv, monkeypatch))
+
+
+@pytest.mark.parametrize("argv", NOT_QUICK)
+def test_quick_parse_leaves_the_rest_to_argparse(argv):
+    assert cli._Quick.parse(argv) is None

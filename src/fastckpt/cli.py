@@ -273,10 +273,24 @@ def _needs_fast_migrations(argv: list[str]) -> bool:
 
 def build_parser(argv: list[str] | None = None):
     """The parser; given ARGV, only the command asked for gets its arguments (argparse
-    spends ~0.1 ms an argument, a fifth of the command's start-up for all of them)."""
+    spends ~0.1 ms an argument, a fifth of the command's start-up for all of them), and a
+    checkpoint's or a restore's plain line is parsed without argparse (_Quick)."""
+    if argv is not None:
+        quick = _Quick.parse(argv)
+        if quick is not None:
+            return quick
     wanted = _requested(argv) if argv is not None else None
     parser_class = _parser_class()
     parser = parser_class(prog="fastckpt", description="Checkpoint/restore of runc containers and process trees.")
+    _add_globals(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
+    for name, add in _COMMANDS.items():
+        add(sub, full=argv is None or wanted == name or wanted not in _COMMANDS)
+    return parser
+
+
+def _add_globals(parser) -> None:
+    """runc's global options (before the command word)."""
     parser.add_argument("--version", action="version", version=f"fastckpt {__version__}")
     parser.add_argument("--root", default=None, metavar="DIR",
                         help="root directory of runc's container state (default /run/runc)")
@@ -292,10 +306,106 @@ def build_parser(argv: list[str] | None = None):
     parser.add_argument("--rootless", default="auto", metavar="VALUE",
                         help="runc's 'true', 'false' or 'auto' (accepted; fastckpt runs CRIU unprivileged "
                              "whenever it is not root)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
-    for name, add in _COMMANDS.items():
-        add(sub, full=argv is None or wanted == name or wanted not in _COMMANDS)
-    return parser
+
+
+class _Quick:
+    """A checkpoint's or a restore's command line parsed without argparse (whose import, parser and
+    parse cost ~2 ms of the command's start), into what argparse would give for it, from the same
+    add_argument() calls (recorded here). Only a plain line: options given whole (`--name VALUE`,
+    `--name=VALUE`), each known where it stands, no value starting with "-", at most one container id,
+    values of the right type; anything else (help, a usage error, `--`, short options run together...)
+    is argparse's to parse and to answer."""
+
+    def __init__(self):
+        self.options: dict[str, tuple[str, str, object]] = {}  # option string -> (dest, kind, type)
+        self.defaults: dict[str, object] = {}
+        self.positionals: list[str] = []
+        self.plain = True  # every argument is of a kind parsed here
+        self.commands: dict[str, _Quick] = {}
+        self.namespace = None
+
+    # what _add_globals() and the _add_* functions call (argparse's names)
+    def add_argument(self, *names, action=None, default=None, type=None, nargs=None, dest=None,
+                     required=False, choices=None, **_):
+        if action == "version":  # argparse's to print (its dest is in no namespace): unknown here
+            return
+        if required or choices is not None or action not in (None, "store", "store_true", "append"):
+            self.plain = False
+            return
+        if not names[0].startswith("-"):
+            self.plain = self.plain and nargs == "?" and type is None and not self.positionals
+            self.positionals.append(names[0])
+            self.defaults[names[0]] = default
+            return
+        if nargs is not None or (type is not None and isinstance(default, str)):
+            self.plain = False
+            return
+        dest = dest or next((n for n in names if n.startswith("--")), names[0]).lstrip("-").replace("-", "_")
+        kind = "flag" if action == "store_true" else action or "store"
+        self.defaults[dest] = False if kind == "flag" and default is None else default
+        for name in names:
+            self.options[name] = (dest, kind, type)
+
+    def set_defaults(self, **kwargs) -> None:
+        self.defaults.update(kwargs)
+
+    def add_parser(self, name: str, **_) -> "_Quick":
+        self.commands[name] = _Quick()
+        return self.commands[name]
+
+    def parse_args(self, argv=None):
+        return self.namespace
+
+    @classmethod
+    def parse(cls, argv: list[str]) -> "_Quick | None":
+        command = _requested(argv)
+        if command not in ("checkpoint", "restore"):
+            return None
+        top = cls()
+        _add_globals(top)
+        _COMMANDS[command](top, full=True)
+        sub = top.commands[command]
+        if not (top.plain and sub.plain):
+            return None
+        values = dict(top.defaults, command=None)
+        spec, positionals = top, []
+        words = iter(argv)
+        for w in words:
+            if not w or w == "-" or w == "--":
+                return None
+            if not w.startswith("-"):
+                if spec is top:  # the command word (_requested's): the command's own arguments follow
+                    values["command"] = w
+                    values.update(sub.defaults)
+                    spec, positionals = sub, list(sub.positionals)
+                elif positionals:
+                    values[positionals.pop(0)] = w
+                else:
+                    return None  # an argument too many
+                continue
+            name, eq, value = w.partition("=") if w.startswith("--") else (w, "", "")
+            dest, kind, convert = spec.options.get(name, (None, None, None))
+            if dest is None or (kind == "flag" and eq):
+                return None
+            if kind == "flag":
+                values[dest] = True
+                continue
+            if not eq:
+                value = next(words, None)
+                if value is None or value.startswith("-"):
+                    return None
+            if convert is not None:
+                try:
+                    value = convert(value)
+                except (TypeError, ValueError):
+                    return None
+            values[dest] = [*(values[dest] or []), value] if kind == "append" else value
+        if spec is top:
+            return None
+        import types
+
+        top.namespace = types.SimpleNamespace(**values)
+        return top
 
 
 def _print_result(res, args) -> None:
