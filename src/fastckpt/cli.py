@@ -375,6 +375,8 @@ class _Quick:
                 return None
             if not w.startswith("-"):
                 if spec is top:  # the command word (_requested's): the command's own arguments follow
+                    if w != command:
+                        return None
                     values["command"] = w
                     values.update(sub.defaults)
                     spec, positionals = sub, list(sub.positionals)
