@@ -186,3 +186,27 @@ def test_quick_parse_gives_what_argparse_gives(argv, monkeypatch):
 @pytest.mark.parametrize("argv", NOT_QUICK)
 def test_quick_parse_leaves_the_rest_to_argparse(argv):
     assert cli._Quick.parse(argv) is None
+
+
+@pytest.mark.parametrize("argv, gc_on", [
+    (["--version"], True), (["checkpoint", "--help"], True), (["inspect", "/nonexistent"], True),
+    (["checkpoint", "ct"], False), (["restore", "-d", "ct"], False),
+])
+def test_run_keeps_the_gc_off_only_for_a_checkpoint_or_restore(argv, gc_on, monkeypatch, tmp_path, capsys):
+    """The launcher starts Python with its cyclic GC off; cli.run() turns it on again but for a checkpoint
+    or a restore (here: of a container that does not exist, in an empty runc root)."""
+    import gc
+
+    exits = []
+    monkeypatch.setattr(sys, "argv", ["fastckpt", "--root", str(tmp_path)] + argv)
+    monkeypatch.setattr(os, "_exit", lambda code: exits.append(code))
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        cli.run()
+        assert gc.isenabled() is gc_on
+    finally:
+        if was:
+            gc.enable()
+    assert len(exits) == 1 and (exits[0] == 0) is (argv[0] == "--version" or "--help" in argv), \
+        (exits, capsys.readouterr())
