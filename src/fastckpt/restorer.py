@@ -369,6 +369,9 @@ def restore(container_id: str | None = None, options: RestoreOptions | None = No
     finally:
         criu_proc.discard_spare()  # not used: the restore stopped before CRIU
     if not options.detach and container_id is not None:
+        import gc
+
+        gc.enable()  # the command's start left it off (ext/launch.c); a foreground restore may run for days
         master = getattr(result, "_relay_master", None)
         relay = console.Relay(master) if master is not None else None  # runc's own console, in the foreground
         try:
