@@ -88,24 +88,31 @@ def test_overlay_clock_view_hides_the_host_clocks_and_leaves_nothing_mounted(tmp
     assert os.listdir(state) == []
 
 
-def test_clock_view_falls_back_to_links_where_no_overlay_can_be(tmp_path):
-    """A pre-dump's relative parent link (it would lead out of the overlay), or a directory where the
-    overlay's parts cannot be made: the linked view, and nothing left of the attempt."""
+def test_clock_view_falls_back_to_links_where_no_overlay_can_be(tmp_path, monkeypatch):
+    """A directory where the overlay's parts cannot be made, a whiteout that is none (as one made on an
+    overlayfs), a pre-dump's relative parent link (it would lead out of the overlay): the linked view, and
+    nothing left of the attempt."""
     from fastckpt import imagedir
 
     image_path, meta = _images(tmp_path, ["timens-0.img", "inventory.img"], imagedir.boot_id())
     image_fd = os.open(image_path, os.O_RDONLY | os.O_DIRECTORY)
     state = tmp_path / "state"
     state.mkdir()
+    real_mknod = os.mknod
     try:
-        for under in (str(tmp_path / "gone"), str(state)):
-            if under == str(state):
+        for case, under in (("gone", str(tmp_path / "gone")), ("no whiteout", str(state)), ("parent", str(state))):
+            if case == "no whiteout":  # the hiding layer shows a timens-0.img of its own
+                monkeypatch.setattr(os, "mknod", lambda path, *a: open(path, "w").close())
+            else:
+                monkeypatch.setattr(os, "mknod", real_mknod)
+            if case == "parent":
                 os.symlink("../pre-dump", os.path.join(image_path, "parent"))
             view, fd = restorer._host_clock_view(image_path, meta, under, image_fd)
             os.close(fd)
             assert os.path.dirname(view) == image_path and "timens-0.img" not in os.listdir(view)
             runc.remove_tree(view)
             assert not os.path.exists(tmp_path / "gone") and os.listdir(state) == []
+            assert not _mounted_under(str(tmp_path)), case
     finally:
         os.close(image_fd)
 

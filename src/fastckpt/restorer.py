@@ -766,8 +766,15 @@ def _overlay_clock_view(image_fd: int, under: str) -> tuple[str, int] | None:
             view_fd = imagedir.open_dir_fd(at, "image directory")
         finally:
             _libc.umount(at)  # detached: nothing of it is seen outside this fd
+        # it shows the images but not the host's clocks (a whiteout made on an overlayfs is not one)
+        if os.path.lexists(f"/proc/self/fd/{view_fd}/{HOST_TIMENS_IMAGE}") or \
+                not os.path.lexists(f"/proc/self/fd/{view_fd}/inventory.img"):
+            raise OSError(errno.EINVAL, "the overlay does not hide the host's clocks")
         return hide, view_fd
     except OSError:
+        if view_fd >= 0:
+            os.close(view_fd)
+            view_fd = -1
         return None
     finally:
         if hide_fd >= 0:
