@@ -346,10 +346,14 @@ def test_criu_root_and_clock_view_go_after_criu_and_a_failure_there_undoes_the_r
     images = os.path.join(env.workdir, "images")
     at = env.checkpoint(orig, images)
     a = env.track(rs.new_id("a"), orig.bundle)
+    real_view, views = restorer._overlay_clock_view, []
+    monkeypatch.setattr(restorer, "_overlay_clock_view", lambda *a: views.append(real_view(*a)) or views[-1])
     res = fastckpt.restore(a.id, root=env.root, image_path=images, bundle=a.bundle, detach=True)
     assert_restored(a, at)  # no mount left under the runc root
     assert not [n for n in os.listdir(images) if n.startswith(".")], os.listdir(images)
     assert not os.path.exists(os.path.join(a.state_dir, restorer.CRIU_ROOT))
+    # the view was an overlay (the whiteout's directory in the state directory, gone)
+    assert len(views) == 1 and views[0] is not None and not os.path.exists(views[0][0]), views
     a.kill_and_delete(reap=True)
     assert_gone(a)
 

@@ -36,18 +36,85 @@ def test_host_clock_view_only_on_the_same_boot(tmp_path):
     parent = tmp_path / "pre-dump"
     parent.mkdir()
     os.symlink("../pre-dump", os.path.join(image_path, "parent"))  # a pre-dump's images, relative
-    view = restorer._host_clock_view(image_path, meta)
+    view, fd = restorer._host_clock_view(image_path, meta)
     try:
         assert sorted(os.listdir(view)) == ["inventory.img", "pages-1.img", "parent"]
+        assert os.path.samefile(f"/proc/self/fd/{fd}", view)  # CRIU's fd is of the view
         # hard links, not copies (CRIU opens images without following symlinks)
         assert os.stat(os.path.join(view, "pages-1.img")).st_ino == os.stat(os.path.join(image_path, "pages-1.img")).st_ino
         # the parent link leads where it did from the image directory
         assert os.path.samefile(os.path.join(view, "parent"), parent)
     finally:
+        os.close(fd)
         runc.remove_tree(view)
     assert not os.path.exists(view) and parent.is_dir()  # the link went, not what it leads to
     assert restorer._host_clock_view(image_path, {"boot_id": "another-boot"}) is None
     assert restorer._host_clock_view(image_path, None) is None  # runc's images: no boot recorded
+
+
+def _mounted_under(path: str) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if path in line]
+
+
+def test_overlay_clock_view_hides_the_host_clocks_and_leaves_nothing_mounted(tmp_path):
+    """In a directory of fastckpt's (the state directory): one overlay mount, whatever the number of images,
+    detached at once; the whiteout's directory is all there is to remove once CRIU is done."""
+    from fastckpt import imagedir
+
+    names = ["timens-0.img", "inventory.img"] + [f"core-{i}.img" for i in range(1, 301)]
+    image_path, meta = _images(tmp_path, names, imagedir.boot_id())
+    (tmp_path / "img" / "pages-1.img").write_bytes(b"pages")
+    state = tmp_path / "state"
+    state.mkdir()
+    image_fd = os.open(image_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        hide, fd = restorer._host_clock_view(image_path, meta, str(state), image_fd)
+    finally:
+        os.close(image_fd)
+    try:
+        assert os.path.dirname(hide) == str(state) and os.listdir(state) == [os.path.basename(hide)]
+        seen = os.listdir(fd)
+        assert sorted(seen) == sorted([n for n in names if n != "timens-0.img"] + ["pages-1.img"])
+        with open("pages-1.img", "rb", opener=lambda p, fl: os.open(p, fl, dir_fd=fd)) as f:
+            assert f.read() == b"pages"
+        with pytest.raises(OSError):  # read-only: CRIU changes nothing of the images through it
+            os.open("new.img", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd)
+        assert not _mounted_under(str(tmp_path))  # nothing mounted where anyone sees it
+        assert os.path.exists(os.path.join(image_path, "timens-0.img"))  # the images stay as they were
+    finally:
+        os.close(fd)
+        runc.remove_tree(hide)
+    assert os.listdir(state) == []
+
+
+def test_clock_view_falls_back_to_links_where_no_overlay_can_be(tmp_path, monkeypatch):
+    """A directory where the overlay's parts cannot be made, a whiteout that is none (as one made on an
+    overlayfs), a pre-dump's relative parent link (it would lead out of the overlay): the linked view, and
+    nothing left of the attempt."""
+    from fastckpt import imagedir
+
+    image_path, meta = _images(tmp_path, ["timens-0.img", "inventory.img"], imagedir.boot_id())
+    image_fd = os.open(image_path, os.O_RDONLY | os.O_DIRECTORY)
+    state = tmp_path / "state"
+    state.mkdir()
+    real_mknod = os.mknod
+    try:
+        for case, under in (("gone", str(tmp_path / "gone")), ("no whiteout", str(state)), ("parent", str(state))):
+            if case == "no whiteout":  # the hiding layer shows a timens-0.img of its own
+                monkeypatch.setattr(os, "mknod", lambda path, *a: open(path, "w").close())
+            else:
+                monkeypatch.setattr(os, "mknod", real_mknod)
+            if case == "parent":
+                os.symlink("../pre-dump", os.path.join(image_path, "parent"))
+            view, fd = restorer._host_clock_view(image_path, meta, under, image_fd)
+            os.close(fd)
+            assert os.path.dirname(view) == image_path and "timens-0.img" not in os.listdir(view)
+            runc.remove_tree(view)
+            assert not os.path.exists(tmp_path / "gone") and os.listdir(state) == []
+            assert not _mounted_under(str(tmp_path)), case
+    finally:
+        os.close(image_fd)
 
 
 def test_a_tree_in_its_own_time_namespace_keeps_it(tmp_path):

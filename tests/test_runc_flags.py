@@ -222,6 +222,32 @@ def test_debug_log_json_and_criu_path(env):
 
 
 @pytest.mark.integration
+def test_auto_dedup_asked_in_the_containers_criu_config_file(env):
+    """auto-dedup in the container's CRIU configuration file (org.criu.config), not on the command line: the
+    restore still punches the pages it restored out of the images (CRIU gets them writable, not through
+    the read-only view without the host's clocks fastckpt gives it otherwise)."""
+    conf = os.path.join(env.workdir, "criu-dedup.conf")
+    with open(conf, "w") as f:
+        f.write("auto-dedup\n")
+    bundle = env.bundle()
+    with open(os.path.join(bundle, "config.json")) as f:
+        cfg = json.load(f)
+    cfg.setdefault("annotations", {})["org.criu.config"] = conf
+    with open(os.path.join(bundle, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    ct = env.start(bundle)
+    images = os.path.join(env.workdir, "img")
+    stopped = env.checkpoint(ct, images)
+    pages = [os.path.join(images, n) for n in os.listdir(images) if n.startswith("pages-")]
+    blocks = sum(os.stat(p).st_blocks for p in pages)
+    r = env.restore(ct.id, images, bundle)
+    assert r.returncode == 0, str(r)
+    ct.assert_running()
+    ct.counter.assert_continued(stopped)
+    assert sum(os.stat(p).st_blocks for p in pages) < blocks, "CRIU's auto-dedup punched nothing"
+
+
+@pytest.mark.integration
 def test_debug_text_to_stderr(env):
     ct = env.start()
     r = rs.run(rs.fastckpt_cmd("--debug", "--root", env.root, "checkpoint", "--leave-running", "--image-path",

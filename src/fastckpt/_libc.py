@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+MS_RDONLY = 0x1
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
@@ -27,10 +28,11 @@ def _check(ret: int, what: str, path: str = None) -> None:
         raise OSError(e, f"{what}: {os.strerror(e)}", path)
 
 
-def mount(source: str, target: str, fstype: str = None, flags: int = 0) -> None:
+def mount(source: str, target: str, fstype: str = None, flags: int = 0, data: str = None) -> None:
     ffi, lib = _lib()
     _check(lib.mount(os.fsencode(source) if source else ffi.NULL, os.fsencode(target),
-                     os.fsencode(fstype) if fstype else ffi.NULL, flags, ffi.NULL), "mount", target)
+                     os.fsencode(fstype) if fstype else ffi.NULL, flags,
+                     os.fsencode(data) if data else ffi.NULL), "mount", target)
 
 
 def bind_mount(source: str, target: str) -> None:

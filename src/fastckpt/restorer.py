@@ -10,11 +10,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import time
 
 from ._record import Record
 from . import (_libc, atomicfile, cgroups, console, criu, criu_failures, criu_proc, externals, imagedir, locks,
-               manifest, privileges, runc, signals)
+               manifest, migration, privileges, runc, signals)
 from .errors import ContainerStateError, Error, ImageDirError, Interrupted, UsageError
 from .constants import CgroupMode, Namespace
 from .options import NETNS_HOST, NETNS_OWN, RestoreOptions
@@ -518,9 +519,12 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
         mounted = True
         _prepare_mountpoints(cfg)
         image_fd = fds[0]
-        criu_images = _host_clock_view(image_path, meta)
-        if criu_images is not None:
-            image_fd = imagedir.open_dir_fd(criu_images, "image directory")
+        # an overlay is read-only: not where CRIU may punch holes in the pages (auto-dedup, maybe in a file)
+        conf = migration.criu_config_file(cfg.get("labels") or [])
+        read_only = not (options.auto_dedup or options.lazy_pages or (conf and os.path.exists(conf)))
+        view = _host_clock_view(image_path, meta, state_dir if read_only else None, image_fd)
+        if view is not None:
+            criu_images, image_fd = view
             fds.append(image_fd)
 
         own_netns = any(ns.get("type") == "NEWNET" and not ns.get("path") for ns in cfg.get("namespaces") or [])
@@ -683,10 +687,11 @@ class _Cleanup:
             raise error
 
 
-def _host_clock_view(image_path: str, meta: dict | None) -> str | None:
+def _host_clock_view(image_path: str, meta: dict | None, overlay_in: str | None = None,
+                     image_fd: int = -1) -> tuple[str, int] | None:
     """On the boot a container was checkpointed on, a view of its images without the host's clocks
-    (timens-0.img): a directory in the image directory with hard links to the other images (CRIU
-    opens images without following symlinks); or None to give CRIU the images as they are.
+    (timens-0.img): (a directory to remove once CRIU is done, an open fd of the view for CRIU); or None
+    to give CRIU the images as they are.
 
     CRIU restores every tree into a new time namespace, shifted so that its monotonic clocks go on
     from their value at the dump. On the same boot the host's clocks already did: the restored
@@ -695,6 +700,12 @@ def _host_clock_view(image_path: str, meta: dict | None) -> str | None:
     namespace to join) are in the same one as its init, so the container can be checkpointed and
     restored again (CRIU cannot restore a tree spread over two time namespaces: "Can't restore
     sub-task in NS"). A tree already in a time namespace of its own at the dump keeps it.
+
+    With OVERLAY_IN (a directory of fastckpt's: the container's state directory) the view is a read-only
+    overlay of the images (IMAGE_FD) under a whiteout of timens-0.img (see _overlay_clock_view); else,
+    or where overlayfs cannot, a directory in the image directory with hard links to the other images
+    (CRIU opens images without following symlinks): ~3 images a process, 1,400 links and unlinks for a
+    200-process tree (~25 ms).
     """
     if not meta or not meta.get("boot_id") or meta.get("boot_id") != imagedir.boot_id():
         return None
@@ -703,10 +714,14 @@ def _host_clock_view(image_path: str, meta: dict | None) -> str | None:
     names = [n for n, _ in entries]
     if HOST_TIMENS_IMAGE not in names or any(n.startswith("timens-") and n != HOST_TIMENS_IMAGE for n in names):
         return None
+    if overlay_in is not None and not any(link for _, link in entries):  # a relative "parent" leads out of it
+        view = _overlay_clock_view(image_fd, overlay_in)
+        if view is not None:
+            return view
     into = os.path.join(image_path, f".{CRIU_IMAGES}-{os.getpid()}-{time.monotonic_ns()}")
     os.mkdir(into, 0o700)
     src_fd = dst_fd = -1
-    try:  # by name relative to the two directories: ~3 images a process, a 200-process tree has 1,400
+    try:  # by name relative to the two directories
         src_fd = os.open(image_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         dst_fd = os.open(into, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         for name, link in entries:
@@ -723,7 +738,54 @@ def _host_clock_view(image_path: str, meta: dict | None) -> str | None:
         for fd in (src_fd, dst_fd):
             if fd >= 0:
                 os.close(fd)
-    return into
+    try:
+        return into, imagedir.open_dir_fd(into, "image directory")
+    except BaseException:
+        runc.remove_tree(into)
+        raise
+
+
+def _overlay_clock_view(image_fd: int, under: str) -> tuple[str, int] | None:
+    """The images of IMAGE_FD without timens-0.img, as a read-only overlayfs of two lower layers: a directory
+    UNDER/CRIU_IMAGES-hide holding its whiteout (a character device 0/0) over the image directory. Mounted,
+    opened and at once detached (the open fd keeps it; nothing stays mounted; ~0.3 ms, whatever the number
+    of images): (the whiteout's directory, to remove once CRIU is done, as overlayfs wants its layers
+    unchanged while in use; the view's fd). None where overlayfs cannot (no overlayfs, the image directory
+    on a file system it cannot stack on): nothing is left then."""
+    hide = os.path.join(under, f"{CRIU_IMAGES}-hide")
+    at = os.path.join(under, CRIU_IMAGES)
+    hide_fd = view_fd = -1
+    made_at = False
+    try:
+        os.mkdir(hide, 0o700)
+        os.mknod(os.path.join(hide, HOST_TIMENS_IMAGE), 0o600 | stat.S_IFCHR, 0)
+        hide_fd = os.open(hide, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        os.mkdir(at, 0o700)
+        made_at = True
+        # the layers by fd: no path of the user's to escape in the options (":" and "," are special)
+        _libc.mount("overlay", at, "overlay", _libc.MS_RDONLY,
+                    f"lowerdir=/proc/self/fd/{hide_fd}:/proc/self/fd/{image_fd}")
+        try:
+            view_fd = imagedir.open_dir_fd(at, "image directory")
+        finally:
+            _libc.umount(at)  # detached: nothing of it is seen outside this fd
+        # it shows the images but not the host's clocks (a whiteout made on an overlayfs is not one)
+        if os.path.lexists(f"/proc/self/fd/{view_fd}/{HOST_TIMENS_IMAGE}") or \
+                not os.path.lexists(f"/proc/self/fd/{view_fd}/inventory.img"):
+            raise OSError(errno.EINVAL, "the overlay does not hide the host's clocks")
+        return hide, view_fd
+    except OSError:
+        if view_fd >= 0:
+            os.close(view_fd)
+            view_fd = -1
+        return None
+    finally:
+        if hide_fd >= 0:
+            os.close(hide_fd)
+        if made_at:
+            os.rmdir(at)
+        if view_fd < 0:
+            runc.remove_tree(hide)
 
 
 def _restore_notify(sock, masters: list[int]):
