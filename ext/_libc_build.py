@@ -20,6 +20,7 @@ void fc_warm_stop(void);
 int fastckpt_pidfd_getfd(int pidfd, int targetfd);
 long fastckpt_fs_type(const char *path);
 long fastckpt_bpf(int cmd, void *attr, unsigned int size);
+int fastckpt_overlay_detached(const char *lowerdir);
 """)
 ffibuilder.set_source("fastckpt._libc_cffi", """
 #define _GNU_SOURCE
@@ -28,6 +29,8 @@ ffibuilder.set_source("fastckpt._libc_cffi", """
 #include <sys/prctl.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <unistd.h>
 #include "warm.h"
 #ifndef SYS_pidfd_getfd
@@ -49,6 +52,45 @@ static long fastckpt_fs_type(const char *path)
 static long fastckpt_bpf(int cmd, void *attr, unsigned int size)
 {
     return syscall(SYS_bpf, cmd, attr, size);
+}
+
+/* The new mount API (Linux 5.2), by number: glibc 2.36 has wrappers, older ones do not */
+#ifndef SYS_fsopen
+#define SYS_fsopen 430
+#endif
+#ifndef SYS_fsconfig
+#define SYS_fsconfig 431
+#endif
+#ifndef SYS_fsmount
+#define SYS_fsmount 432
+#endif
+
+/* A read-only overlayfs of LOWERDIR (overlayfs's lowerdir= value) that is never attached to any mount
+ * tree, so no mount namespace ever sees it (no mount event, nothing to propagate): an fd of its root
+ * directory, which alone keeps it, or -1 with errno. */
+static int fastckpt_overlay_detached(const char *lowerdir)
+{
+    const unsigned int fsopen_cloexec = 1, fsmount_cloexec = 1, mount_attr_rdonly = 1;
+    const unsigned int fsconfig_set_string = 1, fsconfig_cmd_create = 6;
+    int fs, mnt = -1, dir, e;
+
+    fs = (int)syscall(SYS_fsopen, "overlay", fsopen_cloexec);
+    if (fs < 0)
+        return -1;
+    if (syscall(SYS_fsconfig, fs, fsconfig_set_string, "lowerdir", lowerdir, 0) == 0 &&
+        syscall(SYS_fsconfig, fs, fsconfig_cmd_create, NULL, NULL, 0) == 0)
+        mnt = (int)syscall(SYS_fsmount, fs, fsmount_cloexec, mount_attr_rdonly);
+    e = errno;
+    close(fs);
+    if (mnt < 0) {
+        errno = e;
+        return -1;
+    }
+    dir = openat(mnt, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    e = errno;
+    close(mnt);
+    errno = e;
+    return dir;
 }
 """, include_dirs=[os.path.dirname(os.path.abspath(__file__))], extra_compile_args=["-pthread"],
                       extra_link_args=["-pthread"])

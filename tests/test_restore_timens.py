@@ -58,8 +58,12 @@ def _mounted_under(path: str) -> list[str]:
 
 
 def test_overlay_clock_view_hides_the_host_clocks_and_leaves_nothing_mounted(tmp_path):
-    """In a directory of fastckpt's (the state directory): one overlay mount, whatever the number of images,
-    detached at once; the whiteout's directory is all there is to remove once CRIU is done."""
+    """In a directory of fastckpt's (the state directory): one overlay, whatever the number of images, never
+    attached to the mount tree (the mount table does not even change for a moment: no mount event reaches
+    other namespaces or a mount watcher); the whiteout's directory is all there is to remove once CRIU is
+    done."""
+    import select
+
     from fastckpt import imagedir
 
     names = ["timens-0.img", "inventory.img"] + [f"core-{i}.img" for i in range(1, 301)]
@@ -68,10 +72,16 @@ def test_overlay_clock_view_hides_the_host_clocks_and_leaves_nothing_mounted(tmp
     state = tmp_path / "state"
     state.mkdir()
     image_fd = os.open(image_path, os.O_RDONLY | os.O_DIRECTORY)
+    watch = open("/proc/self/mountinfo")  # polls POLLPRI once the mount table changed since it was read
     try:
+        watch.read()
         hide, fd = restorer._host_clock_view(image_path, meta, str(state), image_fd)
+        changed = select.poll()
+        changed.register(watch, select.POLLPRI | select.POLLERR)
+        assert not changed.poll(0), "the view changed the mount table"
     finally:
         os.close(image_fd)
+        watch.close()
     try:
         assert os.path.dirname(hide) == str(state) and os.listdir(state) == [os.path.basename(hide)]
         seen = os.listdir(fd)

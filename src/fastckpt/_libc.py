@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 
-MS_RDONLY = 0x1
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
@@ -28,11 +27,23 @@ def _check(ret: int, what: str, path: str = None) -> None:
         raise OSError(e, f"{what}: {os.strerror(e)}", path)
 
 
-def mount(source: str, target: str, fstype: str = None, flags: int = 0, data: str = None) -> None:
+def mount(source: str, target: str, fstype: str = None, flags: int = 0) -> None:
     ffi, lib = _lib()
     _check(lib.mount(os.fsencode(source) if source else ffi.NULL, os.fsencode(target),
                      os.fsencode(fstype) if fstype else ffi.NULL, flags,
-                     os.fsencode(data) if data else ffi.NULL), "mount", target)
+                     ffi.NULL), "mount", target)
+
+
+def overlay_detached(lowerdir: str) -> int:
+    """An fd of the root of a read-only overlayfs of LOWERDIR (overlayfs's lowerdir= value, top layer
+    first), mounted nowhere: made with fsopen()/fsmount() and never attached, it is seen by no mount
+    namespace and goes when the fd is closed."""
+    ffi, lib = _lib()
+    fd = lib.fastckpt_overlay_detached(os.fsencode(lowerdir))
+    if fd < 0:
+        e = ffi.errno
+        raise OSError(e, f"overlayfs: {os.strerror(e)}")
+    return fd
 
 
 def bind_mount(source: str, target: str) -> None:

@@ -747,28 +747,19 @@ def _host_clock_view(image_path: str, meta: dict | None, overlay_in: str | None 
 
 def _overlay_clock_view(image_fd: int, under: str) -> tuple[str, int] | None:
     """The images of IMAGE_FD without timens-0.img, as a read-only overlayfs of two lower layers: a directory
-    UNDER/CRIU_IMAGES-hide holding its whiteout (a character device 0/0) over the image directory. Mounted,
-    opened and at once detached (the open fd keeps it; nothing stays mounted; ~0.3 ms, whatever the number
-    of images): (the whiteout's directory, to remove once CRIU is done, as overlayfs wants its layers
-    unchanged while in use; the view's fd). None where overlayfs cannot (no overlayfs, the image directory
-    on a file system it cannot stack on): nothing is left then."""
+    UNDER/CRIU_IMAGES-hide holding its whiteout (a character device 0/0) over the image directory. Made with
+    the new mount API and never attached anywhere (no mount namespace sees it; the view's fd alone keeps it;
+    ~0.3 ms, whatever the number of images): (the whiteout's directory, to remove once CRIU is done, as
+    overlayfs wants its layers unchanged while in use; the view's fd). None where overlayfs cannot (no
+    overlayfs or no fsopen(), the image directory on a file system it cannot stack on): nothing is left then."""
     hide = os.path.join(under, f"{CRIU_IMAGES}-hide")
-    at = os.path.join(under, CRIU_IMAGES)
     hide_fd = view_fd = -1
-    made_at = False
     try:
         os.mkdir(hide, 0o700)
         os.mknod(os.path.join(hide, HOST_TIMENS_IMAGE), 0o600 | stat.S_IFCHR, 0)
         hide_fd = os.open(hide, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        os.mkdir(at, 0o700)
-        made_at = True
         # the layers by fd: no path of the user's to escape in the options (":" and "," are special)
-        _libc.mount("overlay", at, "overlay", _libc.MS_RDONLY,
-                    f"lowerdir=/proc/self/fd/{hide_fd}:/proc/self/fd/{image_fd}")
-        try:
-            view_fd = imagedir.open_dir_fd(at, "image directory")
-        finally:
-            _libc.umount(at)  # detached: nothing of it is seen outside this fd
+        view_fd = _libc.overlay_detached(f"/proc/self/fd/{hide_fd}:/proc/self/fd/{image_fd}")
         # it shows the images but not the host's clocks (a whiteout made on an overlayfs is not one)
         if os.path.lexists(f"/proc/self/fd/{view_fd}/{HOST_TIMENS_IMAGE}") or \
                 not os.path.lexists(f"/proc/self/fd/{view_fd}/inventory.img"):
@@ -782,8 +773,6 @@ def _overlay_clock_view(image_fd: int, under: str) -> tuple[str, int] | None:
     finally:
         if hide_fd >= 0:
             os.close(hide_fd)
-        if made_at:
-            os.rmdir(at)
         if view_fd < 0:
             runc.remove_tree(hide)
 
