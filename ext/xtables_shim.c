@@ -11,8 +11,9 @@
  * - NAME -V: the real tool's output and exit status, replayed from a cache keyed by the real
  *   tool's identity (the PATH entry it is found at, its resolved path, device, inode, size, mtime
  *   and ctime; the name and argv[0] it was run with; and the identity of /etc/ld.so.cache, which
- *   ldconfig rewrites whenever a library is installed or changed). A miss runs the real tool, passes
- *   its output on, and stores it.
+ *   ldconfig rewrites whenever a library is installed or changed; with LD_PRELOAD, LD_LIBRARY_PATH
+ *   or /etc/ld.so.preload, which choose libraries otherwise, nothing is cached). A miss runs the real
+ *   tool, passes its output on, and stores it.
  * - iptables-legacy-save / ip6tables-legacy-save without arguments, in a network namespace with no
  *   legacy table (/proc/net/ip_tables_names, resp. ip6_tables_names, which is all the tool reads
  *   then, present and empty): what the real tool did in that state, cached the same way, and only
@@ -128,11 +129,16 @@ static int id_of(const char *path, char *out, size_t n)
 
 static int make_key(struct key *k, const char *kind)
 {
-	char resolved[PATH_MAX], tool_id[128], ld_id[128];
+	char resolved[PATH_MAX], tool_id[128], ld_id[128], preload_id[128];
+	const char *preload = getenv("LD_PRELOAD"), *libpath = getenv("LD_LIBRARY_PATH");
 	uint64_t h = 0xcbf29ce484222325ULL;
 
 	if (find_real() || !realpath(g_real, resolved) || id_of(resolved, tool_id, sizeof(tool_id)) ||
-	    !strcmp(tool_id, "none") || id_of("/etc/ld.so.cache", ld_id, sizeof(ld_id)))
+	    !strcmp(tool_id, "none") || id_of("/etc/ld.so.cache", ld_id, sizeof(ld_id)) ||
+	    id_of("/etc/ld.so.preload", preload_id, sizeof(preload_id)))
+		return -1;
+	/* libraries chosen otherwise than through ld.so.cache: the real tool's answer, every time */
+	if ((preload && *preload) || (libpath && *libpath) || strcmp(preload_id, "none"))
 		return -1;
 	if (strchr(g_argv[0], '\n') || strchr(g_real, '\n') || strchr(resolved, '\n'))
 		return -1;

@@ -253,6 +253,18 @@ def test_what_it_caches_and_what_not(tools):
     assert tools.run(["iptables-restore", "-V"]).returncode == -15
 
 
+@pytest.mark.parametrize("var", ["LD_LIBRARY_PATH", "LD_PRELOAD"])
+def test_libraries_chosen_otherwise_are_not_cached(tools, tmp_path, var):
+    """With libraries chosen otherwise than through ld.so.cache, the answer is the real tool's, every time."""
+    tools.install("iptables-save")
+    env = {var: str(tmp_path / "nothing-here") + ("" if var == "LD_LIBRARY_PATH" else ".so")}
+    real = tools.run(["iptables-save", "-V"], shim=False, env=env)
+    for _ in range(2):
+        got = tools.run(["iptables-save", "-V"], env=env)
+        assert (got.returncode, got.stdout) == (real.returncode, real.stdout)
+    assert len(tools.calls()) == 3 and not cache_entries(tools.base)
+
+
 def test_a_damaged_cache_entry_is_not_believed(tools):
     tools.install("iptables-save")
     real = tools.run(["iptables-save", "-V"], shim=False)
