@@ -100,9 +100,10 @@ def generate_proto(out_dir, criu_src=CRIU_SRC):
         f.write("\n".join(lines) + "\n")
 
 
-# the names ext/xtables_shim.c answers for (its NAMES)
+# the names ext/xtables_shim.c answers for (its NAMES, and sh)
 XTABLES_SHIM_NAMES = ("iptables-save", "ip6tables-save", "iptables-legacy-save", "ip6tables-legacy-save",
-                      "iptables-restore", "ip6tables-restore", "iptables-legacy-restore", "ip6tables-legacy-restore")
+                      "iptables-restore", "ip6tables-restore", "iptables-legacy-restore", "ip6tables-legacy-restore",
+                      "sh")
 
 
 def build_ext_with_tar_shim():

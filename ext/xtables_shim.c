@@ -23,6 +23,12 @@
  * cache is /run/fastckpt/xtables (root's, 0700; a directory of another owner or writable by
  * others is not used), one file per key, written atomically, the whole key inside and compared.
  *
+ * CRIU runs the legacy saves as `sh -c iptables-legacy-save`: installed as `sh` too, this program
+ * answers exactly that command line from the cache when the shell would run this program for it
+ * (the first of that name on PATH) and the cache has the answer; the shell's own start-up is saved.
+ * Any other shell command line, or no cached answer, is the real shell's (the next `sh` on PATH),
+ * with the same argv: a user's action scripts, run by their own path, never come here.
+ *
  * Anything else -- other arguments, tables loaded, no cache -- execs the real tool (the next of
  * that name on PATH that is not this program) with the same argv (argv[0] too: the multi-binaries
  * choose what to be from it) and the same input. Set FASTCKPT_XTABLES_SHIM=0 to always do that.
@@ -345,8 +351,9 @@ static int end_as(int wstatus)
 }
 
 /* The answer of the real tool to this command line, from the cache or from running it. ONLY_EMPTY:
- * cache it only if it printed nothing; STILL_TRUE: the state it was asked in still holds after it. */
-static int cached(const char *kind, int only_empty, int (*still_true)(void))
+ * cache it only if it printed nothing; STILL_TRUE: the state it was asked in still holds after it.
+ * HIT_ONLY: from the cache or not at all (-1). */
+static int cached(const char *kind, int only_empty, int (*still_true)(void), int hit_only)
 {
 	static char out[MAX_OUT + 1];
 	struct key k;
@@ -354,14 +361,18 @@ static int cached(const char *kind, int only_empty, int (*still_true)(void))
 	int dfd, status, wstatus, wrote_err;
 
 	if (make_key(&k, kind))
-		return exec_real();
+		return hit_only ? -1 : exec_real();
 	dfd = open_cache_dir();
 	if (dfd < 0)
-		return exec_real();
+		return hit_only ? -1 : exec_real();
 	if (cache_get(dfd, &k, &status, out, &out_len)) {
 		if (write_all(1, out, out_len))
 			return 1;
 		return status;
+	}
+	if (hit_only) {
+		close(dfd);
+		return -1;
 	}
 	if (run_real(&wstatus, out, &out_len, &wrote_err))
 		return exec_real(); /* nothing of it ran */
@@ -391,6 +402,45 @@ static int no_legacy_tables(void)
 	return r == 0;
 }
 
+/* The first NAME on PATH is this program: what `sh -c NAME` would run. */
+static int first_on_path_is_self(const char *name)
+{
+	char self[PATH_MAX], cand[PATH_MAX], *path, *save = NULL, *d;
+	struct stat self_st, st;
+	ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	int found = 0;
+
+	if (len <= 0)
+		return 0;
+	self[len] = 0;
+	if (stat(self, &self_st) || !getenv("PATH") || !(path = strdup(getenv("PATH"))))
+		return 0;
+	for (d = strtok_r(path, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+		if (!*d || (size_t)snprintf(cand, sizeof(cand), "%s/%s", d, name) >= sizeof(cand))
+			continue;
+		if (stat(cand, &st) || !S_ISREG(st.st_mode) || access(cand, X_OK))
+			continue;
+		found = st.st_dev == self_st.st_dev && st.st_ino == self_st.st_ino;
+		break;
+	}
+	free(path);
+	return found;
+}
+
+/* A legacy save without arguments: from the cache when the namespace has no legacy table. */
+static int legacy_save(int hit_only)
+{
+	g_tables_names = g_name[2] == '6' ? "/proc/net/ip6_tables_names" : "/proc/net/ip_tables_names";
+	if (no_legacy_tables())
+		return cached("no-tables", 1, no_legacy_tables, hit_only);
+	return hit_only ? -1 : exec_real();
+}
+
+static int is_legacy_save(const char *name)
+{
+	return !strcmp(name, "iptables-legacy-save") || !strcmp(name, "ip6tables-legacy-save");
+}
+
 int main(int argc, char **argv)
 {
 	const char *off = getenv("FASTCKPT_XTABLES_SHIM"), *execfn = (const char *)getauxval(AT_EXECFN);
@@ -402,14 +452,26 @@ int main(int argc, char **argv)
 		g_name = strrchr(g_name, '/') + 1;
 	for (int i = 0; NAMES[i]; i++)
 		known |= !strcmp(g_name, NAMES[i]);
+	if (!strcmp(g_name, "sh") && !(off && !strcmp(off, "0")) && argc == 3 && !strcmp(argv[1], "-c") &&
+	    is_legacy_save(argv[2]) && first_on_path_is_self(argv[2])) {
+		/* CRIU's `sh -c iptables-legacy-save`: the shell would run the first of that name on PATH,
+		 * this program, as argv {NAME}; its answer from the cache, or else the shell after all */
+		int ret;
+
+		g_name = argv[2];
+		g_argv = argv + 2;
+		ret = legacy_save(1);
+		if (ret >= 0)
+			return ret;
+		g_name = "sh";
+		g_argv = argv;
+		g_real[0] = 0;
+	}
 	if (!known || (off && !strcmp(off, "0")))
 		return exec_real();
 	if (argc == 2 && !strcmp(argv[1], "-V"))
-		return cached("-V", 0, NULL);
-	if (argc == 1 && (!strcmp(g_name, "iptables-legacy-save") || !strcmp(g_name, "ip6tables-legacy-save"))) {
-		g_tables_names = g_name[2] == '6' ? "/proc/net/ip6_tables_names" : "/proc/net/ip_tables_names";
-		if (no_legacy_tables())
-			return cached("no-tables", 1, no_legacy_tables);
-	}
+		return cached("-V", 0, NULL, 0);
+	if (argc == 1 && is_legacy_save(g_name))
+		return legacy_save(0);
 	return exec_real();
 }

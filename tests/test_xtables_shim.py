@@ -85,7 +85,7 @@ class Tools:
         full_env.pop("FASTCKPT_XTABLES_SHIM", None)
         full_env.update(env or {})
         if netns is not None:
-            args = ["unshare", "--net", "sh", "-c", f'{netns}\nexec "$@"', "sh", *args]
+            args = ["unshare", "--net", "/bin/sh", "-c", f'{netns}\nexec "$@"', "sh", *args]
         return subprocess.run(args, input=input, capture_output=True, env=full_env,
                               stdin=None if input is not None else subprocess.DEVNULL, timeout=60)
 
@@ -122,7 +122,7 @@ def same(a: subprocess.CompletedProcess, b: subprocess.CompletedProcess) -> None
 
 
 def test_the_shim_is_built_and_given_to_criu(monkeypatch):
-    for name in NAMES:
+    for name in NAMES + ("sh",):
         assert os.access(os.path.join(SHIM_DIR, name), os.X_OK), f"{SHIM_DIR}/{name} missing: `make deps` builds it"
     monkeypatch.delenv("FASTCKPT_XTABLES_SHIM", raising=False)
     path = criu_proc.criu_env()["PATH"].split(os.pathsep)
@@ -193,6 +193,41 @@ def test_a_legacy_save_without_tables_is_the_real_tools(tools, name, tmp_path):
                            env=dict(os.environ, PATH=SHIM_DIR + os.pathsep + tools.bin + os.pathsep + SYSTEM_PATH))
     assert (r.returncode, r.stderr, open(out, "rb").read()) == (real.returncode, real.stderr, real.stdout)
     assert len(tools.calls()) == 2
+
+
+@pytest.mark.parametrize("name", LEGACY_SAVES)
+def test_criu_s_shell_command_without_tables_is_answered_without_a_shell(tools, name):
+    """`sh -c NAME` (as CRIU runs the legacy saves): a cached answer comes without running the shell or
+    the tool; no cached answer, a table loaded, switched off: the real shell, which runs the tool."""
+    tools.install(name)
+    sh_log = os.path.join(tools.base, "sh-calls")
+    # a shell of the test's own after the shim's directory: it logs its runs, then is dash
+    tools.install("sh", f'#!/bin/bash\necho "sh $*" >> {sh_log}\nexec -a sh /bin/sh "$@"\n')
+    real = tools.run(["/bin/sh", "-c", name], shim=False, netns="")
+    first = tools.run(["sh", "-c", name], netns="")  # cold: the shell runs, and the tool through the shim
+    assert open(sh_log).read().count("\n") == 1 and len(tools.calls()) == 2, tools.calls()
+    same(first, real)
+    for _ in range(2):
+        same(tools.run(["sh", "-c", name], netns=""), real)
+    assert open(sh_log).read().count("\n") == 1 and len(tools.calls()) == 2, "the cached answer ran a shell or the tool"
+    cmd = name.replace("-save", "")
+    load = f"{cmd} -t filter -A INPUT -s {'2001:db8::8' if '6' in name else '192.0.2.8'} -j DROP || exit 99"
+    with_table = tools.run(["sh", "-c", name], netns=load)
+    assert b"-A INPUT -s" in with_table.stdout, with_table
+    assert open(sh_log).read().count("\n") == 2 and len(tools.calls()) == 3
+    tools.run(["sh", "-c", name], netns="", env={"FASTCKPT_XTABLES_SHIM": "0"})
+    assert open(sh_log).read().count("\n") == 3 and len(tools.calls()) == 4
+
+
+@pytest.mark.parametrize("script", ["echo \"$0\" \"$@\"; exit 7", "iptables-legacy-save -t filter", "iptables-legacy-save ",
+                                    "cd / && pwd && env | grep -c ^PWD=", "read x; echo got $x", "iptables-save -V"])
+def test_other_shell_command_lines_are_the_real_shells(tools, script):
+    tools.install("iptables-legacy-save")
+    tools.install("iptables-save")
+    args = ["sh", "-c", script, "a0", "a1"]
+    real = tools.run(["/bin/sh", *args[1:]], shim=False, netns="", input=b"line\n")
+    for _ in range(2):
+        same(tools.run(args, netns="", input=b"line\n"), real)
 
 
 @pytest.mark.parametrize("name", LEGACY_SAVES)
