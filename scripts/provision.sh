@@ -34,6 +34,9 @@ APT_PACKAGES=(
   podman
   # the virtualenv
   python3-venv
+  # musl-gcc: the iptables tools fastckpt gives CRIU (ext/xtables_shim.c), static with musl, start without
+  # glibc's start-up CPU probe (~0.3 ms of cpuid instructions, each trapping to the hypervisor in a VM)
+  musl-tools
 )
 
 version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
@@ -191,11 +194,11 @@ provision_venv() {
   local stamp=$VENV/.fastckpt-stamp want
   # Reinstall when the package's build inputs or the CRIU it links against change.
   # (and fastckpt/_proto, generated from CRIU's image schemas and magic.h)
-  want=$( { cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT"/ext/*.pyx "$ROOT"/ext/*.pxd "$ROOT"/ext/*.h "$ROOT"/ext/tar_shim.c "$ROOT"/ext/launch.c "$ROOT"/ext/*.py \
+  want=$( { cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT"/ext/*.pyx "$ROOT"/ext/*.pxd "$ROOT"/ext/*.h "$ROOT"/ext/tar_shim.c "$ROOT"/ext/xtables_shim.c "$ROOT"/ext/launch.c "$ROOT"/ext/*.py \
               "$CACHE"/criu-src/images/*.proto "$CACHE/criu-src/criu/include/magic.h"; \
             pkg-config --modversion criu 2>/dev/null; } | sha256sum | cut -d' ' -f1)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c 'import fastckpt._criu' 2>/dev/null \
-     && [ -x "$ROOT/src/fastckpt/libexec/tar" ] && [ -f "$ROOT/src/fastckpt/_proto/criu.binpb" ] \
+     && [ -x "$ROOT/src/fastckpt/libexec/tar" ] && [ -x "$ROOT/src/fastckpt/libexec/xtables/iptables-save" ] && [ -f "$ROOT/src/fastckpt/_proto/criu.binpb" ] \
      && [ -f "$ROOT/src/fastckpt/_proto/magic.py" ]; then
     return 0
   fi

@@ -209,20 +209,28 @@ def _walk(pid: int):
 
 
 LIBEXEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libexec")
+LIBEXEC_XTABLES = os.path.join(LIBEXEC, "xtables")
 
 
 def criu_env() -> dict[str, str]:
-    """CRIU's environment: ours, with fastckpt's `tar` (ext/tar_shim.c) first on PATH.
+    """CRIU's environment: ours, with fastckpt's `tar` (ext/tar_shim.c) and iptables-save/-restore
+    (ext/xtables_shim.c) first on PATH.
 
     CRIU runs `tar` for the content of every tmpfs mount; the shim does CRIU's
     two tar commands itself for the small content of a container's tmpfs
     mounts, and hands anything else to the real tar. FASTCKPT_TAR_SHIM=0: off.
+    CRIU asks the iptables tools for their version (-V) on every dump and restore
+    of a network namespace, and dumps its legacy tables: the shim replays the
+    real tools' own answers (cached by their identity; tables loaded: the real
+    tool). FASTCKPT_XTABLES_SHIM=0: off.
     """
     env = dict(os.environ)
     # glibc's fatal messages ("free(): invalid pointer") go to CRIU's stderr, /dev/null, not to a tty
     env["LIBC_FATAL_STDERR_"] = "1"
-    if env.get("FASTCKPT_TAR_SHIM", "1") != "0" and os.access(os.path.join(LIBEXEC, "tar"), os.X_OK):
-        env["PATH"] = LIBEXEC + os.pathsep + env.get("PATH", os.defpath)
+    for switch, directory, tool in (("FASTCKPT_XTABLES_SHIM", LIBEXEC_XTABLES, "iptables-save"),
+                                    ("FASTCKPT_TAR_SHIM", LIBEXEC, "tar")):
+        if env.get(switch, "1") != "0" and os.access(os.path.join(directory, tool), os.X_OK):
+            env["PATH"] = directory + os.pathsep + env.get("PATH", os.defpath)
     return env
 
 
