@@ -931,3 +931,64 @@ def test_container_flipped_metadata_refused_before_criu(containers, tmp_path):
     assert_refused(r, elapsed, images, f"{name} is altered: checksum mismatch")
     rs.assert_nothing_left(ct.id, ct.root, str(tmp_path))
     assert ct.runc_state() is None
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("damaged_pages", [False, True], ids=["intact", "flipped-pages"])
+def test_ctrl_c_during_an_overlapped_restore(containers, tmp_path, slow_criu, damaged_pages):
+    """Ctrl-C while CRIU restores (and the pages are checked): held back as before; the restore completes
+    (then says it was interrupted after it) or, damaged, is undone (then says nothing was restored)."""
+    import signal
+
+    import robust_support as rb
+
+    ct = containers(64)
+    images = str(tmp_path / "images")
+    cs.assert_ok(cs.fastckpt("--root", ct.root, "checkpoint", "--image-path", images, ct.id))
+    stopped = ct.counter.last()
+    name = largest_pages(images)
+    if damaged_pages:
+        flip(os.path.join(images, name), 5 * PAGE + 1)
+    mark = str(tmp_path / "criu-starting")
+    cli = rb.Cli(["--root", ct.root, "restore", "-d", "--image-path", images, "-b", ct.bundle, ct.id],
+                 str(tmp_path), env=slow_criu(mark))
+    try:
+        rb.wait_for(lambda: os.path.exists(mark) or not cli.running(), "criu to get its request", timeout=60)
+        assert cli.running(), "fastckpt ended before CRIU got its request"
+        cli.signal_group(signal.SIGINT)
+        r = cli.wait()
+    finally:
+        cli.stop()
+    assert r.returncode == 130, str(r)
+    assert "Traceback" not in r.stderr, r.stderr
+    if damaged_pages:
+        assert "interrupted: nothing was restored and nothing was left behind" in r.stderr, r.stderr
+        rs.assert_nothing_left(ct.id, ct.root, str(tmp_path))
+        time.sleep(0.3)
+        assert ct.counter.last() == stopped, "the restored container ran"
+    else:
+        assert f"interrupted after the restore completed: container {ct.id!r} runs" in r.stderr, r.stderr
+        assert ct.status() == "running"
+        ct.counter.assert_continued(stopped)
+        ct.assert_memory_intact()
+
+
+@pytest.mark.integration
+def test_session_flipped_pages_refused_during_the_restore(proc_tree, tmp_path, restored_trees):
+    """fastckpt.Session's restore (a warm CRIU service) checks the pages the same way."""
+    import fastckpt
+
+    images = str(tmp_path / "images")
+    tree = checkpoint_big_tree(proc_tree, tmp_path, images)
+    restored_trees.append(tree.pid)
+    stopped = tree.count()
+    name = largest_pages(images)
+    flip(os.path.join(images, name), os.path.getsize(os.path.join(images, name)) - 1)
+    with fastckpt.Session() as s:
+        with pytest.raises(DamagedImage) as ei:
+            s.restore(image_path=images)
+    assert f"{name} is altered: checksum mismatch" in str(ei.value), str(ei.value)
+    with open(os.path.join(images, "restore.log")) as f:
+        assert "Aborting restore due to post-restore script" in f.read()
+    assert_tree_gone(tree.pid)
+    assert tree.count() == stopped, "the restored tree ran"
