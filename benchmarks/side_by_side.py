@@ -974,7 +974,7 @@ def build_report(b: Bench, meta: dict) -> dict:
                                 "(wall with the manifest - wall without it, per round; absolute)", "unit": "s/GiB",
                         "fastckpt": mf, "fastckpt_tool": "fastckpt", "shipped": None, "shipped_tool": None,
                         "cache": None, "cache_tool": None, "target": t, "ratio_shipped": None, "ratio_cache": None,
-                        "met_shipped": "", "met_cache": _met(mf, t)})
+                        "met_shipped": "", "met_cache": _met(mf, t), "samples": s["manifest"]["fastckpt"]})
     mw, mo = med("manifest-with", "fastckpt"), med("manifest-without", "fastckpt")
     if mw is not None and mo is not None:
         b.notes.append(f"row 9: restore -d of the same 2 GiB images, medians: {mw * 1000:.0f} ms with the manifest, "
