@@ -45,7 +45,7 @@ import zlib
 from collections.abc import Sequence
 
 from . import atomicfile
-from .errors import DamagedImage, ImageDirError
+from .errors import DamagedImage, Error, ImageDirError
 
 MANIFEST_FILE = "fastckpt-manifest.json"
 FORMAT = 1
@@ -304,7 +304,7 @@ class Follower:
             while not self._stop.wait(interval):
                 with os.scandir(self.image_path) as it:
                     files = [(e.name, e.stat().st_size) for e in it
-                             if e.name.startswith("pages-") and e.name.endswith(".img") and e.name not in self._old]
+                             if is_pages_image(e.name) and e.name not in self._old]
                 busy = False
                 for name, size in files:
                     done = self.known.setdefault(name, {})
@@ -590,7 +590,7 @@ class PagesCheck:
         """Wait for the check; raises DamagedImage naming the damaged file (or what the check failed with)."""
         self._thread.join()
         if self._cancel.is_set() and self._error is None:
-            raise RuntimeError("the pages images' check was stopped before it finished")
+            raise Error(f"the check of the pages images in {self.image_path} was stopped before it finished")
         if self._error is not None:
             raise self._error
 

@@ -311,7 +311,7 @@ def restore_bound(image_path: str) -> float:
     size = 0
     with os.scandir(image_path) as it:
         for e in it:
-            if e.name.startswith("pages-") and e.name.endswith(".img"):
+            if manifest.is_pages_image(e.name):
                 size += e.stat().st_size
     return 60.0 + size / 50e6
 
