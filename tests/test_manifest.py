@@ -992,3 +992,29 @@ def test_session_flipped_pages_refused_during_the_restore(proc_tree, tmp_path, r
         assert "Aborting restore due to post-restore script" in f.read()
     assert_tree_gone(tree.pid)
     assert tree.count() == stopped, "the restored tree ran"
+
+
+@pytest.mark.integration
+def test_auto_dedup_restore_checks_the_pages_first(containers, tmp_path):
+    """restore --auto-dedup: CRIU punches the pages it restored out of the images, so they are checked
+    before CRIU (read meanwhile, they would be zeros and mismatch): an intact checkpoint restores; a
+    flipped byte is refused before CRIU starts."""
+    ct = containers(64)
+    images = str(tmp_path / "images")
+    cs.assert_ok(cs.fastckpt("--root", ct.root, "checkpoint", "--image-path", images, ct.id))
+    stopped = ct.counter.last()
+    damaged_copy = copy_images(images, str(tmp_path / "damaged"))
+    name = largest_pages(images)
+    flip(os.path.join(damaged_copy, name), os.path.getsize(os.path.join(damaged_copy, name)) // 2)
+    r, elapsed = run_fastckpt(ct.root, "restore", "-d", "--auto-dedup", "--image-path", damaged_copy, "-b",
+                              ct.bundle, ct.id, workdir=str(tmp_path))
+    assert_refused(r, elapsed, damaged_copy, f"{name} is altered: checksum mismatch")
+    rs.assert_nothing_left(ct.id, ct.root, str(tmp_path))
+
+    blocks = os.stat(os.path.join(images, name)).st_blocks
+    r, _ = run_fastckpt(ct.root, "restore", "-d", "--auto-dedup", "--image-path", images, "-b", ct.bundle, ct.id,
+                        workdir=str(tmp_path))
+    assert r.returncode == 0, str(r)
+    assert os.stat(os.path.join(images, name)).st_blocks < blocks  # CRIU punched the restored pages out
+    ct.counter.assert_continued(stopped)
+    ct.assert_memory_intact()

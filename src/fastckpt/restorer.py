@@ -386,9 +386,10 @@ def _restore_checked(container_id: str | None, options: RestoreOptions, root: st
     kind, meta = image_kind(image_path)
     # a damaged checkpoint is refused before anything is made (CRIU may loop on a cut-short pages image);
     # the checksums of large pages images are checked while CRIU restores, and waited for before the
-    # restored tree runs (its "post-restore" notification: _pages_notify); with lazy pages, CRIU reads
-    # pages after the tree runs: all is checked first
-    if options.lazy_pages:
+    # restored tree runs (its "post-restore" notification: _pages_notify); all is checked first with lazy
+    # pages (CRIU reads pages after the tree runs) and with --auto-dedup (CRIU punches the pages it
+    # restored out of the images meanwhile)
+    if options.lazy_pages or options.auto_dedup:
         manifest.verify(image_path)
         pages = None
     else:
