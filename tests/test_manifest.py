@@ -1018,3 +1018,21 @@ def test_auto_dedup_restore_checks_the_pages_first(containers, tmp_path):
     assert os.stat(os.path.join(images, name)).st_blocks < blocks  # CRIU punched the restored pages out
     ct.counter.assert_continued(stopped)
     ct.assert_memory_intact()
+
+
+@pytest.mark.integration
+def test_process_tree_big_intact_restores_with_its_pages_checked_meanwhile(proc_tree, tmp_path, restored_trees):
+    """An intact 64 MiB tree restores (its pages image checked while CRIU restores it) and runs on."""
+    import fastckpt
+
+    images = str(tmp_path / "images")
+    tree = checkpoint_big_tree(proc_tree, tmp_path, images)
+    restored_trees.append(tree.pid)
+    stopped = tree.count()
+    largest_pages(images)
+    res = fastckpt.restore(image_path=images)
+    assert res.pid == tree.pid
+    cs.wait_until(lambda: (tree.count() or 0) > stopped, "the restored tree to count on")
+    with open(os.path.join(images, "restore.log")) as f:
+        assert "Running post-restore scripts" in f.read()  # the notification the pages check waits at
+    assert not [t for t in __import__("threading").enumerate() if t.name == "fastckpt-pages-check"]
