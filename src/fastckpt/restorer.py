@@ -433,18 +433,24 @@ def _guarded(run, what: str, done: list) -> RestoreResult:
         raise Interrupted(f"interrupted: nothing was restored and nothing was left behind for {what}") from None
 
 
-def _pages_notify(pages: "manifest.PagesCheck | None", other=None):
+def _pages_notify(pages: "manifest.PagesCheck | None", other=None, refused: list | None = None):
     """The notify handler of a restore whose pages images are checked meanwhile (PAGES): at "post-restore"
     (CRIU has read every page into the restored tasks, which have not run yet) it waits for the check; a
     damaged image fails the notification, and CRIU kills the restored tree and fails (the DamagedImage is
-    the restore's error: opts.notify_error). OTHER: the handler of the other notifications, or None.
-    None when there is nothing to act on (CRIU then sends no notification)."""
+    the restore's error: opts.notify_error). OTHER: the handler of the other notifications, or None;
+    REFUSED: the restored root's pid is added to it when the check fails. None when there is nothing to
+    act on (CRIU then sends no notification)."""
     if pages is None:
         return other
 
     def handler(action: str, pid: int) -> int:
         if action == "post-restore":
-            pages.result()
+            try:
+                pages.result()
+            except BaseException:
+                if refused is not None:
+                    refused.append(pid)
+                raise
             return 0
         return other(action, pid) if other is not None else 0
 
@@ -459,7 +465,8 @@ def _restore_process(options: RestoreOptions, t0: float, session=None,
         opts = _new_opts(options, fds[0], fds[1], session=session)
         if options.lazy_pages:
             criu.apply_config_file(opts, None, work_path, lazy_pages=True)
-        handler = _pages_notify(pages)
+        refused: list[int] = []
+        handler = _pages_notify(pages, refused=refused)
         if handler is not None:
             opts.set_notify(handler)
         # CRIU and all it forks run in a cgroup of their own: if it fails or is
@@ -470,6 +477,10 @@ def _restore_process(options: RestoreOptions, t0: float, session=None,
                                    timeout=restore_bound(image_path), setup=box.enter if box else None,
                                    on_stop=box.kill_all if box else None)
             if opts.notify_error is not None:
+                if refused and session is not None:
+                    # libcriu returns at the failed notification, before CRIU killed the tree: a criu of
+                    # our own is waited for (run_op), a session's CRIU service is not
+                    _wait_killed(refused[0])
                 raise opts.notify_error
             if ret > 0:
                 if pages is not None:
@@ -489,6 +500,29 @@ def _restore_process(options: RestoreOptions, t0: float, session=None,
         criu_failures.raise_criu_failure("restore", ret, err, log_path)
     return RestoreResult(pid=ret, image_path=image_path, work_path=work_path, log_path=log_path,
                          wall_time=time.monotonic() - t0)
+
+
+def _wait_killed(pid: int, timeout: float = 10.0) -> None:
+    """Wait until PID (the root of a tree CRIU is killing) no longer runs (gone, or a zombie); past
+    TIMEOUT, kill it."""
+    import signal
+
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+            if data[data.rindex(b")") + 2:][:1] in (b"Z", b"X"):
+                return
+        except (OSError, ValueError):
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _pages_checked(pages: "manifest.PagesCheck", pid: int, box: "cgroups.Containment | None") -> None:
