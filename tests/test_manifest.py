@@ -680,3 +680,359 @@ def test_api_raises_damaged_image(tmp_path, proc_tree, restored_trees):
     assert isinstance(ei.value, fastckpt.DamagedImage) and isinstance(ei.value, DamagedImage)
     assert ei.value.path == os.path.join(images, "pages-1.img")
     assert not os.path.exists(os.path.join(images, "restore.log"))
+
+
+# --- the pages images checked while CRIU restores (manifest.verify_overlapped) ----------------------------
+
+BIG_PAGES = manifest.OVERLAP_MIN + 4 * PAGE  # a pages image large enough to be checked during the restore
+
+
+def make_big_images(d):
+    """make_images' checkpoint plus a pages image of BIG_PAGES bytes (not framed: the manifest covers it)."""
+    make_images(d, with_manifest=False)
+    with open(os.path.join(d, "pages-3.img"), "wb") as f:
+        block = bytes(range(256)) * (PAGE // 256)
+        for i in range(BIG_PAGES // PAGE):
+            f.write(block[i % 256:] + block[:i % 256])
+    manifest.write(str(d))
+    return str(d)
+
+
+def test_overlapped_verification_leaves_only_the_large_pages_images(tmp_path):
+    d = make_big_images(tmp_path / "i")
+    check = manifest.verify_overlapped(d)
+    assert check is not None and sorted(check.sizes) == ["pages-3.img"]  # the small ones were checked before
+    try:
+        check.result()  # intact
+    finally:
+        check.close()
+    assert check.done()
+
+
+def test_overlapped_verification_finds_a_flipped_pages_byte_in_its_thread(tmp_path):
+    d = make_big_images(tmp_path / "i")
+    flip(os.path.join(d, "pages-3.img"), BIG_PAGES - 10)  # in its second (last) chunk
+    check = manifest.verify_overlapped(d)  # sizes right, the metadata intact: CRIU may start
+    assert check is not None
+    try:
+        with pytest.raises(DamagedImage) as ei:
+            check.result()
+    finally:
+        check.close()
+    e = ei.value
+    assert e.errno == errno.EBADMSG and e.path == os.path.join(d, "pages-3.img")
+    assert f"pages-3.img is altered: checksum mismatch in bytes 16777216-{BIG_PAGES - 1}" in str(e), str(e)
+    damaged(d, "pages-3.img is altered: checksum mismatch")  # what verify() says, in line
+
+
+@pytest.mark.parametrize("damage", ["flipped-metadata", "truncated-pages", "grown-pages", "flipped-small-pages"])
+def test_overlapped_verification_refuses_before_criu(tmp_path, damage):
+    """Sizes, the metadata images and the small pages images are checked before CRIU starts."""
+    d = make_big_images(tmp_path / "i")
+    if damage == "flipped-metadata":
+        flip(os.path.join(d, "core-10.img"), 7)
+        needle = "core-10.img is altered: checksum mismatch"
+    elif damage == "truncated-pages":
+        truncate(os.path.join(d, "pages-3.img"), BIG_PAGES - PAGE)
+        needle = f"pages-3.img is truncated: {BIG_PAGES - PAGE} of {BIG_PAGES} bytes"
+    elif damage == "grown-pages":
+        truncate(os.path.join(d, "pages-3.img"), BIG_PAGES + PAGE)
+        needle = f"pages-3.img is altered: {BIG_PAGES + PAGE} bytes, {BIG_PAGES} expected"
+    else:
+        flip(os.path.join(d, "pages-1.img"), 5)
+        needle = "pages-1.img is altered: checksum mismatch"
+    with pytest.raises(DamagedImage) as ei:
+        manifest.verify_overlapped(d)
+    assert needle in str(ei.value), str(ei.value)
+
+
+def test_small_pages_images_are_all_checked_before_criu(tmp_path):
+    """Pages images of less than OVERLAP_MIN bytes in all: nothing is left for a thread."""
+    d = make_images(tmp_path / "i")
+    assert manifest.verify_overlapped(d) is None
+    flip(os.path.join(d, "pages-2.img"), 3)
+    with pytest.raises(DamagedImage, match="pages-2.img is altered"):
+        manifest.verify_overlapped(d)
+
+
+def test_pages_check_reports_read_errors(tmp_path):
+    """A pages image that went, or that ended early, while its thread read it: a DamagedImage naming it."""
+    d = make_big_images(tmp_path / "i")
+    want = {"pages-3.img": ["0" * 16] * 2}
+    missing = manifest.PagesCheck(d, {"gone.img": BIG_PAGES}, {"gone.img": want["pages-3.img"]},
+                                  manifest.CHUNK_SIZE, manifest.ALGORITHM)
+    short = manifest.PagesCheck(d, {"pages-3.img": BIG_PAGES + PAGE}, want, manifest.CHUNK_SIZE, manifest.ALGORITHM)
+    try:
+        with pytest.raises(DamagedImage, match="gone.img is unreadable: No such file or directory"):
+            missing.result()
+        with pytest.raises(DamagedImage, match=f"pages-3.img is truncated: {BIG_PAGES} of {BIG_PAGES + PAGE} bytes"):
+            short.result()
+    finally:
+        missing.close()
+        short.close()
+
+
+def test_pages_check_close_stops_its_thread(tmp_path):
+    d = make_big_images(tmp_path / "i")
+    flip(os.path.join(d, "pages-3.img"), 0)
+    check = manifest.verify_overlapped(d)
+    check.close()  # at once: whatever it had done, its thread is gone
+    assert check.done()
+    assert not [t for t in __import__("threading").enumerate() if t.name == "fastckpt-pages-check"]
+
+
+# a process tree of 64 MiB (not one zero page): its pages image is checked while CRIU restores it
+BIG_TREE = """
+import os, sys, time
+mem = bytearray(range(1, 256)) * ((64 << 20) // 255)
+path, n = sys.argv[1], 0
+while True:
+    n += 1
+    with open(path + ".t", "w") as f:
+        f.write(f"{n}\\n")
+    os.replace(path + ".t", path)
+    time.sleep(0.05)
+"""
+
+
+def checkpoint_big_tree(proc_tree, tmp_path, images):
+    import sys
+
+    count = str(tmp_path / "count")
+    tree = proc_tree([sys.executable, "-c", BIG_TREE, count], count_file=count)
+    tree.wait_advancing()
+    r = rs.run(rs.fastckpt_cmd("checkpoint", "--pid", str(tree.pid), "--image-path", images), str(tmp_path))
+    assert r.returncode == 0, str(r)
+    assert tree.wait_gone() == -9
+    assert not rs.reap_session(tree.pid), f"pid {tree.pid} still in use"
+    return tree
+
+
+def largest_pages(images):
+    name = max((n for n in os.listdir(images) if manifest.is_pages_image(n)),
+               key=lambda n: os.path.getsize(os.path.join(images, n)))
+    assert os.path.getsize(os.path.join(images, name)) >= manifest.OVERLAP_MIN, "no pages image to overlap"
+    return name
+
+
+def assert_tree_gone(pid):
+    """No process of the tree is left: killed by CRIU; its zombie, reparented to PID 1 (which reaps slowly
+    here), may take a moment to go."""
+    rs.wait_until(lambda: not rs.pids_using(pid), f"the processes of the tree (pid {pid}) to go", timeout=10)
+
+
+def assert_refused_by_criu_notify(r, images, name):
+    """Refused with the damaged file named, after CRIU read the pages and before the tree ran: CRIU's log
+    says it aborted at the post-restore notification."""
+    rs.assert_error(r, 1, "is damaged", f"{name} is altered: checksum mismatch", images)
+    with open(os.path.join(images, "restore.log")) as f:
+        log = f.read()
+    assert "Aborting restore due to post-restore script" in log, log[-2000:]
+
+
+@pytest.mark.integration
+def test_process_tree_flipped_pages_refused_during_the_restore(proc_tree, tmp_path, restored_trees):
+    import robust_support as rb
+
+    images = str(tmp_path / "images")
+    tree = checkpoint_big_tree(proc_tree, tmp_path, images)
+    restored_trees.append(tree.pid)
+    stopped = tree.count()
+    name = largest_pages(images)
+    flip(os.path.join(images, name), os.path.getsize(os.path.join(images, name)) // 2)
+    r = rs.run(rs.fastckpt_cmd("restore", "--image-path", images), str(tmp_path))
+    assert_refused_by_criu_notify(r, images, name)
+    assert_tree_gone(tree.pid)
+    assert tree.count() == stopped, "the restored tree ran"
+    assert not rs.criu_pids_in(str(tmp_path))
+    assert not rb.restore_cgroups(r.pid), rb.restore_cgroups(r.pid)
+
+
+@pytest.mark.integration
+def test_process_tree_truncated_big_pages_refused_before_criu(proc_tree, tmp_path, restored_trees):
+    images = str(tmp_path / "images")
+    restored_trees.append(checkpoint_big_tree(proc_tree, tmp_path, images).pid)
+    name = largest_pages(images)
+    size = os.path.getsize(os.path.join(images, name))
+    truncate(os.path.join(images, name), size - PAGE)
+    r, elapsed = run_fastckpt(None, "restore", "--image-path", images, workdir=str(tmp_path))
+    assert_refused(r, elapsed, images, name, f"truncated: {size - PAGE} of {size} bytes")
+
+
+@pytest.mark.integration
+def test_api_pages_read_error_during_the_restore(proc_tree, tmp_path, restored_trees, monkeypatch):
+    """An I/O error of the pages check (simulated: the read of the pages image fails) fails the restore with
+    the file named, through the API; the tree CRIU had restored is killed, CRIU's cgroup removed."""
+    import fastckpt
+    import robust_support as rb
+
+    images = str(tmp_path / "images")
+    tree = checkpoint_big_tree(proc_tree, tmp_path, images)
+    restored_trees.append(tree.pid)
+    stopped = tree.count()
+    name = largest_pages(images)
+    real = manifest._chunk_sum
+
+    def failing(image_path, n, *a, **kw):
+        if n == name:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), os.path.join(image_path, n))
+        return real(image_path, n, *a, **kw)
+
+    monkeypatch.setattr(manifest, "_chunk_sum", failing)
+    with pytest.raises(DamagedImage) as ei:
+        fastckpt.restore(image_path=images)
+    assert f"{name} is unreadable: Input/output error" in str(ei.value), str(ei.value)
+    assert os.path.exists(os.path.join(images, "restore.log"))  # CRIU ran
+    assert_tree_gone(tree.pid)
+    assert tree.count() == stopped, "the restored tree ran"
+    assert not rb.restore_cgroups(os.getpid()), rb.restore_cgroups(os.getpid())
+    assert not [t for t in __import__("threading").enumerate() if t.name == "fastckpt-pages-check"]
+
+
+@pytest.mark.integration
+def test_container_flipped_pages_refused_during_the_restore(containers, tmp_path):
+    """A 64 MiB container: a flipped byte in its pages image is found while CRIU restores it; the restore
+    fails naming the file, the container never ran again, nothing is left; the intact copy restores
+    with its memory intact."""
+    ct = containers(64)
+    images = str(tmp_path / "images")
+    cs.assert_ok(cs.fastckpt("--root", ct.root, "checkpoint", "--image-path", images, ct.id))
+    assert ct.runc_state() is None
+    stopped = ct.counter.last()
+    intact = copy_images(images, str(tmp_path / "intact"))
+    name = largest_pages(images)
+    flip(os.path.join(images, name), os.path.getsize(os.path.join(images, name)) // 2)
+    r = rs.run(rs.fastckpt_cmd("--root", ct.root, "restore", "-d", "--image-path", images, "-b", ct.bundle,
+                               ct.id), str(tmp_path))
+    assert_refused_by_criu_notify(r, images, name)
+    rs.assert_nothing_left(ct.id, ct.root, str(tmp_path))
+    assert ct.runc_state() is None
+    time.sleep(0.3)
+    assert ct.counter.last() == stopped, "the restored container ran"
+
+    r = rs.run(rs.fastckpt_cmd("--root", ct.root, "restore", "-d", "--image-path", intact, "-b", ct.bundle,
+                               ct.id), str(tmp_path))
+    assert r.returncode == 0, str(r)
+    ct.counter.assert_continued(stopped)
+    ct.assert_memory_intact()
+
+
+@pytest.mark.integration
+def test_container_flipped_metadata_refused_before_criu(containers, tmp_path):
+    """The metadata images are checked before CRIU starts even when the pages are checked during it."""
+    ct = containers(64)
+    images = str(tmp_path / "images")
+    cs.assert_ok(cs.fastckpt("--root", ct.root, "checkpoint", "--image-path", images, ct.id))
+    largest_pages(images)  # the pages would be checked during the restore
+    name = sorted(n for n in os.listdir(images) if n.startswith("mm-"))[0]
+    flip(os.path.join(images, name), os.path.getsize(os.path.join(images, name)) // 2)
+    r, elapsed = run_fastckpt(ct.root, "restore", "-d", "--image-path", images, "-b", ct.bundle, ct.id,
+                              workdir=str(tmp_path))
+    assert_refused(r, elapsed, images, f"{name} is altered: checksum mismatch")
+    rs.assert_nothing_left(ct.id, ct.root, str(tmp_path))
+    assert ct.runc_state() is None
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("damaged_pages", [False, True], ids=["intact", "flipped-pages"])
+def test_ctrl_c_during_an_overlapped_restore(containers, tmp_path, slow_criu, damaged_pages):
+    """Ctrl-C while CRIU restores (and the pages are checked): held back as before; the restore completes
+    (then says it was interrupted after it) or, damaged, is undone (then says nothing was restored)."""
+    import signal
+
+    import robust_support as rb
+
+    ct = containers(64)
+    images = str(tmp_path / "images")
+    cs.assert_ok(cs.fastckpt("--root", ct.root, "checkpoint", "--image-path", images, ct.id))
+    stopped = ct.counter.last()
+    name = largest_pages(images)
+    if damaged_pages:
+        flip(os.path.join(images, name), 5 * PAGE + 1)
+    mark = str(tmp_path / "criu-starting")
+    cli = rb.Cli(["--root", ct.root, "restore", "-d", "--image-path", images, "-b", ct.bundle, ct.id],
+                 str(tmp_path), env=slow_criu(mark))
+    try:
+        rb.wait_for(lambda: os.path.exists(mark) or not cli.running(), "criu to get its request", timeout=60)
+        assert cli.running(), "fastckpt ended before CRIU got its request"
+        cli.signal_group(signal.SIGINT)
+        r = cli.wait()
+    finally:
+        cli.stop()
+    assert r.returncode == 130, str(r)
+    assert "Traceback" not in r.stderr, r.stderr
+    if damaged_pages:
+        assert "interrupted: nothing was restored and nothing was left behind" in r.stderr, r.stderr
+        rs.assert_nothing_left(ct.id, ct.root, str(tmp_path))
+        time.sleep(0.3)
+        assert ct.counter.last() == stopped, "the restored container ran"
+    else:
+        assert f"interrupted after the restore completed: container {ct.id!r} runs" in r.stderr, r.stderr
+        assert ct.status() == "running"
+        ct.counter.assert_continued(stopped)
+        ct.assert_memory_intact()
+
+
+@pytest.mark.integration
+def test_session_flipped_pages_refused_during_the_restore(proc_tree, tmp_path, restored_trees):
+    """fastckpt.Session's restore (a warm CRIU service) checks the pages the same way."""
+    import fastckpt
+
+    images = str(tmp_path / "images")
+    tree = checkpoint_big_tree(proc_tree, tmp_path, images)
+    restored_trees.append(tree.pid)
+    stopped = tree.count()
+    name = largest_pages(images)
+    flip(os.path.join(images, name), os.path.getsize(os.path.join(images, name)) - 1)
+    with fastckpt.Session() as s:
+        with pytest.raises(DamagedImage) as ei:
+            s.restore(image_path=images)
+    assert f"{name} is altered: checksum mismatch" in str(ei.value), str(ei.value)
+    with open(os.path.join(images, "restore.log")) as f:
+        assert "Aborting restore due to post-restore script" in f.read()
+    assert_tree_gone(tree.pid)
+    assert tree.count() == stopped, "the restored tree ran"
+
+
+@pytest.mark.integration
+def test_auto_dedup_restore_checks_the_pages_first(containers, tmp_path):
+    """restore --auto-dedup: CRIU punches the pages it restored out of the images, so they are checked
+    before CRIU (read meanwhile, they would be zeros and mismatch): an intact checkpoint restores; a
+    flipped byte is refused before CRIU starts."""
+    ct = containers(64)
+    images = str(tmp_path / "images")
+    cs.assert_ok(cs.fastckpt("--root", ct.root, "checkpoint", "--image-path", images, ct.id))
+    stopped = ct.counter.last()
+    damaged_copy = copy_images(images, str(tmp_path / "damaged"))
+    name = largest_pages(images)
+    flip(os.path.join(damaged_copy, name), os.path.getsize(os.path.join(damaged_copy, name)) // 2)
+    r, elapsed = run_fastckpt(ct.root, "restore", "-d", "--auto-dedup", "--image-path", damaged_copy, "-b",
+                              ct.bundle, ct.id, workdir=str(tmp_path))
+    assert_refused(r, elapsed, damaged_copy, f"{name} is altered: checksum mismatch")
+    rs.assert_nothing_left(ct.id, ct.root, str(tmp_path))
+
+    blocks = os.stat(os.path.join(images, name)).st_blocks
+    r, _ = run_fastckpt(ct.root, "restore", "-d", "--auto-dedup", "--image-path", images, "-b", ct.bundle, ct.id,
+                        workdir=str(tmp_path))
+    assert r.returncode == 0, str(r)
+    assert os.stat(os.path.join(images, name)).st_blocks < blocks  # CRIU punched the restored pages out
+    ct.counter.assert_continued(stopped)
+    ct.assert_memory_intact()
+
+
+@pytest.mark.integration
+def test_process_tree_big_intact_restores_with_its_pages_checked_meanwhile(proc_tree, tmp_path, restored_trees):
+    """An intact 64 MiB tree restores (its pages image checked while CRIU restores it) and runs on."""
+    import fastckpt
+
+    images = str(tmp_path / "images")
+    tree = checkpoint_big_tree(proc_tree, tmp_path, images)
+    restored_trees.append(tree.pid)
+    stopped = tree.count()
+    largest_pages(images)
+    res = fastckpt.restore(image_path=images)
+    assert res.pid == tree.pid
+    cs.wait_until(lambda: (tree.count() or 0) > stopped, "the restored tree to count on")
+    with open(os.path.join(images, "restore.log")) as f:
+        assert "Running post-restore scripts" in f.read()  # the notification the pages check waits at
+    assert not [t for t in __import__("threading").enumerate() if t.name == "fastckpt-pages-check"]

@@ -85,6 +85,7 @@ def test_watchdog_stops_criu_looping_on_a_cut_short_pages_image(proc_tree, tmp_p
 
     # fastckpt would refuse this checkpoint before CRIU runs (test_manifest.py): let CRIU have it
     monkeypatch.setattr(manifest, "verify", lambda *a, **kw: None)
+    monkeypatch.setattr(manifest, "verify_overlapped", lambda *a, **kw: None)
     monkeypatch.setattr(manifest, "check_structure", lambda *a, **kw: None)
     # a small log bound (criu_proc.run's log_limit is bound when the function is defined: pass it)
     monkeypatch.setattr(criu_proc, "LOG_LIMIT", LOG_LIMIT)
@@ -241,7 +242,7 @@ def test_watchdog_stop_ends_a_container_restore_whatever_criu_forked(containers,
 
 SMALL_LOG_BOUND_UNCHECKED = SMALL_LOG_BOUND.replace("from fastckpt.cli import main", """from fastckpt.cli import main
 from fastckpt import manifest
-manifest.verify = lambda *a, **kw: None
+manifest.verify = manifest.verify_overlapped = lambda *a, **kw: None
 manifest.check_structure = lambda *a, **kw: None""")
 
 

@@ -18,8 +18,16 @@ restore:
   checksummed in one go.  The manifest records its algorithm and chunk size, so both
   can change later.
 * :func:`verify`, before CRIU runs on a restore: with a manifest, every file
-  it lists must be there with its size and checksums (extra files are fine);
-  without one (images made by ``runc checkpoint``), the structure is checked:
+  it lists must be there with its size and checksums (extra files are fine).
+  A restore uses :func:`verify_overlapped`: the same, but the checksums of
+  large pages images (:data:`OVERLAP_MIN` bytes and more in all) are checked
+  by a :class:`PagesCheck` thread while CRIU restores, and waited for at CRIU's
+  "post-restore" notification: CRIU has read every page into the restored
+  tasks then, and they have not run yet; a damaged image fails the
+  notification, and CRIU kills them (CRIU 4.2 ignores a failed "pre-resume",
+  which comes after the network is unlocked).  Sizes and every other file are
+  still checked before CRIU starts.
+  Without a manifest (images made by ``runc checkpoint``), the structure is checked:
   ``inventory.img`` and ``pstree.img`` decode, and each ``pages-<id>.img``
   holds exactly the pages that its ``pagemap-*.img`` says are in it (read by
   :mod:`fastckpt.images`, CRIU's own schemas).
@@ -37,7 +45,7 @@ import zlib
 from collections.abc import Sequence
 
 from . import atomicfile
-from .errors import DamagedImage, ImageDirError
+from .errors import DamagedImage, Error, ImageDirError
 
 MANIFEST_FILE = "fastckpt-manifest.json"
 FORMAT = 1
@@ -51,6 +59,9 @@ _CHECKPOINT_FILES = ("fastckpt.json", "descriptors.json", "stats-dump")
 _READ_SLICE = 1 << 20  # bytes read (and checksummed) at a time by one thread
 _PARALLEL_MIN = 16 << 20  # below this many bytes, threads cost more than they bring
 _SMALL_MAX = 1 << 20  # a file of at most this many bytes is read and checksummed in one go
+# a restore checks its pages images while CRIU restores (verify_overlapped) when they hold this many bytes
+# (beyond those of one read each); fewer cost less than the thread and CRIU's notifications
+OVERLAP_MIN = 16 << 20
 
 
 def is_checkpoint_file(name: str) -> bool:
@@ -183,11 +194,12 @@ def _chunk_sum(image_path: str, name: str, offset: int, length: int, buf: bytear
 
 def checksums(image_path: str, sizes: dict[str, int], chunk_size: int | None = None,
               threads: int | None = None, known: dict[str, dict[int, int]] | None = None,
-              algorithm: str = ALGORITHM) -> dict[str, list[int]]:
+              algorithm: str = ALGORITHM, cancel=None) -> dict[str, list[int]]:
     """The checksum (ALGORITHM's) of each CHUNK_SIZE bytes of each file NAME -> SIZE (its first SIZE bytes).
 
     KNOWN: checksums of whole chunks already computed (by a :class:`Follower`), by
-    file name and chunk index.  OSError (file gone, unreadable) and
+    file name and chunk index.  CANCEL: a threading.Event; once set, no further chunk is
+    begun (what is returned then is incomplete).  OSError (file gone, unreadable) and
     :class:`_Short` (the file holds fewer bytes) propagate.
     """
     chunk_size = chunk_size or CHUNK_SIZE
@@ -214,7 +226,7 @@ def checksums(image_path: str, sizes: dict[str, int], chunk_size: int | None = N
 
     def work() -> None:
         buf = bytearray(min(slice_size, max((it[3] for it in items), default=1)))
-        while not stop[0]:
+        while not stop[0] and not (cancel is not None and cancel.is_set()):
             item = next(pending, None)
             if item is None:
                 return
@@ -292,7 +304,7 @@ class Follower:
             while not self._stop.wait(interval):
                 with os.scandir(self.image_path) as it:
                     files = [(e.name, e.stat().st_size) for e in it
-                             if e.name.startswith("pages-") and e.name.endswith(".img") and e.name not in self._old]
+                             if is_pages_image(e.name) and e.name not in self._old]
                 busy = False
                 for name, size in files:
                     done = self.known.setdefault(name, {})
@@ -436,10 +448,34 @@ def verify(image_path: str) -> dict | None:
     Without: :func:`check_structure`.  Raises
     :class:`~fastckpt.errors.DamagedImage` naming the (first) damaged file.
     """
+    return _verify(image_path, False)[0]
+
+
+def verify_overlapped(image_path: str) -> "PagesCheck | None":
+    """:func:`verify`, but for the checksums of the large pages images, which a restore may check while
+    CRIU restores: before CRIU, the manifest, every file's size (a cut-short pages image would make CRIU
+    loop) and the checksums of all other files (the metadata images CRIU acts on: files, ghost files,
+    mounts) and of the pages images of one read each; returned, a started :class:`PagesCheck` of the rest
+    (None: nothing left, or less than OVERLAP_MIN bytes, then checked here too). Raises what verify()
+    raises; the caller waits for the PagesCheck before the restored tree runs, and closes it."""
+    m, later = _verify(image_path, True)
+    if later is None:
+        return None
+    return PagesCheck(image_path, *later)
+
+
+def is_pages_image(name: str) -> bool:
+    return name.startswith("pages-") and name.endswith(".img")
+
+
+def _verify(image_path: str, defer: bool):
+    """verify()'s work: (the manifest or None, what is left to check or None). With DEFER, the
+    pages images not checksummed by the first pass (larger than _SMALL_MAX) are left when they hold
+    OVERLAP_MIN bytes or more: (their sizes, their expected checksums, chunk size, algorithm)."""
     m = read_manifest(image_path)
     if m is None:
         check_structure(image_path)
-        return None
+        return None, None
     files = m["files"]
     algorithm = m.get("algorithm")
     known = algorithm in _ALGORITHMS
@@ -464,28 +500,105 @@ def verify(image_path: str) -> dict | None:
         # written by a newer fastckpt with a checksum this one does not know: the sizes
         # matched; the structure is what can still be checked
         check_structure(image_path)
-        return m
-    sizes = {name: files[name]["size"] for name in sorted(files)}
+        return m, None
+    sizes = {name: files[name]["size"] for name in sorted(files) if name not in small}
+    later = {n: k for n, k in sizes.items() if is_pages_image(n)} if defer else {}
+    if sum(later.values()) < OVERLAP_MIN:
+        later = {}
+    now = {n: k for n, k in sizes.items() if n not in later}
+    sums = _checksums_or_damaged(image_path, now, cs, algorithm)
+    sums.update(small)
+    problems = _mismatches(files, sums, cs, algorithm)
+    if problems:
+        raise _damaged(image_path, problems)
+    if not later:
+        return m, None
+    return m, (later, {n: files[n][algorithm] for n in later}, cs, algorithm)
+
+
+def _checksums_or_damaged(image_path: str, sizes: dict[str, int], cs: int, algorithm: str, threads=None,
+                          cancel=None) -> dict[str, list[int]]:
+    """checksums(), a file that ended early or cannot be read a DamagedImage."""
     try:
-        sums = checksums(image_path, {n: k for n, k in sizes.items() if n not in small}, cs, algorithm=algorithm)
-        sums.update(small)
+        return checksums(image_path, sizes, cs, threads=threads, algorithm=algorithm, cancel=cancel)
     except _Short as e:
         raise _damaged(image_path, [(e.name, f"truncated: {e.got} of {sizes[e.name]} bytes")]) from None
     except OSError as e:
         name = os.path.basename(e.filename) if e.filename else "a file"
         raise _damaged(image_path, [(name, f"unreadable: {e.strerror}")]) from None
-    for name in sorted(files):
+
+
+def _mismatches(files: dict, sums: dict[str, list[int]], cs: int, algorithm: str) -> list[tuple[str, str]]:
+    """(name, what is wrong) for each file of SUMS whose checksums are not the manifest's FILES'."""
+    problems = []
+    for name in sorted(sums):
         want = [w.lower() for w in files[name][algorithm]]
         bad = [i for i, got in enumerate(_hex(sums[name], algorithm)) if got != want[i]]
         if bad:
             i = bad[0]
-            end = min((i + 1) * cs, sizes[name]) - 1
+            end = min((i + 1) * cs, files[name]["size"]) - 1
             where = f"bytes {i * cs}-{end}" + (f" and {len(bad) - 1} more chunk{'s' if len(bad) > 2 else ''}"
                                                if len(bad) > 1 else "")
             problems.append((name, f"altered: checksum mismatch in {where}"))
-    if problems:
-        raise _damaged(image_path, problems)
-    return m
+    return problems
+
+
+class PagesCheck:
+    """The checksums of a checkpoint's large pages images, checked in a thread of its own while CRIU
+    restores (see :func:`verify_overlapped`): CRIU reads the pages into the restored tasks before its
+    "post-restore" notification, whose handler calls :meth:`result`; a mismatch fails the notification,
+    and CRIU kills the restored tree before it ran one instruction of its own.
+
+    One thread (CRIU's restore has the other core), started with Ctrl-C and SIGTERM blocked (the restore
+    holds them back: a signal must not reach the process through this thread); :meth:`close` stops it
+    after the chunk at hand and waits for it: it never outlives the restore."""
+
+    def __init__(self, image_path: str, sizes: dict[str, int], want: dict[str, list[str]], chunk_size: int,
+                 algorithm: str):
+        import _signal
+        import threading
+
+        from .signals import DEFERRED
+
+        self.image_path, self.sizes, self.chunk_size, self.algorithm = image_path, sizes, chunk_size, algorithm
+        self._files = {n: {"size": sizes[n], algorithm: want[n]} for n in sizes}
+        self._cancel = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="fastckpt-pages-check", daemon=True)
+        old = _signal.pthread_sigmask(_signal.SIG_BLOCK, DEFERRED)  # inherited by the thread
+        try:
+            self._thread.start()
+        finally:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
+
+    def _run(self) -> None:
+        try:
+            sums = _checksums_or_damaged(self.image_path, self.sizes, self.chunk_size, self.algorithm, threads=1,
+                                         cancel=self._cancel)
+            if self._cancel.is_set():
+                return
+            problems = _mismatches(self._files, sums, self.chunk_size, self.algorithm)
+            if problems:
+                self._error = _damaged(self.image_path, problems)
+        except BaseException as e:  # noqa: BLE001 -- given to result()'s caller
+            self._error = e
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self) -> None:
+        """Wait for the check; raises DamagedImage naming the damaged file (or what the check failed with)."""
+        self._thread.join()
+        if self._cancel.is_set() and self._error is None:
+            raise Error(f"the check of the pages images in {self.image_path} was stopped before it finished")
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Stop the check (if it still runs) and wait for its thread."""
+        if self._thread.is_alive():
+            self._cancel.set()
+        self._thread.join()
 
 
 # --- structure (images without a manifest) ------------------------------------------------

@@ -312,7 +312,7 @@ def restore_bound(image_path: str) -> float:
     size = 0
     with os.scandir(image_path) as it:
         for e in it:
-            if e.name.startswith("pages-") and e.name.endswith(".img"):
+            if manifest.is_pages_image(e.name):
                 size += e.stat().st_size
     return 60.0 + size / 50e6
 
@@ -388,26 +388,38 @@ def _restore_checked(container_id: str | None, options: RestoreOptions, root: st
     check_pid_file(options.pid_file)
     image_path = options.resolved_image_path()
     kind, meta = image_kind(image_path)
-    # a damaged checkpoint is refused before anything is made (CRIU may loop on a cut-short pages image)
-    manifest.verify(image_path)
-    _check_lazy_pages(options)
-    if container_id is None:
-        if options.console_socket:
-            raise UsageError("--console-socket is for containers (a process tree keeps its terminal with "
-                             "--shell-job)")
-        if kind == "container":
-            who = f" of container {meta['id']!r}" if meta and meta.get("id") else " of a container"
-            raise UsageError(f"the images in {image_path} are a checkpoint{who}: "
-                             "restore them with a container id (and --bundle)")
-        with locks.process_images(image_path):
-            return _guarded(lambda: _restore_process(options, t0, session), "the process tree", done)
-    runc.validate_id(container_id)
-    if kind != "container":
-        raise UsageError(f"the images in {image_path} are a checkpoint of a process tree, not of a "
-                         "container: restore them without a container id")
-    with locks.container(root, container_id):
-        return _guarded(lambda: _restore_container(container_id, options, root, meta, t0),
-                        f"container {container_id!r}", done)
+    # a damaged checkpoint is refused before anything is made (CRIU may loop on a cut-short pages image);
+    # the checksums of large pages images are checked while CRIU restores, and waited for before the
+    # restored tree runs (its "post-restore" notification: _pages_notify); all is checked first with lazy
+    # pages (CRIU reads pages after the tree runs) and with --auto-dedup (CRIU punches the pages it
+    # restored out of the images meanwhile)
+    if options.lazy_pages or options.auto_dedup:
+        manifest.verify(image_path)
+        pages = None
+    else:
+        pages = manifest.verify_overlapped(image_path)
+    try:
+        _check_lazy_pages(options)
+        if container_id is None:
+            if options.console_socket:
+                raise UsageError("--console-socket is for containers (a process tree keeps its terminal with "
+                                 "--shell-job)")
+            if kind == "container":
+                who = f" of container {meta['id']!r}" if meta and meta.get("id") else " of a container"
+                raise UsageError(f"the images in {image_path} are a checkpoint{who}: "
+                                 "restore them with a container id (and --bundle)")
+            with locks.process_images(image_path):
+                return _guarded(lambda: _restore_process(options, t0, session, pages), "the process tree", done)
+        runc.validate_id(container_id)
+        if kind != "container":
+            raise UsageError(f"the images in {image_path} are a checkpoint of a process tree, not of a "
+                             "container: restore them without a container id")
+        with locks.container(root, container_id):
+            return _guarded(lambda: _restore_container(container_id, options, root, meta, t0, pages),
+                            f"container {container_id!r}", done)
+    finally:
+        if pages is not None:
+            pages.close()  # its thread ends with the restore, whatever happened
 
 
 def _guarded(run, what: str, done: list) -> RestoreResult:
@@ -425,13 +437,42 @@ def _guarded(run, what: str, done: list) -> RestoreResult:
         raise Interrupted(f"interrupted: nothing was restored and nothing was left behind for {what}") from None
 
 
-def _restore_process(options: RestoreOptions, t0: float, session=None) -> RestoreResult:
+def _pages_notify(pages: "manifest.PagesCheck | None", other=None, refused: list | None = None):
+    """The notify handler of a restore whose pages images are checked meanwhile (PAGES): at "post-restore"
+    (CRIU has read every page into the restored tasks, which have not run yet) it waits for the check; a
+    damaged image fails the notification, and CRIU kills the restored tree and fails (the DamagedImage is
+    the restore's error: opts.notify_error). OTHER: the handler of the other notifications, or None;
+    REFUSED: the restored root's pid is added to it when the check fails. None when there is nothing to
+    act on (CRIU then sends no notification)."""
+    if pages is None:
+        return other
+
+    def handler(action: str, pid: int) -> int:
+        if action == "post-restore":
+            try:
+                pages.result()
+            except BaseException:
+                if refused is not None:
+                    refused.append(pid)
+                raise
+            return 0
+        return other(action, pid) if other is not None else 0
+
+    return handler
+
+
+def _restore_process(options: RestoreOptions, t0: float, session=None,
+                     pages: "manifest.PagesCheck | None" = None) -> RestoreResult:
     """A process tree comes back detached: its root is reparented away from us when CRIU exits."""
     image_path, work_path, fds = _open_dirs(options)
     try:
         opts = _new_opts(options, fds[0], fds[1], session=session)
         if options.lazy_pages:
             criu.apply_config_file(opts, None, work_path, lazy_pages=True)
+        refused: list[int] = []
+        handler = _pages_notify(pages, refused=refused)
+        if handler is not None:
+            opts.set_notify(handler)
         # CRIU and all it forks run in a cgroup of their own: if it fails or is
         # stopped, nothing it started half-way can outlive it
         box = None if session is not None else cgroups.Containment(f"fastckpt-restore-{os.getpid()}")
@@ -439,7 +480,15 @@ def _restore_process(options: RestoreOptions, t0: float, session=None) -> Restor
             ret, err = criu.run_op(opts, "restore", session, log_path=os.path.join(work_path, RESTORE_LOG),
                                    timeout=restore_bound(image_path), setup=box.enter if box else None,
                                    on_stop=box.kill_all if box else None)
+            if opts.notify_error is not None:
+                if refused and session is not None:
+                    # libcriu returns at the failed notification, before CRIU killed the tree: a criu of
+                    # our own is waited for (run_op), a session's CRIU service is not
+                    _wait_killed(refused[0])
+                raise opts.notify_error
             if ret > 0:
+                if pages is not None:
+                    _pages_checked(pages, ret, box)
                 _write_pid_file(options.pid_file, ret)
         except BaseException:
             if box:
@@ -457,8 +506,43 @@ def _restore_process(options: RestoreOptions, t0: float, session=None) -> Restor
                          wall_time=time.monotonic() - t0)
 
 
+def _wait_killed(pid: int, timeout: float = 10.0) -> None:
+    """Wait until PID (the root of a tree CRIU is killing) no longer runs (gone, or a zombie); past
+    TIMEOUT, kill it."""
+    import signal
+
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+            if data[data.rindex(b")") + 2:][:1] in (b"Z", b"X"):
+                return
+        except (OSError, ValueError):
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _pages_checked(pages: "manifest.PagesCheck", pid: int, box: "cgroups.Containment | None") -> None:
+    """After a restore: the check of its pages images passed (the "post-restore" notification waited for
+    it; should CRIU not have sent that one, it is waited for here, and a damaged image undoes the restore)."""
+    try:
+        pages.result()
+    except BaseException:
+        if box is not None:
+            box.kill_all()
+        _kill(pid)
+        raise
+
+
 def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict | None,
-                       t0: float) -> RestoreResult:
+                       t0: float, pages: "manifest.PagesCheck | None" = None) -> RestoreResult:
     bundle = options.resolved_bundle()
     state_dir = os.path.join(root, cid)
     if os.path.exists(state_dir):
@@ -473,7 +557,8 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
     # connected before anything is made (as runc does): a socket nobody listens on is refused here
     sock = console.ConsoleSocket(options.console_socket) if options.console_socket else None
     try:
-        return _restore_container_made(cid, options, root, meta, t0, bundle, cfg, descriptors, terminal, sock)
+        return _restore_container_made(cid, options, root, meta, t0, bundle, cfg, descriptors, terminal, sock,
+                                       pages)
     finally:
         if sock is not None:
             sock.close()
@@ -481,7 +566,8 @@ def _restore_container(cid: str, options: RestoreOptions, root: str, meta: dict 
 
 def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: dict | None, t0: float,
                             bundle: str, cfg: dict, descriptors: list[str], terminal: bool,
-                            sock: "console.ConsoleSocket | None") -> RestoreResult:
+                            sock: "console.ConsoleSocket | None",
+                            pages: "manifest.PagesCheck | None" = None) -> RestoreResult:
     state_dir = os.path.join(root, cid)
     image_path, work_path, fds = _open_dirs(options)
     log_path = os.path.join(work_path, RESTORE_LOG)
@@ -538,8 +624,9 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
         # a pty whose master was outside the container comes back with a new master, sent to us in
         # a notification (only asked for then: each costs CRIU a round trip)
         opts.set_orphan_pts_master(True)
-        if terminal:
-            opts.set_notify(_restore_notify(sock, masters))
+        handler = _pages_notify(pages, _restore_notify(sock, masters) if terminal else None)
+        if handler is not None:
+            opts.set_notify(handler)
         criu.apply_config_file(opts, cfg.get("labels") or [], work_path, options.lazy_pages)
         box = None  # CRIU's own cgroup, when it is not run in the container's
         if options.manage_cgroups_mode in (None, CgroupMode.IGNORE):
@@ -601,6 +688,8 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
             criu_failures.raise_criu_failure("restore", ret, err, log_path)
         pid = ret
         undo.append(lambda: _kill(pid))
+        if pages is not None:
+            pages.result()  # waited for at "post-restore" already (a damaged image is undone with the rest)
         if terminal and sock is None and not masters:
             raise Error("the container has a terminal but CRIU sent no pty master for it")
         if box is not None:  # CRIU placed the restored tasks: anything still here joins the container
