@@ -195,9 +195,16 @@ def test_print_stats_with_export(env):
     _no_temporaries(env.workdir)
 
 
-def test_api_export_and_import(env):
+def test_api_export_and_import(env, monkeypatch):
+    """... and the import reads the images once: unpacking checks them against their manifest (and the
+    archive's CRC32s); the restore does not read them again."""
     import fastckpt
+    from fastckpt import manifest
 
+    reads = []
+    for name in ("verify", "verify_overlapped"):
+        real = getattr(manifest, name)
+        monkeypatch.setattr(manifest, name, lambda path, _real=real, _name=name: reads.append(_name) or _real(path))
     ct = env.start()
     archive = os.path.join(env.workdir, "api.tar.zst")
     res = fastckpt.checkpoint(ct.id, root=env.root, export=archive, leave_running=True)
@@ -218,6 +225,7 @@ def test_api_export_and_import(env):
                 os.dup2(fd, i)
                 os.close(fd)
     assert rr.container_id == new and rr.bundle == bundle
+    assert reads == ["verify"], reads
     fork = env.track(new, bundle)
     fork.assert_running()
     fork.counter.wait_advancing()

@@ -1126,8 +1126,10 @@ def restore_import(container_id: str | None, options, *, root: str, session=None
 
             raise Interrupted(f"interrupted while the archive was unpacked: nothing was restored and nothing "
                               f"was left behind for container {container_id!r}") from None
-        return restorer.restore(container_id, options.replace(import_archive=None, image_path=imp.images,
-                                                              bundle=bundle), root=root, session=session)
+        # unpack() checked the images against their manifest (and every member against the archive's
+        # CRC32s): the restore does not read them once more
+        return restorer.restore_images(container_id, options.replace(import_archive=None, image_path=imp.images,
+                                                                     bundle=bundle), root, session, verified=True)
     except BaseException:
         # a failed restore leaves no runc state: one there is a restore that completed (and was
         # interrupted after), whose container runs from the bundle

@@ -343,7 +343,6 @@ def _write_pid_file(path: str | None, pid: int) -> None:
 def restore(container_id: str | None = None, options: RestoreOptions | None = None, *,
             root: str = runc.DEFAULT_ROOT, session=None, **kwargs) -> RestoreResult:
     """Restore a container (given its id: runc's restore) or a process tree (no id)."""
-    t0 = time.monotonic()
     if options is None:
         options = RestoreOptions(**kwargs)
     elif kwargs:
@@ -352,6 +351,14 @@ def restore(container_id: str | None = None, options: RestoreOptions | None = No
         from .archive import restore_import
 
         return restore_import(container_id, options, root=root, session=session)
+    return restore_images(container_id, options, root, session)
+
+
+def restore_images(container_id: str | None, options: RestoreOptions, root: str, session=None, *,
+                   verified: bool = False) -> RestoreResult:
+    """restore() of the images in OPTIONS' image path; VERIFIED: they were just checked against their
+    manifest by fastckpt itself (an archive's import, in a directory of its own): not read again."""
+    t0 = time.monotonic()
     privileges.require_privileges("restore")
     root = os.path.abspath(root)  # CRIU's root is made in it: CRIU needs it absolute
     if session is None:
@@ -360,7 +367,7 @@ def restore(container_id: str | None = None, options: RestoreOptions | None = No
     try:
         # CRIU is moved into cgroups below: opted in, warm from here on, so that the move does not wait
         with cgroups.FastMigrations(options.fast_migrations):
-            result = _restore_checked(container_id, options, root, session, t0, done)
+            result = _restore_checked(container_id, options, root, session, t0, done, verified)
     except KeyboardInterrupt:  # outside _guarded (which says what it left): before it, or once it is complete
         if done:
             what = f"container {container_id!r}" if container_id is not None else "the process tree"
@@ -384,7 +391,7 @@ def restore(container_id: str | None = None, options: RestoreOptions | None = No
 
 
 def _restore_checked(container_id: str | None, options: RestoreOptions, root: str, session,
-                     t0: float, done: list) -> RestoreResult:
+                     t0: float, done: list, verified: bool = False) -> RestoreResult:
     check_pid_file(options.pid_file)
     image_path = options.resolved_image_path()
     kind, meta = image_kind(image_path)
@@ -393,7 +400,9 @@ def _restore_checked(container_id: str | None, options: RestoreOptions, root: st
     # restored tree runs (its "post-restore" notification: _pages_notify); all is checked first with lazy
     # pages (CRIU reads pages after the tree runs) and with --auto-dedup (CRIU punches the pages it
     # restored out of the images meanwhile)
-    if options.lazy_pages or options.auto_dedup:
+    if verified:
+        pages = None
+    elif options.lazy_pages or options.auto_dedup:
         manifest.verify(image_path)
         pages = None
     else:
