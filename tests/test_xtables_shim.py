@@ -322,6 +322,25 @@ def test_a_damaged_cache_entry_is_not_believed(tools):
                 and tools.base.encode() in open(os.path.join(CACHE_DIR, n), "rb").read()]
 
 
+@pytest.mark.parametrize("args", [["sh", "-c", "echo x"], ["iptables-save", "-V"], ["iptables-legacy-save"]])
+def test_an_empty_path_entry_is_the_working_directory(tools, tmp_path, args):
+    """An empty entry of PATH is the working directory, to execvp() (which CRIU runs the tools and its
+    shell with) and to the shell: the shim takes the next tool from the same places."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / args[0]).write_text(f'#!/bin/sh\necho "{args[0]} of the working directory: $*"\n')
+    os.chmod(cwd / args[0], 0o755)
+    env = dict(os.environ, PATH=":" + SYSTEM_PATH)
+    env.pop("FASTCKPT_XTABLES_SHIM", None)
+    real = subprocess.run(args, capture_output=True, env=env, cwd=cwd, stdin=subprocess.DEVNULL, timeout=60)
+    assert real.stdout.startswith(f"{args[0]} of the working directory".encode()), real
+    for _ in range(2):  # the shim's directory, then the working directory
+        same(subprocess.run(args, capture_output=True, env=dict(env, PATH=SHIM_DIR + "::" + SYSTEM_PATH), cwd=cwd,
+                            stdin=subprocess.DEVNULL, timeout=60), real)
+    for entry in cache_entries(str(cwd)):  # the -V of the working directory's tool, by its own identity
+        os.unlink(entry)
+
+
 def test_an_unknown_name_is_refused():
     exe = os.path.join(SHIM_DIR, "xtables-shim")
     r = subprocess.run([exe, "-V"], capture_output=True, text=True, env=dict(os.environ, PATH=SYSTEM_PATH))
