@@ -67,10 +67,19 @@ static char g_real[PATH_MAX]; /* the real tool, once found */
 
 /* --- the real tool ------------------------------------------------------------------- */
 
+/* The next directory of PATH (*REST: what is left of a copy of it), as execvp() and the shell take
+ * them: an empty entry is the working directory. NULL past the last. */
+static char *next_dir(char **rest)
+{
+	char *d = strsep(rest, ":");
+
+	return d && !*d ? "." : d;
+}
+
 /* The next g_name on PATH that is not this program (not in its directory, not the same file). */
 static int find_real(void)
 {
-	char self[PATH_MAX], *path, *save = NULL, *d;
+	char self[PATH_MAX], *path, *rest, *d;
 	struct stat self_st, dir_st, self_dir_st, st;
 	ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
 
@@ -87,8 +96,8 @@ static int find_real(void)
 	path = strdup(getenv("PATH") ? getenv("PATH") : "/usr/local/bin:/usr/bin:/bin");
 	if (!path)
 		return -1;
-	for (d = strtok_r(path, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-		if (!*d || stat(d, &dir_st) || (dir_st.st_dev == self_dir_st.st_dev && dir_st.st_ino == self_dir_st.st_ino))
+	for (rest = path; (d = next_dir(&rest));) {
+		if (stat(d, &dir_st) || (dir_st.st_dev == self_dir_st.st_dev && dir_st.st_ino == self_dir_st.st_ino))
 			continue;
 		if ((size_t)snprintf(g_real, sizeof(g_real), "%s/%s", d, g_name) >= sizeof(g_real))
 			continue;
@@ -405,7 +414,7 @@ static int no_legacy_tables(void)
 /* The first NAME on PATH is this program: what `sh -c NAME` would run. */
 static int first_on_path_is_self(const char *name)
 {
-	char self[PATH_MAX], cand[PATH_MAX], *path, *save = NULL, *d;
+	char self[PATH_MAX], cand[PATH_MAX], *path, *rest, *d;
 	struct stat self_st, st;
 	ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
 	int found = 0;
@@ -415,8 +424,8 @@ static int first_on_path_is_self(const char *name)
 	self[len] = 0;
 	if (stat(self, &self_st) || !getenv("PATH") || !(path = strdup(getenv("PATH"))))
 		return 0;
-	for (d = strtok_r(path, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-		if (!*d || (size_t)snprintf(cand, sizeof(cand), "%s/%s", d, name) >= sizeof(cand))
+	for (rest = path; (d = next_dir(&rest));) {
+		if ((size_t)snprintf(cand, sizeof(cand), "%s/%s", d, name) >= sizeof(cand))
 			continue;
 		if (stat(cand, &st) || !S_ISREG(st.st_mode) || access(cand, X_OK))
 			continue;

@@ -166,6 +166,9 @@ NOT_QUICK = [
     ["checkpoint", ""], ["restore", "-db", "/b", "ct"], ["restore", "-b=/b", "ct"], ["checkpoint", "--root", "/r", "ct"],
     ["--image-path", "/i", "checkpoint", "ct"], ["--root", "/r"], ["checkpoint", "--image", "/i", "ct"],
     ["--version", "checkpoint", "ct"],
+    # argparse drops a value "--" given as `--name=--` (the value is []): argparse's
+    ["--root=--", "restore"], ["checkpoint", "--image-path=--", "ct"], ["restore", "--bundle=--", "ct"],
+    ["checkpoint", "--empty-ns=--", "ct"], ["checkpoint", "--image-path=-x", "ct"],
 ]
 
 
@@ -186,6 +189,50 @@ def test_quick_parse_gives_what_argparse_gives(argv, monkeypatch):
 @pytest.mark.parametrize("argv", NOT_QUICK)
 def test_quick_parse_leaves_the_rest_to_argparse(argv):
     assert cli._Quick.parse(argv) is None
+
+
+def test_quick_parse_agrees_with_argparse_on_random_lines(monkeypatch):
+    """Seeded random checkpoint and restore lines of known, abbreviated, `=`-joined and unknown options,
+    odd values ("", "--", "-1", " 7 ", unicode...) in every position: whenever the quick parser takes one,
+    argparse gives the same namespace."""
+    import random
+
+    rnd = random.Random(13)
+    globals_ = ["--root", "--debug", "--log", "--log-format", "--criu", "--rootless", "--systemd-cgroup", "--version",
+                "-h"]
+    shared = ["--image-path", "--work-path", "--tcp-established", "--ext-unix-sk", "--shell-job", "--file-locks",
+              "--manage-cgroups-mode", "--empty-ns", "--network-lock", "--fast-migrations", "--json", "--print-stats"]
+    options = {"checkpoint": ["--pid", "--leave-running", "--page-server", "--export", "--compress", "--ignore-rootfs",
+                              "--podman-image", "--podman-image-id", "--parent-path", "--pre-dump", "--lazy-pages",
+                              "--status-fd", "--auto-dedup"] + shared,
+               "restore": ["-b", "--bundle", "-d", "--detach", "--pid-file", "--no-subreaper", "--no-pivot", "--import",
+                           "--console-socket", "--lazy-pages", "--auto-dedup", "--lsm-profile", "--lsm-mount-context"]
+               + shared}
+    values = ["ct", "", "1", "-1", " 7 ", "a=b", "--", "-", "--x", "x y", "-x y", "\u00fc", "\u0663", "1_0", "0x1",
+              "restore", "checkpoint", "-d", "-db", "=", "\u2014x", "--pid=1"]
+
+    def word(names):
+        r = rnd.random()
+        if r < 0.45:
+            return rnd.choice(names)
+        name = rnd.choice(names)
+        if r < 0.6:
+            return f"{name}={rnd.choice(values)}"
+        if r < 0.7:
+            return name[:rnd.randint(1, len(name))]  # abbreviated (argparse: allow_abbrev=False)
+        return rnd.choice(values)
+
+    taken = 0
+    for _ in range(4000):
+        command = rnd.choice(["checkpoint", "restore"])
+        argv = ([word(globals_) for _ in range(rnd.randint(0, 3))] + [command]
+                + [word(options[command]) for _ in range(rnd.randint(0, 6))])
+        quick = cli._Quick.parse(argv)
+        if quick is None:
+            continue
+        taken += 1
+        assert vars(quick.namespace) == vars(_argparse_namespace(argv, monkeypatch)), argv
+    assert taken > 150  # the sample reaches the quick parser
 
 
 @pytest.mark.parametrize("argv, gc_on", [

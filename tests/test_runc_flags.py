@@ -310,3 +310,49 @@ def test_real_lazy_probe_agrees_and_leaves_nothing(monkeypatch, tmp_path):
     cache.write_text(json.dumps({"key": "another boot", "problem": "sentinel"}))
     assert migration.probe_lazy_migration(criu) != "sentinel"  # another key: probed again, and kept
     assert json.loads(cache.read_text())["key"] == migration._probe_key(criu)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("where", ["CRIU_CONFIG_FILE", "HOME"])
+def test_auto_dedup_asked_in_criu_s_own_config_file(env, where):
+    """auto-dedup in a configuration file CRIU reads itself whoever runs it (CRIU_CONFIG_FILE, or
+    $HOME/.criu/default.conf; /etc/criu/default.conf too, not changed here: the host's): the restore
+    succeeds and punches the pages out of the images, as `criu restore` would (CRIU gets them writable,
+    not through the read-only overlay view without the host's clocks)."""
+    from fastckpt_testing.cli import fastckpt_cmd, run
+
+    if where == "HOME":
+        os.makedirs(os.path.join(env.workdir, "home", ".criu"))
+        conf = os.path.join(env.workdir, "home", ".criu", "default.conf")
+        extra_env = {"HOME": os.path.join(env.workdir, "home")}
+    else:
+        conf = os.path.join(env.workdir, "criu-env.conf")
+        extra_env = {"CRIU_CONFIG_FILE": conf}
+    ct = env.start()
+    images = os.path.join(env.workdir, "img")
+    stopped = env.checkpoint(ct, images)
+    with open(conf, "w") as f:
+        f.write("auto-dedup\n")
+    pages = [os.path.join(images, n) for n in os.listdir(images) if n.startswith("pages-")]
+    blocks = sum(os.stat(p).st_blocks for p in pages)
+    bundle = ct.bundle
+    env.track(ct.id, bundle)
+    r = run(fastckpt_cmd("--root", env.root, "restore", "-d", "--image-path", images, "-b", bundle, ct.id),
+            env.workdir, env=extra_env)
+    assert r.returncode == 0, str(r)
+    ct.assert_running()
+    ct.counter.assert_continued(stopped)
+    assert sum(os.stat(p).st_blocks for p in pages) < blocks, "CRIU's auto-dedup punched nothing"
+
+
+def test_criu_own_config_files_are_those_criu_reads(tmp_path):
+    home = tmp_path / "home"
+    (home / ".criu").mkdir(parents=True)
+    env = {"HOME": str(home), "CRIU_CONFIG_FILE": str(tmp_path / "env.conf")}
+    host = ["/etc/criu/default.conf"] if os.path.exists("/etc/criu/default.conf") else []
+    assert migration.criu_own_config_files(env) == host  # none of the two exists yet
+    (home / ".criu" / "default.conf").write_text("auto-dedup\n")
+    (tmp_path / "env.conf").write_text("")
+    assert migration.criu_own_config_files(env) == host + [str(home / ".criu" / "default.conf"),
+                                                           str(tmp_path / "env.conf")]
+    assert migration.criu_own_config_files({}) == host

@@ -322,6 +322,43 @@ def test_a_damaged_cache_entry_is_not_believed(tools):
                 and tools.base.encode() in open(os.path.join(CACHE_DIR, n), "rb").read()]
 
 
+@pytest.mark.parametrize("args", [["sh", "-c", "echo x"], ["iptables-save", "-V"], ["iptables-legacy-save"]])
+def test_an_empty_path_entry_is_the_working_directory(tools, tmp_path, args):
+    """An empty entry of PATH is the working directory, to execvp() (which CRIU runs the tools and its
+    shell with) and to the shell: the shim takes the next tool from the same places."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / args[0]).write_text(f'#!/bin/sh\necho "{args[0]} of the working directory: $*"\n')
+    os.chmod(cwd / args[0], 0o755)
+    env = dict(os.environ, PATH=":" + SYSTEM_PATH)
+    env.pop("FASTCKPT_XTABLES_SHIM", None)
+    real = subprocess.run(args, capture_output=True, env=env, cwd=cwd, stdin=subprocess.DEVNULL, timeout=60)
+    assert real.stdout.startswith(f"{args[0]} of the working directory".encode()), real
+    for _ in range(2):  # the shim's directory, then the working directory
+        same(subprocess.run(args, capture_output=True, env=dict(env, PATH=SHIM_DIR + "::" + SYSTEM_PATH), cwd=cwd,
+                            stdin=subprocess.DEVNULL, timeout=60), real)
+    for entry in cache_entries(str(cwd)):  # the -V of the working directory's tool, by its own identity
+        os.unlink(entry)
+
+
+@pytest.mark.parametrize("run", ["read-only", "full"])
+def test_a_run_directory_it_cannot_write_leaves_the_real_answers(tools, run):
+    """/run read-only, or full (the entry's file made, its writing failing): the real tools' answers,
+    every time, and nothing left there (in a mount namespace of the test's own, /run a tmpfs of its own)."""
+    tools.install("iptables-save")
+    tools.install("iptables-legacy-save")
+    setup = ("mount -t tmpfs -o ro,size=64k none /run" if run == "read-only" else
+             "mount -t tmpfs -o size=8k none /run && mkdir -m 700 /run/fastckpt /run/fastckpt/xtables && "
+             "{ dd if=/dev/zero of=/run/fill bs=1k count=64 2>/dev/null; true; }")
+    script = f"mount --make-rprivate / && {setup} || exit 99\n" + \
+        'for i in 1 2; do "$@"; echo "status $?"; done; ls -A /run/fastckpt/xtables 2>/dev/null | wc -l'
+    for args in (["iptables-save", "-V"], ["sh", "-c", "iptables-legacy-save"]):
+        real = tools.run(["/bin/sh", *args[1:]] if args[0] == "sh" else args, shim=False, netns="")
+        got = tools.run(["unshare", "-m", "/bin/sh", "-c", script, "sh", *args], netns="")
+        assert got.stdout == (real.stdout + f"status {real.returncode}\n".encode()) * 2 + b"0\n", (got, real)
+    assert len(tools.calls()) == 2 + 4, tools.calls()  # each real answer, then the shim's every run
+
+
 def test_an_unknown_name_is_refused():
     exe = os.path.join(SHIM_DIR, "xtables-shim")
     r = subprocess.run([exe, "-V"], capture_output=True, text=True, env=dict(os.environ, PATH=SYSTEM_PATH))

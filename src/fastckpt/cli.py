@@ -312,9 +312,9 @@ class _Quick:
     """A checkpoint's or a restore's command line parsed without argparse (whose import, parser and
     parse cost ~2 ms of the command's start), into what argparse would give for it, from the same
     add_argument() calls (recorded here). Only a plain line: options given whole (`--name VALUE`,
-    `--name=VALUE`), each known where it stands, no value starting with "-", at most one container id,
-    values of the right type; anything else (help, a usage error, `--`, short options run together...)
-    is argparse's to parse and to answer."""
+    `--name=VALUE`), each known where it stands, no value starting with "-" (`--name=--` is argparse's []),
+    at most one container id, values of the right type; anything else (help, a usage error, `--`, short
+    options run together...) is argparse's to parse and to answer."""
 
     def __init__(self):
         self.options: dict[str, tuple[str, str, object]] = {}  # option string -> (dest, kind, type)
@@ -394,8 +394,8 @@ class _Quick:
                 continue
             if not eq:
                 value = next(words, None)
-                if value is None or value.startswith("-"):
-                    return None
+            if value is None or value.startswith("-"):  # `--name=--`: argparse drops the "--" (value [])
+                return None
             if convert is not None:
                 try:
                     value = convert(value)

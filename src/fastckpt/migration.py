@@ -286,6 +286,19 @@ def criu_config_file(labels) -> str | None:
     return RUNC_CRIU_CONFIG
 
 
+def criu_own_config_files(env=None) -> list[str]:
+    """The configuration files CRIU reads by itself, whoever runs it (criu/config.c; its environment is
+    ENV, default ours: criu_proc.criu_env()): /etc/criu/default.conf, $HOME/.criu/default.conf and
+    $CRIU_CONFIG_FILE, those that exist."""
+    env = os.environ if env is None else env
+    paths = ["/etc/criu/default.conf"]
+    if env.get("HOME"):
+        paths.append(os.path.join(env["HOME"], ".criu", "default.conf"))
+    if env.get("CRIU_CONFIG_FILE"):
+        paths.append(env["CRIU_CONFIG_FILE"])
+    return [p for p in paths if os.path.exists(p)]
+
+
 def lazy_config_file(work_path: str, base: str | None, page_server=None) -> str:
     """A CRIU configuration file asking for lazy pages (libcriu has no setter for it): the container's
     own configuration file's lines (if any), then `lazy-pages`, and the address and port the lazy page

@@ -614,9 +614,11 @@ def _restore_container_made(cid: str, options: RestoreOptions, root: str, meta: 
         mounted = True
         _prepare_mountpoints(cfg)
         image_fd = fds[0]
-        # an overlay is read-only: not where CRIU may punch holes in the pages (auto-dedup, maybe in a file)
+        # an overlay is read-only: not where CRIU may punch holes in the pages (auto-dedup, maybe in a file:
+        # the container's, or one CRIU reads by itself)
         conf = migration.criu_config_file(cfg.get("labels") or [])
-        read_only = not (options.auto_dedup or options.lazy_pages or (conf and os.path.exists(conf)))
+        read_only = not (options.auto_dedup or options.lazy_pages or (conf and os.path.exists(conf))
+                         or migration.criu_own_config_files())
         view = _host_clock_view(image_path, meta, state_dir if read_only else None, image_fd)
         if view is not None:
             criu_images, image_fd = view
