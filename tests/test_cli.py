@@ -257,3 +257,18 @@ def test_run_keeps_the_gc_off_only_for_a_checkpoint_or_restore(argv, gc_on, monk
             gc.enable()
     assert len(exits) == 1 and (exits[0] == 0) is (argv[0] == "--version" or "--help" in argv), \
         (exits, capsys.readouterr())
+
+
+@pytest.mark.parametrize("argv, needs", [
+    (["restore", "c1"], True),
+    (["checkpoint", "c1"], True),
+    (["checkpoint", "--pid", "7"], False),
+    (["checkpoint", "--pid=7"], False),
+    (["--root", "/r", "checkpoint", "--pid=7", "--leave-running"], False),
+    (["--version"], False),
+])
+def test_fast_migrations_are_primed_only_for_a_container_or_a_restore(argv, needs):
+    """The opt-in warm-up starts before argparse for what moves tasks between cgroups: a restore, or a
+    checkpoint of a container (CRIU sets its cgroups up); a process tree's checkpoint (--pid N or --pid=N)
+    needs none."""
+    assert cli._needs_fast_migrations(argv) is needs

@@ -268,7 +268,8 @@ def _runs_criu(argv: list[str]) -> bool:
 
 def _needs_fast_migrations(argv: list[str]) -> bool:
     """A restore (CRIU is moved into cgroups), or a container checkpoint (CRIU sets cgroups up)."""
-    return _runs_criu(argv) and (_requested(argv) == "restore" or "--pid" not in argv)
+    return _runs_criu(argv) and (_requested(argv) == "restore"
+                                 or not any(a == "--pid" or a.startswith("--pid=") for a in argv))
 
 
 def build_parser(argv: list[str] | None = None):
