@@ -183,11 +183,7 @@ def test_layout_is_the_one_asked_for():
 
 @pytest.fixture
 def env(runc_root, tmp_path):
-    e = rs.Env(runc_root, str(tmp_path))
-    yield e
-    problems = e.cleanup()
-    if problems:
-        pytest.fail("the test left (now removed): " + "; ".join(problems))
+    yield from rs.Env.scoped(runc_root, str(tmp_path), "the test left (now removed)")
 
 
 # a block device outside every allow-list, and one the config lets the container read (not write)

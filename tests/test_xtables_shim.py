@@ -373,11 +373,7 @@ NETNS_IMAGES = NET_IMAGES + ("ifaddr-", "route-", "route6-", "rule-", "netdev-",
 
 @pytest.fixture
 def env(runc_root, tmp_path):
-    e = rs.Env(runc_root, str(tmp_path))
-    yield e
-    problems = e.cleanup()
-    if problems:
-        pytest.fail("the test left (now removed): " + "; ".join(problems))
+    yield from rs.Env.scoped(runc_root, str(tmp_path), "the test left (now removed)")
 
 
 def _tables_log(dump_log: str) -> list[str]:
