@@ -41,6 +41,8 @@
 #include <zlib.h>
 #include <linux/openat2.h>
 
+#include "shim_io.h"
+
 #define BLOCK 512
 #define RECORD (20 * BLOCK)              /* GNU tar's default blocking factor */
 #define MAX_FILE (1 << 20)               /* bigger regular files: real tar */
@@ -312,20 +314,6 @@ static int add_dir(struct buf *ar, int dfd, const char *prefix, dev_t dev, int d
 		ret = -1;
 	closedir(d);
 	return ret;
-}
-
-static int write_all(int fd, const unsigned char *p, size_t len)
-{
-	while (len) {
-		ssize_t w = write(fd, p, len);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		p += w;
-		len -= w;
-	}
-	return 0;
 }
 
 static int create(const char *dir)

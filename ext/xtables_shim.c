@@ -52,6 +52,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "shim_io.h"
+
 #define CACHE_PARENT "/run/fastckpt"
 #define CACHE_DIR CACHE_PARENT "/xtables"
 #define CACHE_MAGIC "fastckpt-xtables-cache 1\n"
@@ -187,20 +189,6 @@ static int open_cache_dir(void)
 		}
 	}
 	return fd;
-}
-
-static int write_all(int fd, const char *p, size_t len)
-{
-	while (len) {
-		ssize_t w = write(fd, p, len);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		p += w;
-		len -= w;
-	}
-	return 0;
 }
 
 /* A stored answer: 1 and its status and output, or 0. */
