@@ -65,12 +65,13 @@ def _pid_holder(pid: int) -> str:
 
 def _stat(pid: int) -> tuple[str, ...] | None:
     """PID's (comm, state, ppid, pgrp, session) from /proc, or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read().decode(errors="replace")
-    except OSError:
+    from .proctree import stat
+
+    st = stat(pid)
+    if st is None:
         return None
-    return (data[data.index("(") + 1:data.rindex(")")], *data[data.rindex(")") + 2:].split()[:4])
+    comm, fields = st
+    return (comm.decode(errors="replace"), *(f.decode(errors="replace") for f in fields[:4]))
 
 
 def free_bytes(path: str) -> int:

@@ -12,14 +12,22 @@ from . import criu_proc
 TREE_IDS_WAIT = 10.0
 
 
-def _stat_start(pid: int) -> bytes | None:
-    """PID's start time (a zombie's too), or None when there is no such process."""
+def stat(pid: int) -> tuple[bytes, list[bytes]] | None:
+    """/proc/PID/stat of a process (a zombie's too): (its comm, the fields after it: state, ppid, pgrp,
+    session, ..., the start time at [19]), or None when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
-        return data[data.rindex(b")") + 2:].split()[19]
-    except (OSError, ValueError, IndexError):
+        end = data.rindex(b")")
+    except (OSError, ValueError):
         return None
+    return data[data.find(b"(") + 1:end], data[end + 2:].split()
+
+
+def _stat_start(pid: int) -> bytes | None:
+    """PID's start time (a zombie's too), or None when there is no such process."""
+    st = stat(pid)
+    return st[1][19] if st is not None and len(st[1]) > 19 else None
 
 
 def tree_members(pid: int) -> list[tuple[int, bytes]]:
@@ -27,12 +35,8 @@ def tree_members(pid: int) -> list[tuple[int, bytes]]:
     PID itself when its parent is PID 1 (a detached or restored tree; another parent reaps it when it
     will -- fastckpt's caller may be that parent)."""
     out = []
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        root_reaped_by_init = data[data.rindex(b")") + 2:].split()[1] == b"1"
-    except (OSError, ValueError, IndexError):
-        root_reaped_by_init = False
+    st = stat(pid)
+    root_reaped_by_init = st is not None and st[1][1:2] == [b"1"]
     for p in ([pid] if root_reaped_by_init else []) + criu_proc.descendants(pid):
         start = _stat_start(p)
         if start is not None:

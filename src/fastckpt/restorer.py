@@ -522,13 +522,11 @@ def _wait_killed(pid: int, timeout: float = 10.0) -> None:
 
     deadline = time.monotonic() + timeout
     delay = 0.001
+    from .proctree import stat
+
     while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read()
-            if data[data.rindex(b")") + 2:][:1] in (b"Z", b"X"):
-                return
-        except (OSError, ValueError):
+        st = stat(pid)
+        if st is None or st[1][0] in (b"Z", b"X"):
             return
         time.sleep(delay)
         delay = min(delay * 2, 0.05)

@@ -35,15 +35,12 @@ def validate_id(container_id: str) -> str:
 
 def proc_start_time(pid: int) -> int | None:
     """The start time (field 22 of /proc/PID/stat), or None if there is no such live process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
+    from .proctree import stat
+
+    st = stat(pid)
+    if st is None or st[1][0] in (b"Z", b"X"):  # none, a zombie or dead
         return None
-    fields = data[data.rindex(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):  # zombie or dead
-        return None
-    return int(fields[19])
+    return int(st[1][19])
 
 
 class Container(Record):

@@ -97,8 +97,7 @@ class Session:
 
 def _alive(pid: int) -> bool:
     """A process that exists and is not a zombie (the daemon's parent is init, which reaps it later)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b") ", 1)[1][:1] not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return False
+    from .proctree import stat
+
+    st = stat(pid)
+    return st is not None and st[1][0] not in (b"Z", b"X")
