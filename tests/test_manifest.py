@@ -484,7 +484,7 @@ def _truncate_pages(images):
 
 def _flip_pages(images):
     name = sorted(n for n in os.listdir(images) if n.startswith("pages-"))[-1]
-    flip(os.path.join(images, name), os.path.getsize(os.path.join(images, name)) // 2)
+    flip_middle(images, name)
     return [name, "altered: checksum mismatch"]
 
 
@@ -808,6 +808,21 @@ def checkpoint_big_tree(proc_tree, tmp_path, images):
     return tree
 
 
+def big_tree_images(proc_tree, tmp_path, restored_trees):
+    """A 64 MiB tree checkpointed into tmp_path/images (its restored self removed after the test): (the
+    images, the tree, its count at the checkpoint, its largest pages image, checked while CRIU restores)."""
+    images = str(tmp_path / "images")
+    tree = checkpoint_big_tree(proc_tree, tmp_path, images)
+    restored_trees.append(tree.pid)
+    return images, tree, tree.count(), largest_pages(images)
+
+
+def flip_middle(images, name):
+    """A bit of IMAGES/NAME flipped half-way through it (its size unchanged)."""
+    path = os.path.join(images, name)
+    flip(path, os.path.getsize(path) // 2)
+
+
 def largest_pages(images):
     name = max((n for n in os.listdir(images) if manifest.is_pages_image(n)),
                key=lambda n: os.path.getsize(os.path.join(images, n)))
@@ -834,12 +849,8 @@ def assert_refused_by_criu_notify(r, images, name):
 def test_process_tree_flipped_pages_refused_during_the_restore(proc_tree, tmp_path, restored_trees):
     import robust_support as rb
 
-    images = str(tmp_path / "images")
-    tree = checkpoint_big_tree(proc_tree, tmp_path, images)
-    restored_trees.append(tree.pid)
-    stopped = tree.count()
-    name = largest_pages(images)
-    flip(os.path.join(images, name), os.path.getsize(os.path.join(images, name)) // 2)
+    images, tree, stopped, name = big_tree_images(proc_tree, tmp_path, restored_trees)
+    flip_middle(images, name)
     r = rs.run(rs.fastckpt_cmd("restore", "--image-path", images), str(tmp_path))
     assert_refused_by_criu_notify(r, images, name)
     assert_tree_gone(tree.pid)
@@ -866,11 +877,7 @@ def test_api_pages_read_error_during_the_restore(proc_tree, tmp_path, restored_t
     import fastckpt
     import robust_support as rb
 
-    images = str(tmp_path / "images")
-    tree = checkpoint_big_tree(proc_tree, tmp_path, images)
-    restored_trees.append(tree.pid)
-    stopped = tree.count()
-    name = largest_pages(images)
+    images, tree, stopped, name = big_tree_images(proc_tree, tmp_path, restored_trees)
     real = manifest._chunk_sum
 
     def failing(image_path, n, *a, **kw):
@@ -901,7 +908,7 @@ def test_container_flipped_pages_refused_during_the_restore(containers, tmp_path
     stopped = ct.counter.last()
     intact = copy_images(images, str(tmp_path / "intact"))
     name = largest_pages(images)
-    flip(os.path.join(images, name), os.path.getsize(os.path.join(images, name)) // 2)
+    flip_middle(images, name)
     r = rs.run(rs.fastckpt_cmd("--root", ct.root, "restore", "-d", "--image-path", images, "-b", ct.bundle,
                                ct.id), str(tmp_path))
     assert_refused_by_criu_notify(r, images, name)
@@ -925,7 +932,7 @@ def test_container_flipped_metadata_refused_before_criu(containers, tmp_path):
     cs.assert_ok(cs.fastckpt("--root", ct.root, "checkpoint", "--image-path", images, ct.id))
     largest_pages(images)  # the pages would be checked during the restore
     name = sorted(n for n in os.listdir(images) if n.startswith("mm-"))[0]
-    flip(os.path.join(images, name), os.path.getsize(os.path.join(images, name)) // 2)
+    flip_middle(images, name)
     r, elapsed = run_fastckpt(ct.root, "restore", "-d", "--image-path", images, "-b", ct.bundle, ct.id,
                               workdir=str(tmp_path))
     assert_refused(r, elapsed, images, f"{name} is altered: checksum mismatch")
@@ -978,11 +985,7 @@ def test_session_flipped_pages_refused_during_the_restore(proc_tree, tmp_path, r
     """fastckpt.Session's restore (a warm CRIU service) checks the pages the same way."""
     import fastckpt
 
-    images = str(tmp_path / "images")
-    tree = checkpoint_big_tree(proc_tree, tmp_path, images)
-    restored_trees.append(tree.pid)
-    stopped = tree.count()
-    name = largest_pages(images)
+    images, tree, stopped, name = big_tree_images(proc_tree, tmp_path, restored_trees)
     flip(os.path.join(images, name), os.path.getsize(os.path.join(images, name)) - 1)
     with fastckpt.Session() as s:
         with pytest.raises(DamagedImage) as ei:
@@ -1005,7 +1008,7 @@ def test_auto_dedup_restore_checks_the_pages_first(containers, tmp_path):
     stopped = ct.counter.last()
     damaged_copy = copy_images(images, str(tmp_path / "damaged"))
     name = largest_pages(images)
-    flip(os.path.join(damaged_copy, name), os.path.getsize(os.path.join(damaged_copy, name)) // 2)
+    flip_middle(damaged_copy, name)
     r, elapsed = run_fastckpt(ct.root, "restore", "-d", "--auto-dedup", "--image-path", damaged_copy, "-b",
                               ct.bundle, ct.id, workdir=str(tmp_path))
     assert_refused(r, elapsed, damaged_copy, f"{name} is altered: checksum mismatch")
@@ -1025,11 +1028,7 @@ def test_process_tree_big_intact_restores_with_its_pages_checked_meanwhile(proc_
     """An intact 64 MiB tree restores (its pages image checked while CRIU restores it) and runs on."""
     import fastckpt
 
-    images = str(tmp_path / "images")
-    tree = checkpoint_big_tree(proc_tree, tmp_path, images)
-    restored_trees.append(tree.pid)
-    stopped = tree.count()
-    largest_pages(images)
+    images, tree, stopped, _ = big_tree_images(proc_tree, tmp_path, restored_trees)
     res = fastckpt.restore(image_path=images)
     assert res.pid == tree.pid
     cs.wait_until(lambda: (tree.count() or 0) > stopped, "the restored tree to count on")
