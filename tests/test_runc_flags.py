@@ -274,7 +274,13 @@ def test_lsm_flags_reach_criu_as_with_runc(env, flag, value):
     env.track(runc_id, runc_bundle)
     rc = rs.run_quiet(["runc", "--root", env.root, "restore", "-d", "--image-path", copy, "-b", runc_bundle, flag,
                        value, runc_id])
-    assert (r.returncode == 0) == (rc == 0), f"fastckpt: {r}; runc: exit {rc}"
+    if (r.returncode == 0) != (rc == 0):  # what runc's CRIU said, to tell why the two ended apart
+        try:
+            with open(os.path.join(copy, "restore.log"), errors="replace") as f:
+                runc_log = "".join(f.readlines()[-15:])
+        except OSError as e:
+            runc_log = f"(no restore.log: {e.strerror})"
+        pytest.fail(f"fastckpt: {r}; runc: exit {rc}; runc's CRIU log ends:\n{runc_log}")
     if r.returncode:
         lines = rs.assert_error(r, 1, "criu restore failed", criu_lines=True)
         if flag == "--lsm-profile" and not os.path.exists("/sys/kernel/security/apparmor"):
